@@ -1,0 +1,68 @@
+# wasmesh everyday recipes. Every recipe is a thin wrapper over cargo, so nothing here is needed
+# that a fresh clone with the Rust toolchain and python3 lacks (`cargo xtask` is a cargo alias).
+
+# List the recipes.
+default:
+    @just --list
+
+# Run Envoy with the headers filter on 127.0.0.1:10000 (the README's demo command).
+demo:
+    cargo xtask demo
+
+# Run every test: unit tests and real-Envoy integration tests (the README's test command).
+test:
+    cargo test --workspace
+
+# Run the tests of one crate, e.g. `just test-crate headers`.
+test-crate crate *flags:
+    cargo test -p {{crate}} {{flags}}
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Lint host code and the filter crates for wasm32-wasip1.
+clippy:
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy -p filter-core -p headers -p wasmesh-module --target wasm32-wasip1 -- -D warnings
+
+# Formatting check and lints, as CI runs them.
+check:
+    cargo fmt --all -- --check
+    just clippy
+
+# Build wasmesh_module.wasm and print its path and size.
+wasm:
+    cargo xtask wasm
+
+# Install the pinned Envoy (if needed) and print its path.
+envoy:
+    cargo xtask envoy
+
+# Instructions per request under callgrind, requests/s and RSS (see docs/benchmarks.md).
+bench *flags:
+    cargo xtask bench {{flags}}
+
+# Generate envoy-configs/ and docker-compose.yaml from the demo spec.
+gen spec="demo/mesh.yaml":
+    cargo run -q -p sdk --bin wasmesh -- gen --spec {{spec}}
+
+# Run `envoy --mode validate` on every generated bootstrap.
+validate spec="demo/mesh.yaml":
+    cargo run -q -p sdk --bin wasmesh -- validate --spec {{spec}}
+
+# Show what `gen` would change.
+diff spec="demo/mesh.yaml":
+    cargo run -q -p sdk --bin wasmesh -- diff --spec {{spec}}
+
+# Rewrite the golden files (envoy-configs/, docker-compose.yaml) from demo/mesh.yaml.
+golden-update:
+    UPDATE_GOLDEN=1 cargo test -p sdk --test golden
+
+# Time generating a 1,000-service mesh (release build).
+bench-sdk:
+    cargo run --release -p sdk --example gen_bench
+
+# What CI runs.
+ci:
+    bash .ci/run

@@ -1,0 +1,212 @@
+//! The narrow host interface every filter is written against.
+//!
+//! It offers what Envoy offers a proxy-wasm filter, cut down to what filters need, in a shape that
+//! keeps host calls few: a whole header map is read in one call and written back in one call.
+//! The proxy-wasm adapter implements it with real host calls; [`crate::mock::MockHost`] implements
+//! it in memory for tests.
+
+use std::time::{Duration, SystemTime};
+
+use crate::{HostError, LocalReply};
+
+/// Which header map a call addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HeaderMapKind {
+    /// The request headers (including `:method`, `:path`, `:authority`, `:scheme`).
+    Request,
+    /// The response headers (including `:status`).
+    Response,
+}
+
+/// The kinds of metric a filter may define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricKind {
+    /// Monotonic counter.
+    Counter,
+    /// Value that goes up and down.
+    Gauge,
+    /// Distribution of values.
+    Histogram,
+}
+
+/// A property path as Envoy names it, for example `["source", "address"]`.
+pub type Property<'a> = &'a [&'a str];
+
+/// A header map as ordered (name, value) pairs. Envoy hands names over in lower case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderMap {
+    /// The pairs, in the host's order. A name may occur more than once.
+    pub pairs: Vec<(String, String)>,
+}
+
+impl HeaderMap {
+    /// A map from pairs.
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        Self { pairs }
+    }
+
+    /// The first value of `name` (compared ignoring ASCII case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Replaces every value of `name` with one value (appends it when absent).
+    pub fn set(&mut self, name: &str, value: String) {
+        let mut found = false;
+        self.pairs.retain_mut(|(k, v)| {
+            if k.eq_ignore_ascii_case(name) {
+                if found {
+                    return false;
+                }
+                found = true;
+                v.clone_from(&value);
+            }
+            true
+        });
+        if !found {
+            self.pairs.push((name.to_ascii_lowercase(), value));
+        }
+    }
+
+    /// Adds one more value of `name`, keeping any existing ones.
+    pub fn add(&mut self, name: &str, value: String) {
+        self.pairs.push((name.to_ascii_lowercase(), value));
+    }
+
+    /// Removes every value of `name`; returns the first removed value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let mut first = None;
+        self.pairs.retain_mut(|(k, v)| {
+            if k.eq_ignore_ascii_case(name) {
+                if first.is_none() {
+                    first = Some(std::mem::take(v));
+                }
+                false
+            } else {
+                true
+            }
+        });
+        first
+    }
+}
+
+/// What a filter may ask of its host.
+///
+/// Every method is a potential host call; filters should call each at most once per phase.
+pub trait Host {
+    /// The whole header map of `kind`, in one call.
+    fn header_map(&mut self, kind: HeaderMapKind) -> Result<HeaderMap, HostError>;
+    /// One header of `kind`.
+    fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError>;
+    /// Replaces the whole header map of `kind`, in one call.
+    fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError>;
+    /// Sets `name` to exactly `value` in `kind`.
+    fn replace_header(
+        &mut self,
+        kind: HeaderMapKind,
+        name: &str,
+        value: &str,
+    ) -> Result<(), HostError>;
+    /// Adds a value of `name` to `kind`, keeping existing ones.
+    fn add_header(&mut self, kind: HeaderMapKind, name: &str, value: &str)
+    -> Result<(), HostError>;
+    /// Removes every value of `name` from `kind`.
+    fn remove_header(&mut self, kind: HeaderMapKind, name: &str) -> Result<(), HostError>;
+
+    /// A property of the stream (`None` when the host has no value for it).
+    fn property(&mut self, path: Property<'_>) -> Result<Option<Vec<u8>>, HostError>;
+
+    /// Sends a local reply instead of forwarding the request.
+    fn send_local_reply(&mut self, reply: &LocalReply) -> Result<(), HostError>;
+
+    /// Reads a shared-data value (visible to every VM of the same `vm_id` in the process) and
+    /// its CAS token.
+    fn shared_data(&mut self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), HostError>;
+    /// Writes a shared-data value. With `cas`, the write fails with [`HostError::CasMismatch`]
+    /// if the value changed since the read that returned that token.
+    fn set_shared_data(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), HostError>;
+
+    /// Starts an HTTP call to cluster `upstream`; returns the call token.
+    /// `headers` must carry `:method`, `:path` and `:authority`.
+    fn http_call(
+        &mut self,
+        upstream: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError>;
+    /// Starts a unary gRPC call to cluster `upstream`; returns the call token.
+    fn grpc_call(
+        &mut self,
+        upstream: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError>;
+
+    /// Wall-clock time.
+    fn now(&mut self) -> SystemTime;
+    /// 64 random bits (not for secrets).
+    fn random_u64(&mut self) -> u64;
+
+    /// Defines a metric (once, at configure time); returns its id.
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<u32, HostError>;
+    /// Adds `delta` to a counter or gauge.
+    fn increment_metric(&mut self, id: u32, delta: i64) -> Result<(), HostError>;
+    /// Sets a gauge or records a histogram value.
+    fn record_metric(&mut self, id: u32, value: u64) -> Result<(), HostError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> HeaderMap {
+        HeaderMap::new(vec![
+            ("a".into(), "1".into()),
+            ("b".into(), "2".into()),
+            ("a".into(), "3".into()),
+        ])
+    }
+
+    #[test]
+    fn set_replaces_all_values_in_place() {
+        let mut m = map();
+        m.set("A", "x".into());
+        assert_eq!(
+            m.pairs,
+            vec![("a".into(), "x".into()), ("b".into(), "2".into())]
+        );
+        m.set("c", "y".into());
+        assert_eq!(m.get("c"), Some("y"));
+    }
+
+    #[test]
+    fn remove_drops_every_value_and_returns_first() {
+        let mut m = map();
+        assert_eq!(m.remove("a").as_deref(), Some("1"));
+        assert!(!m.contains("a"));
+        assert_eq!(m.remove("zz"), None);
+    }
+
+    #[test]
+    fn add_keeps_existing() {
+        let mut m = map();
+        m.add("B", "4".into());
+        assert_eq!(m.pairs.iter().filter(|(k, _)| k == "b").count(), 2);
+    }
+}

@@ -1,0 +1,156 @@
+//! Identifier formats: UUIDv4 request ids and W3C trace context (`traceparent`).
+
+fn hex_digit(nibble: u8) -> char {
+    let n = nibble & 0x0f;
+    char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 })
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        out.push(hex_digit(b >> 4));
+        out.push(hex_digit(*b));
+    }
+}
+
+/// A random UUID, version 4 (RFC 9562), in lower-case hyphenated form.
+pub(crate) fn uuid_v4(hi: u64, lo: u64) -> String {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&hi.to_be_bytes());
+    b[8..].copy_from_slice(&lo.to_be_bytes());
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut s = String::with_capacity(36);
+    push_hex(&mut s, &b[0..4]);
+    s.push('-');
+    push_hex(&mut s, &b[4..6]);
+    s.push('-');
+    push_hex(&mut s, &b[6..8]);
+    s.push('-');
+    push_hex(&mut s, &b[8..10]);
+    s.push('-');
+    push_hex(&mut s, &b[10..16]);
+    s
+}
+
+/// A 32-hex-digit trace id from 128 random bits (never all zero).
+pub(crate) fn trace_id(hi: u64, lo: u64) -> String {
+    let lo = if hi == 0 && lo == 0 { 1 } else { lo };
+    let mut s = String::with_capacity(32);
+    push_hex(&mut s, &hi.to_be_bytes());
+    push_hex(&mut s, &lo.to_be_bytes());
+    s
+}
+
+/// A 16-hex-digit span id from 64 random bits (never all zero).
+pub(crate) fn span_id(bits: u64) -> String {
+    let mut s = String::with_capacity(16);
+    push_hex(&mut s, &bits.max(1).to_be_bytes());
+    s
+}
+
+/// The fields of a valid `traceparent` that are carried forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TraceParent<'a> {
+    pub(crate) trace_id: &'a str,
+    pub(crate) flags: &'a str,
+}
+
+/// Parses a `traceparent` per W3C Trace Context level 1: `VV-TTTT…(32)-PPPP…(16)-FF`, lower-case
+/// hex, version not `ff`, trace and parent ids not all zero. Version `00` must have exactly four
+/// fields; a higher version may carry more after a `-`, which are ignored.
+pub(crate) fn parse_traceparent(v: &str) -> Option<TraceParent<'_>> {
+    let v = v.trim_matches([' ', '\t']);
+    let version = v.get(0..2)?;
+    let trace_id = v.get(3..35)?;
+    let parent = v.get(36..52)?;
+    let flags = v.get(53..55)?;
+    let seps_ok = v.as_bytes().get(2) == Some(&b'-')
+        && v.as_bytes().get(35) == Some(&b'-')
+        && v.as_bytes().get(52) == Some(&b'-');
+    if !seps_ok || !is_hex(version) || !is_hex(trace_id) || !is_hex(parent) || !is_hex(flags) {
+        return None;
+    }
+    if version == "ff" || all_zero(trace_id) || all_zero(parent) {
+        return None;
+    }
+    let rest = v.get(55..)?;
+    if version == "00" && !rest.is_empty() || !rest.is_empty() && !rest.starts_with('-') {
+        return None;
+    }
+    Some(TraceParent { trace_id, flags })
+}
+
+fn is_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn all_zero(s: &str) -> bool {
+    s.bytes().all(|b| b == b'0')
+}
+
+/// Formats a version-00 `traceparent`.
+pub(crate) fn format_traceparent(trace_id: &str, span_id: &str, flags: &str) -> String {
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    s.push_str(trace_id);
+    s.push('-');
+    s.push_str(span_id);
+    s.push('-');
+    s.push_str(flags);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_has_version_and_variant_bits() {
+        let u = uuid_v4(u64::MAX, u64::MAX);
+        assert_eq!(u, "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        let u = uuid_v4(0, 0);
+        assert_eq!(u, "00000000-0000-4000-8000-000000000000");
+    }
+
+    #[test]
+    fn ids_are_never_zero() {
+        assert_eq!(trace_id(0, 0), "00000000000000000000000000000001");
+        assert_eq!(span_id(0), "0000000000000001");
+    }
+
+    #[test]
+    fn traceparent_valid_and_invalid() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            parse_traceparent(ok),
+            Some(TraceParent {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+                flags: "01"
+            })
+        );
+        // Future version with extra fields is accepted; version 00 with extra is not.
+        assert!(
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra")
+                .is_some()
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0é",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+        assert_eq!(
+            format_traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "01"),
+            ok
+        );
+    }
+}

@@ -1,0 +1,445 @@
+//! Behaviour tests of the whole filter over the mock host: exact, because time and randomness are
+//! injected.
+
+use filter_core::mock::MockHost;
+use filter_core::{Decision, Host};
+
+use crate::{Compiled, ConfigError, HeadersConfig, Stream, compile};
+
+fn filter(json: &str) -> Compiled {
+    compile(&HeadersConfig::from_json(json.as_bytes()).unwrap()).unwrap()
+}
+
+fn config_error(json: &str) -> String {
+    match HeadersConfig::from_json(json.as_bytes()) {
+        Ok(cfg) => compile(&cfg).unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn get_req() -> MockHost {
+    MockHost::new().with_request(&[
+        (":method", "GET"),
+        (":path", "/api/users?x=1"),
+        (":authority", "api.example.com"),
+        ("user-agent", "curl"),
+    ])
+}
+
+fn run(f: &Compiled, host: &mut MockHost) -> Stream {
+    let mut s = Stream::default();
+    assert_eq!(f.on_request_headers(host, &mut s), Decision::Continue);
+    s
+}
+
+fn is_uuid_v4(s: &str) -> bool {
+    let b = s.as_bytes();
+    s.len() == 36
+        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+        && b[14] == b'4'
+        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+        && s.bytes()
+            .all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+#[test]
+fn request_id_generated_when_absent_kept_or_replaced_when_present() {
+    let f = filter(r#"{"request_id":{}}"#);
+    let mut h = get_req();
+    run(&f, &mut h);
+    let id = h.request.get("x-request-id").unwrap().to_owned();
+    assert!(is_uuid_v4(&id), "{id}");
+    // Same seed, same id: randomness is injected.
+    let mut h2 = get_req();
+    run(&f, &mut h2);
+    assert_eq!(h2.request.get("x-request-id"), Some(id.as_str()));
+
+    let mut h = get_req();
+    h.request.add("x-request-id", "client-id".into());
+    run(&f, &mut h);
+    assert_eq!(h.request.get("x-request-id"), Some("client-id"));
+    // Kept: nothing written, only the one read.
+    assert_eq!(h.host_calls, 1);
+
+    let f = filter(r#"{"request_id":{"header":"X-Corr-Id","incoming":"replace"}}"#);
+    let mut h = get_req();
+    h.request.add("x-corr-id", "client-id".into());
+    run(&f, &mut h);
+    let v = h.request.get("x-corr-id").unwrap();
+    assert!(is_uuid_v4(v) && v != "client-id");
+}
+
+#[test]
+fn empty_incoming_request_id_is_replaced() {
+    let f = filter(r#"{"request_id":{}}"#);
+    let mut h = get_req();
+    h.request.add("x-request-id", String::new());
+    run(&f, &mut h);
+    assert!(is_uuid_v4(h.request.get("x-request-id").unwrap()));
+}
+
+#[test]
+fn request_id_echoed_in_response() {
+    let f = filter(r#"{"request_id":{"echo_in_response":true}}"#);
+    assert!(f.has_response_work());
+    let mut h = get_req().with_response(&[(":status", "200")]);
+    let mut s = run(&f, &mut h);
+    f.on_response_headers(&mut h, &mut s);
+    assert_eq!(
+        h.response.get("x-request-id"),
+        h.request.get("x-request-id")
+    );
+}
+
+#[test]
+fn trace_context_continued_or_started() {
+    let f = filter(r#"{"trace_context":{}}"#);
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let mut h = get_req();
+    h.request.add("traceparent", incoming.into());
+    h.request.add("tracestate", "vendor=x".into());
+    run(&f, &mut h);
+    let tp = h.request.get("traceparent").unwrap();
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    assert!(tp.ends_with("-00"), "flags kept: {tp}");
+    assert_ne!(&tp[36..52], "00f067aa0ba902b7", "new span id");
+    assert_eq!(h.request.get("tracestate"), Some("vendor=x"));
+
+    for bad in [
+        None,
+        Some("garbage"),
+        Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+    ] {
+        let mut h = get_req();
+        if let Some(b) = bad {
+            h.request.add("traceparent", b.into());
+            h.request.add("tracestate", "vendor=x".into());
+        }
+        run(&f, &mut h);
+        let tp = h.request.get("traceparent").unwrap();
+        assert!(crate::ids::parse_traceparent(tp).is_some(), "{tp}");
+        assert!(tp.ends_with("-01"), "new traces sampled by default: {tp}");
+        assert_eq!(
+            h.request.get("tracestate"),
+            None,
+            "tracestate of a dropped trace removed"
+        );
+    }
+
+    let f = filter(r#"{"trace_context":{"sample_new_traces":false}}"#);
+    let mut h = get_req();
+    run(&f, &mut h);
+    assert!(h.request.get("traceparent").unwrap().ends_with("-00"));
+}
+
+#[test]
+fn operations_on_request_headers() {
+    let f = filter(
+        r#"{"request_headers":[{"ops":[
+            {"set":{"name":"x-set","value":"v1"}},
+            {"set":{"name":"user-agent","value":"replaced"}},
+            {"append":{"name":"x-multi","value":"b"}},
+            {"add_if_absent":{"name":"x-keep","value":"new"}},
+            {"add_if_absent":{"name":"x-fresh","value":"new"}},
+            {"remove":{"name":"x-drop"}},
+            {"rename":{"from":"x-old","to":"x-new"}}
+        ]}]}"#,
+    );
+    let mut h = get_req();
+    for (k, v) in [
+        ("x-multi", "a"),
+        ("x-keep", "old"),
+        ("x-drop", "1"),
+        ("x-drop", "2"),
+        ("x-old", "o1"),
+    ] {
+        h.request.add(k, v.into());
+    }
+    run(&f, &mut h);
+    let r = &h.request;
+    assert_eq!(r.get("x-set"), Some("v1"));
+    assert_eq!(r.get("user-agent"), Some("replaced"));
+    let multi: Vec<_> = r
+        .pairs
+        .iter()
+        .filter(|(k, _)| k == "x-multi")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(multi, ["a", "b"]);
+    assert_eq!(r.get("x-keep"), Some("old"));
+    assert_eq!(r.get("x-fresh"), Some("new"));
+    assert!(!r.contains("x-drop"));
+    assert!(!r.contains("x-old"));
+    assert_eq!(r.get("x-new"), Some("o1"));
+}
+
+#[test]
+fn templates_render_request_attributes_and_properties() {
+    let f = filter(
+        r#"{"request_id":{},"trace_context":{},"request_headers":[{"ops":[
+            {"set":{"name":"x-info","value":"${method} ${path} ${host} ua=${header.user-agent}"}},
+            {"set":{"name":"x-where","value":"${client_address}|${route_name}|${upstream_cluster}"}},
+            {"set":{"name":"x-ids","value":"${request_id}/${trace_id}/${span_id}"}},
+            {"set":{"name":"x-cost","value":"$$5"}}
+        ]}]}"#,
+    );
+    let mut h = get_req()
+        .with_property("source.address", b"10.1.2.3:5555")
+        .with_property("xds.route_name", b"api");
+    run(&f, &mut h);
+    let r = &h.request;
+    assert_eq!(
+        r.get("x-info"),
+        Some("GET /api/users api.example.com ua=curl")
+    );
+    assert_eq!(r.get("x-where"), Some("10.1.2.3|api|"));
+    let tp = r.get("traceparent").unwrap();
+    let want = format!(
+        "{}/{}/{}",
+        r.get("x-request-id").unwrap(),
+        &tp[3..35],
+        &tp[36..52]
+    );
+    assert_eq!(r.get("x-ids"), Some(want.as_str()));
+    assert_eq!(r.get("x-cost"), Some("$5"));
+}
+
+#[test]
+fn empty_rendered_values_are_skipped_unless_keep_empty() {
+    let f = filter(
+        r#"{"request_headers":[{"ops":[
+            {"set":{"name":"x-a","value":"${header.x-missing}"}},
+            {"set":{"name":"x-b","value":"${header.x-missing}","keep_empty":true}}
+        ]}]}"#,
+    );
+    let mut h = get_req();
+    run(&f, &mut h);
+    assert!(!h.request.contains("x-a"));
+    assert_eq!(h.request.get("x-b"), Some(""));
+}
+
+#[test]
+fn conditions_gate_rules() {
+    let f = filter(
+        r#"{"request_headers":[
+            {"when":{"path":{"prefix":"/api"},"methods":["GET"]},"ops":[{"set":{"name":"x-api","value":"1"}}]},
+            {"when":{"path":{"exact":"/other"}},"ops":[{"set":{"name":"x-other","value":"1"}}]},
+            {"when":{"headers":[{"name":"user-agent","equals":"curl"}],"host":"*.example.com"},"ops":[{"set":{"name":"x-curl","value":"1"}}]},
+            {"when":{"methods":["POST"]},"ops":[{"set":{"name":"x-post","value":"1"}}]}
+        ]}"#,
+    );
+    let mut h = get_req();
+    run(&f, &mut h);
+    assert!(h.request.contains("x-api"));
+    assert!(!h.request.contains("x-other"));
+    assert!(h.request.contains("x-curl"));
+    assert!(!h.request.contains("x-post"));
+}
+
+#[test]
+fn response_rules_match_on_the_request_and_template_request_values() {
+    let f = filter(
+        r#"{"response_headers":[
+            {"when":{"path":{"prefix":"/api"}},"ops":[
+                {"set":{"name":"x-served-path","value":"${path}"}},
+                {"remove":{"name":"server"}},
+                {"set":{"name":"x-upstream","value":"${upstream_cluster}"}}
+            ]},
+            {"when":{"path":{"prefix":"/nope"}},"ops":[{"set":{"name":"x-never","value":"1"}}]}
+        ]}"#,
+    );
+    let mut h = get_req()
+        .with_response(&[(":status", "200"), ("server", "envoy")])
+        .with_property("xds.cluster_name", b"echo");
+    let mut s = run(&f, &mut h);
+    f.on_response_headers(&mut h, &mut s);
+    assert_eq!(h.response.get("x-served-path"), Some("/api/users"));
+    assert_eq!(h.response.get("x-upstream"), Some("echo"));
+    assert!(!h.response.contains("server"));
+    assert!(!h.response.contains("x-never"));
+}
+
+#[test]
+fn response_phase_costs_no_host_call_when_nothing_matches() {
+    let f = filter(
+        r#"{"response_headers":[{"when":{"path":{"prefix":"/nope"}},"ops":[{"set":{"name":"x","value":"1"}}]}]}"#,
+    );
+    let mut h = get_req();
+    let mut s = run(&f, &mut h);
+    let before = h.host_calls;
+    f.on_response_headers(&mut h, &mut s);
+    assert_eq!(h.host_calls, before);
+}
+
+#[test]
+fn benchmark_job_costs_one_read_and_one_write_per_header() {
+    // The benchmarked job: request id + traceparent + two set operations.
+    let f = filter(
+        r#"{"request_id":{},"trace_context":{},"request_headers":[{"ops":[
+            {"set":{"name":"x-mesh","value":"wasmesh"}},
+            {"set":{"name":"x-route","value":"${method} ${path}"}}
+        ]}]}"#,
+    );
+    let mut h = get_req();
+    run(&f, &mut h);
+    assert_eq!(h.host_calls, 1 + 4);
+}
+
+#[test]
+fn later_operations_see_earlier_ones() {
+    let f = filter(
+        r#"{"request_headers":[
+            {"ops":[{"set":{"name":"x-a","value":"1"}}]},
+            {"when":{"headers":[{"name":"x-a","equals":"1"}]},"ops":[{"set":{"name":"x-b","value":"${header.x-a}2"}}]}
+        ]}"#,
+    );
+    let mut h = get_req();
+    run(&f, &mut h);
+    assert_eq!(h.request.get("x-b"), Some("12"));
+}
+
+#[test]
+fn invalid_configs_name_the_field_and_value() {
+    let cases = [
+        (
+            r#"{"request_headers":[{"ops":[{"set":{"name":":path","value":"/x"}}]}]}"#,
+            r#"request_headers[0].ops[0].set.name: header is protected (pseudo-headers, host and x-envoy-* cannot be written): ":path""#,
+        ),
+        (
+            r#"{"response_headers":[{"ops":[{"remove":{"name":"x-envoy-upstream-service-time"}}]}]}"#,
+            r#"response_headers[0].ops[0].remove.name: header is protected (pseudo-headers, host and x-envoy-* cannot be written): "x-envoy-upstream-service-time""#,
+        ),
+        (
+            r#"{"request_headers":[{"ops":[{"rename":{"from":"a","to":"Host"}}]}]}"#,
+            r#"request_headers[0].ops[0].rename.to: header is protected (pseudo-headers, host and x-envoy-* cannot be written): "Host""#,
+        ),
+        (
+            r#"{"request_id":{"header":"x-envoy-x"}}"#,
+            r#"request_id.header: header is protected (pseudo-headers, host and x-envoy-* cannot be written): "x-envoy-x""#,
+        ),
+        (
+            r#"{"request_headers":[{"ops":[{"set":{"name":"x","value":"${bogus}"}}]}]}"#,
+            r#"request_headers[0].ops[0].set.value: unknown placeholder; known: header.NAME, path, method, host, client_address, route_name, upstream_cluster, request_id, trace_id, span_id: "${bogus}""#,
+        ),
+        (
+            r#"{"request_headers":[{"ops":[]}]}"#,
+            r#"request_headers[0].ops: a rule needs at least one operation: """#,
+        ),
+        (
+            r#"{"request_headers":[{"when":{"path":{"regex":"(["}},"ops":[{"remove":{"name":"a"}}]}]}"#,
+            r#"request_headers[0].when.path.regex: invalid regular expression: "([""#,
+        ),
+    ];
+    for (json, want) in cases {
+        assert_eq!(config_error(json), want, "{json}");
+    }
+    let unknown =
+        config_error(r#"{"request_headers":[{"ops":[{"set":{"nmae":"x","value":"v"}}]}]}"#);
+    assert!(
+        unknown.starts_with(
+            "request_headers[0].ops[0].set.nmae: unknown field `nmae`, expected one of `name`"
+        ),
+        "{unknown}"
+    );
+    let top = config_error(r#"{"request_idd":{}}"#);
+    assert!(top.contains("unknown field `request_idd`"), "{top}");
+    let ty = config_error(r#"{"request_id":{"incoming":"maybe"}}"#);
+    assert!(
+        ty.starts_with("request_id.incoming: unknown variant `maybe`"),
+        "{ty}"
+    );
+    assert!(matches!(
+        HeadersConfig::from_json(b"not json"),
+        Err(ConfigError::Parse { .. })
+    ));
+}
+
+#[test]
+fn config_round_trips_through_serde() {
+    let json = r#"{"request_id":{"header":"x-id","incoming":"replace","echo_in_response":true},"trace_context":{"sample_new_traces":false},"request_headers":[{"when":{"path":{"regex":"/a.*"},"methods":["GET"],"headers":[{"name":"x","present":true,"equals":"y"}],"host":"*.a.b"},"ops":[{"set":{"name":"a","value":"b","keep_empty":true}},{"append":{"name":"a","value":"c"}},{"add_if_absent":{"name":"d","value":"e"}},{"remove":{"name":"f"}},{"rename":{"from":"g","to":"h"}}]}],"response_headers":[{"ops":[{"remove":{"name":"server"}}]}]}"#;
+    let cfg = HeadersConfig::from_json(json.as_bytes()).unwrap();
+    assert_eq!(serde_json::to_string(&cfg).unwrap(), json);
+}
+
+#[test]
+fn arbitrary_header_bytes_never_panic() {
+    let f = filter(
+        r#"{"request_id":{},"trace_context":{},"request_headers":[{"when":{"host":"*.x","path":{"regex":".*"}},"ops":[{"set":{"name":"a","value":"${host}${path}${client_address}"}}]}]}"#,
+    );
+    let odd = ["", ":", "[", "[::1", "]:", "é:ü", "-----", "00-", "\u{0}"];
+    for a in odd {
+        for b in odd {
+            let mut h = MockHost::new()
+                .with_request(&[
+                    (":authority", a),
+                    (":path", b),
+                    ("traceparent", a),
+                    (":method", b),
+                ])
+                .with_property("source.address", b.as_bytes());
+            let mut s = Stream::default();
+            f.on_request_headers(&mut h, &mut s);
+            let _ = h.random_u64();
+        }
+    }
+}
+
+#[test]
+fn reads_nothing_when_nothing_is_needed() {
+    // Replace policy and literal sets: no read at all, one write per header.
+    let f = filter(
+        r#"{"request_id":{"incoming":"replace"},"request_headers":[{"ops":[{"set":{"name":"user-agent","value":"edge"}}]}]}"#,
+    );
+    let mut h = get_req();
+    h.request.add("x-request-id", "client".into());
+    run(&f, &mut h);
+    assert_eq!(h.host_calls, 2);
+    assert_eq!(h.request.get("user-agent"), Some("edge"));
+    assert_eq!(
+        h.request
+            .pairs
+            .iter()
+            .filter(|(k, _)| k == "user-agent")
+            .count(),
+        1,
+        "set replaces the existing value even though it was never read"
+    );
+    assert!(is_uuid_v4(h.request.get("x-request-id").unwrap()));
+}
+
+#[test]
+fn reads_one_header_when_one_is_needed() {
+    let f = filter(r#"{"request_id":{}}"#);
+    let mut h = get_req();
+    h.request.add("x-request-id", "kept".into());
+    run(&f, &mut h);
+    assert_eq!(h.host_calls, 1, "one single-header read, no write");
+    assert_eq!(h.request.get("x-request-id"), Some("kept"));
+
+    let f = filter(r#"{"request_headers":[{"ops":[{"remove":{"name":"x-secret"}}]}]}"#);
+    let mut h = get_req();
+    run(&f, &mut h);
+    assert_eq!(h.host_calls, 1, "absent: read, nothing to remove");
+    h.request.add("x-secret", "1".into());
+    h.request.add("x-secret", "2".into());
+    h.host_calls = 0;
+    run(&f, &mut h);
+    assert!(!h.request.contains("x-secret"));
+    assert_eq!(h.host_calls, 2);
+}
+
+#[test]
+fn append_reads_the_whole_map_and_keeps_existing_values() {
+    let f = filter(r#"{"request_headers":[{"ops":[{"append":{"name":"x-multi","value":"b"}}]}]}"#);
+    let mut h = get_req();
+    h.request.add("x-multi", "a".into());
+    run(&f, &mut h);
+    let multi: Vec<_> = h
+        .request
+        .pairs
+        .iter()
+        .filter(|(k, _)| k == "x-multi")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(multi, ["a", "b"]);
+}

@@ -1,0 +1,125 @@
+//! The root context: picks the filter by `root_id`, parses and compiles its configuration once in
+//! `on_configure`, and creates a per-stream context for each request.
+//!
+//! An invalid configuration logs one line naming the field and the value and makes
+//! `on_configure` return false, so Envoy refuses the configuration instead of running without it.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+
+use crate::http::HeadersHttp;
+
+/// The filters this module hosts, by `root_id`.
+pub const ROOT_IDS: &[&str] = &["headers"];
+
+/// A configured filter, ready to serve streams.
+#[derive(Clone)]
+enum Filter {
+    Headers(Rc<headers::Compiled>),
+}
+
+/// Why a plugin configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    /// The `root_id` names no filter of this module.
+    #[error("unknown root_id \"{0}\"; this module hosts: headers")]
+    UnknownRootId(String),
+    /// The headers filter's configuration is invalid.
+    #[error("headers: invalid configuration: {0}")]
+    Headers(#[from] headers::ConfigError),
+}
+
+/// The root context of one plugin.
+#[derive(Default)]
+pub struct Root {
+    filter: Option<Filter>,
+}
+
+impl Context for Root {}
+
+/// Parses and compiles a configuration for `root_id`.
+fn configure(root_id: &str, config: &[u8]) -> Result<Filter, RootError> {
+    let config: &[u8] = if config.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        config
+    };
+    match root_id {
+        "headers" => {
+            let parsed = headers::HeadersConfig::from_json(config)?;
+            Ok(Filter::Headers(Rc::new(headers::compile(&parsed)?)))
+        }
+        other => Err(RootError::UnknownRootId(other.to_owned())),
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        crate::host::seed_rng();
+        log::info!("wasmesh module {} started", crate::VERSION);
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let root_id = hostcalls::get_property(vec!["plugin_root_id"])
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        match configure(&root_id, &config) {
+            Ok(filter) => {
+                self.filter = Some(filter);
+                true
+            }
+            Err(e) => {
+                log::error!("wasmesh {e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        match &self.filter {
+            Some(Filter::Headers(f)) => Some(Box::new(HeadersHttp::new(Rc::clone(f)))),
+            None => None,
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configure_selects_by_root_id_and_reports_bad_config() {
+        assert!(matches!(configure("headers", b""), Ok(Filter::Headers(_))));
+        assert!(matches!(
+            configure("headers", b"{}"),
+            Ok(Filter::Headers(_))
+        ));
+        let e = configure("nope", b"{}").err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "unknown root_id \"nope\"; this module hosts: headers"
+        );
+        let e = configure(
+            "headers",
+            br#"{"request_headers":[{"ops":[{"set":{"name":":path","value":"/"}}]}]}"#,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string()
+                .starts_with("headers: invalid configuration: request_headers[0].ops[0].set.name"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,315 @@
+//! docker-compose for the same mesh: per instance an app container and a sidecar Envoy sharing
+//! its network namespace, and the front proxy. Official Envoy image by default
+//! (`ENVOY_IMAGE` overrides), configs and the wasm module mounted read-only, start order gated on
+//! health (Envoy's admin `/ready`).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use crate::emit::{self, EmitError};
+use crate::ir::{InstanceIr, Mesh, ServiceIr};
+use crate::spec::EndpointSource;
+
+/// Where `cargo xtask wasm` / the tests build the module, relative to the repository root.
+pub const WASM_HOST_PATH: &str = "./target/wasm-build/wasm32-wasip1/wasm/wasmesh_module.wasm";
+
+/// The Envoy image, overridable with `ENVOY_IMAGE`; pinned to the version the CI validates with.
+pub const ENVOY_IMAGE: &str = "${ENVOY_IMAGE:-envoyproxy/envoy:v1.40.0}";
+
+/// The compose network every container joins.
+const NETWORK: &str = "mesh";
+
+#[derive(Serialize)]
+struct ComposeFile {
+    version: &'static str,
+    services: BTreeMap<String, ComposeService>,
+    networks: BTreeMap<&'static str, Network>,
+}
+
+#[derive(Serialize, Default)]
+struct ComposeService {
+    image: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    command: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    environment: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    volumes: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ports: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    networks: Option<Networks>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network_mode: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    depends_on: BTreeMap<String, Condition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    healthcheck: Option<Healthcheck>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Networks {
+    /// Joined with an address Docker picks.
+    Joined(Vec<&'static str>),
+    /// Joined with a fixed IPv4 address (instances given by IP).
+    Pinned(BTreeMap<&'static str, PinnedAddress>),
+}
+
+#[derive(Serialize)]
+struct PinnedAddress {
+    ipv4_address: String,
+}
+
+#[derive(Serialize)]
+struct Condition {
+    condition: &'static str,
+}
+
+#[derive(Serialize)]
+struct Healthcheck {
+    test: Vec<String>,
+    interval: &'static str,
+    timeout: &'static str,
+    retries: u32,
+}
+
+#[derive(Serialize, Default)]
+struct Network {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipam: Option<Ipam>,
+}
+
+#[derive(Serialize)]
+struct Ipam {
+    config: Vec<IpamConfig>,
+}
+
+#[derive(Serialize)]
+struct IpamConfig {
+    subnet: String,
+    /// Where Docker picks dynamic addresses: a half of the subnet holding no pinned address, so
+    /// a container started first can never take a pinned instance's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip_range: Option<String>,
+}
+
+fn healthy() -> Condition {
+    Condition {
+        condition: "service_healthy",
+    }
+}
+
+fn healthcheck(admin_port: u16) -> Healthcheck {
+    // The Envoy image has bash but no curl: ask admin /ready over /dev/tcp.
+    let probe = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{admin_port} && printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q LIVE <&3"
+    );
+    Healthcheck {
+        test: vec!["CMD".into(), "bash".into(), "-c".into(), probe],
+        interval: "2s",
+        timeout: "2s",
+        retries: 30,
+    }
+}
+
+fn envoy(config: &str, admin_port: u16, file_endpoints: bool) -> ComposeService {
+    let mut volumes = vec![
+        format!("./envoy-configs/{config}.yaml:/etc/envoy/envoy.yaml:ro"),
+        format!("{WASM_HOST_PATH}:/etc/envoy/wasm/wasmesh_module.wasm:ro"),
+    ];
+    if file_endpoints {
+        volumes.push("./envoy-configs/endpoints:/etc/envoy/endpoints:ro".into());
+    }
+    ComposeService {
+        image: ENVOY_IMAGE.into(),
+        command: [
+            "envoy",
+            "-c",
+            "/etc/envoy/envoy.yaml",
+            "--reject-unknown-dynamic-fields",
+            "--service-cluster",
+            config,
+        ]
+        .map(String::from)
+        .to_vec(),
+        volumes,
+        healthcheck: Some(healthcheck(admin_port)),
+        ..Default::default()
+    }
+}
+
+/// The compose service of an instance's app: its DNS name, or `<service>-<n>` for an IP instance.
+fn app_name(s: &ServiceIr, index: usize, inst: &InstanceIr) -> String {
+    if inst.is_ip {
+        format!("{}-{}", s.name, index + 1)
+    } else {
+        inst.address.clone()
+    }
+}
+
+/// The compose services of a service's sidecars, one per instance.
+fn sidecar_names(s: &ServiceIr) -> impl Iterator<Item = String> + '_ {
+    s.instances
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| format!("{}-sidecar", app_name(s, i, inst)))
+}
+
+/// The smallest subnet (at most /24) holding every pinned IPv4 address, with a dynamic range
+/// that avoids them.
+fn subnet(pinned: &[Ipv4Addr]) -> Option<IpamConfig> {
+    let first = u32::from(*pinned.first()?);
+    let common = pinned
+        .iter()
+        .map(|a| (u32::from(*a) ^ first).leading_zeros())
+        .min()
+        .unwrap_or(32)
+        .min(24);
+    let mask = u32::MAX.checked_shl(32 - common).unwrap_or(0);
+    let base = first & mask;
+    let half = 1u32.checked_shl(31 - common).unwrap_or(0);
+    let ip_range = [base + half, base]
+        .into_iter()
+        .find(|start| {
+            pinned
+                .iter()
+                .all(|a| (u32::from(*a) & !(half - 1)) != *start)
+        })
+        .map(|start| format!("{}/{}", Ipv4Addr::from(start), common + 1));
+    Some(IpamConfig {
+        subnet: format!("{}/{common}", Ipv4Addr::from(base)),
+        ip_range,
+    })
+}
+
+/// The compose file as YAML text.
+pub fn render(mesh: &Mesh) -> Result<String, EmitError> {
+    let mut services = BTreeMap::new();
+    let any_file = mesh
+        .services
+        .iter()
+        .any(|s| s.endpoints == EndpointSource::File);
+    let mut front = envoy("front-proxy", mesh.front.admin_port, any_file);
+    front.ports = mesh
+        .front
+        .listeners
+        .iter()
+        .map(|l| format!("{}:{}", l.port, l.port))
+        .collect();
+    front.networks = Some(Networks::Joined(vec![NETWORK]));
+    front.depends_on = mesh
+        .services
+        .iter()
+        .flat_map(sidecar_names)
+        .map(|n| (n, healthy()))
+        .collect();
+    services.insert("front-proxy".to_owned(), front);
+    let mut pinned = Vec::new();
+    for s in &mesh.services {
+        for (idx, inst) in s.instances.iter().enumerate() {
+            // One app container per instance and a sidecar sharing its network namespace.
+            let app = app_name(s, idx, inst);
+            let mut environment = BTreeMap::from([
+                ("SERVICE".to_owned(), s.name.clone()),
+                ("PORT".to_owned(), s.port.to_string()),
+                (
+                    "EGRESS".to_owned(),
+                    format!("http://127.0.0.1:{}", s.egress_port),
+                ),
+            ]);
+            for (k, v) in &inst.labels {
+                environment.insert(
+                    format!("LABEL_{}", k.to_uppercase().replace(['-', '.', '/'], "_")),
+                    v.clone(),
+                );
+            }
+            let networks = match inst.address.parse::<Ipv4Addr>() {
+                Ok(ip) => {
+                    pinned.push(ip);
+                    Networks::Pinned(BTreeMap::from([(
+                        NETWORK,
+                        PinnedAddress {
+                            ipv4_address: inst.address.clone(),
+                        },
+                    )]))
+                }
+                Err(_) => Networks::Joined(vec![NETWORK]),
+            };
+            services.insert(
+                app.clone(),
+                ComposeService {
+                    // The application; its image is built from the service's own repository.
+                    image: format!(
+                        "${{{}_IMAGE:-wasmesh-demo/{}:latest}}",
+                        s.name.to_uppercase().replace('-', "_"),
+                        s.name
+                    ),
+                    environment,
+                    networks: Some(networks),
+                    ..Default::default()
+                },
+            );
+            let mut sidecar = envoy(&format!("{}-sidecar", s.name), s.admin_port, any_file);
+            sidecar.network_mode = Some(format!("service:{app}"));
+            sidecar.depends_on.insert(
+                app.clone(),
+                Condition {
+                    condition: "service_started",
+                },
+            );
+            for d in s.dependencies.iter().filter_map(|d| mesh.service(d)) {
+                for name in sidecar_names(d) {
+                    sidecar.depends_on.insert(name, healthy());
+                }
+            }
+            services.insert(format!("{app}-sidecar"), sidecar);
+        }
+    }
+    let network = Network {
+        ipam: subnet(&pinned).map(|config| Ipam {
+            config: vec![config],
+        }),
+    };
+    // File format 2.4: health-gated depends_on, network_mode service:, static IPs; read by
+    // Compose v1 and v2 alike.
+    let doc = ComposeFile {
+        version: "2.4",
+        services,
+        networks: BTreeMap::from([(NETWORK, network)]),
+    };
+    let value = serde_json::to_value(&doc).map_err(|e| EmitError::Encode {
+        what: "docker-compose".into(),
+        detail: e.to_string(),
+    })?;
+    Ok(format!(
+        "# Generated by `wasmesh gen` from the mesh spec. Do not edit.\n{}",
+        emit::to_yaml(&value)?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn subnet_covers_pinned_addresses_and_keeps_dynamic_ones_apart() {
+        let c = subnet(&[ip("172.28.0.13")]).unwrap();
+        assert_eq!(c.subnet, "172.28.0.0/24");
+        assert_eq!(c.ip_range.as_deref(), Some("172.28.0.128/25"));
+        let c = subnet(&[ip("172.28.0.200"), ip("172.28.0.13")]).unwrap();
+        assert_eq!(c.ip_range, None);
+        let c = subnet(&[ip("172.28.0.200")]).unwrap();
+        assert_eq!(c.ip_range.as_deref(), Some("172.28.0.0/25"));
+        let c = subnet(&[ip("10.0.1.5"), ip("10.0.2.5")]).unwrap();
+        assert_eq!(c.subnet, "10.0.0.0/22");
+        assert_eq!(c.ip_range, None, "both halves hold a pinned address");
+        assert!(subnet(&[]).is_none());
+    }
+}

@@ -1,0 +1,178 @@
+//! `wasmesh`: generate, validate and diff the Envoy configuration of a mesh, and update endpoint
+//! files of a running mesh.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+use sdk::generate;
+use sdk::translate::Layout;
+
+/// One mesh spec in, Envoy configs for the front proxy and every sidecar out.
+///
+/// The spec (YAML, see docs/mesh-spec.md) lists services, their instances and dependencies, the
+/// front proxy's routes, traffic policy and filter stacks. `wasmesh gen` writes
+/// envoy-configs/<proxy>.yaml, envoy-configs/endpoints/*.yaml and docker-compose.yaml.
+#[derive(Parser)]
+#[command(name = "wasmesh", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate the spec and write envoy-configs/ and docker-compose.yaml (stale files removed).
+    Gen {
+        /// The mesh spec.
+        #[arg(long, default_value = "demo/mesh.yaml")]
+        spec: PathBuf,
+        /// Output root (envoy-configs/ and docker-compose.yaml go under it).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Run `envoy --mode validate` on every generated bootstrap (this also loads the wasm module
+    /// and runs each filter's configure step). Uses ENVOY_BIN or installs the pinned Envoy.
+    Validate {
+        /// The mesh spec.
+        #[arg(long, default_value = "demo/mesh.yaml")]
+        spec: PathBuf,
+    },
+    /// Show what `gen` would change under --out, without writing.
+    Diff {
+        /// The mesh spec.
+        #[arg(long, default_value = "demo/mesh.yaml")]
+        spec: PathBuf,
+        /// Output root to compare with.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Update endpoint files of a running mesh; Envoy picks them up without a restart.
+    Endpoints {
+        #[command(subcommand)]
+        action: EndpointsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointsCmd {
+    /// Replace the endpoints of one cluster, e.g. `wasmesh endpoints set 'outbound|b' 10.0.0.7:15006`.
+    Set {
+        /// Cluster name (`outbound|<service>` or `outbound|<service>|<subset>`).
+        cluster: String,
+        /// New endpoints, `ip:port` each.
+        #[arg(required = true)]
+        endpoints: Vec<String>,
+        /// Directory of endpoint files.
+        #[arg(long, default_value = "envoy-configs/endpoints")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Gen { spec, out } => gen_cmd(&spec, &out),
+        Cmd::Validate { spec } => validate_cmd(&spec),
+        Cmd::Diff { spec, out } => diff_cmd(&spec, &out),
+        Cmd::Endpoints {
+            action:
+                EndpointsCmd::Set {
+                    cluster,
+                    endpoints,
+                    dir,
+                },
+        } => sdk::endpoints::set(&dir, &cluster, &endpoints)
+            .map(|p| println!("wrote {p}"))
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn gen_cmd(spec: &Path, out: &Path) -> Result<(), String> {
+    let (_, files) = generate::generate(spec, &Layout::container()).map_err(|e| e.to_string())?;
+    let (written, removed) = generate::write(out, &files).map_err(|e| e.to_string())?;
+    for w in &written {
+        println!("wrote   {w}");
+    }
+    for r in &removed {
+        println!("removed {r}");
+    }
+    println!(
+        "{} files, {} changed, {} removed",
+        files.len(),
+        written.len(),
+        removed.len()
+    );
+    Ok(())
+}
+
+fn validate_cmd(spec: &Path) -> Result<(), String> {
+    let envoy = toolchain::envoy_bin().map_err(|e| e.to_string())?;
+    let wasm = toolchain::wasm_module().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("wasmesh-validate-{}", std::process::id()));
+    let layout = Layout {
+        wasm: wasm.display().to_string(),
+        endpoints_dir: dir.join("envoy-configs/endpoints").display().to_string(),
+        bind: "127.0.0.1".into(),
+    };
+    let (_, files) = generate::generate(spec, &layout).map_err(|e| e.to_string())?;
+    generate::write(&dir, &files).map_err(|e| e.to_string())?;
+    let mut failed = Vec::new();
+    for rel in files.keys().filter(|k| is_bootstrap(k)) {
+        let out = Command::new(&envoy)
+            .args([
+                "--mode",
+                "validate",
+                "--reject-unknown-dynamic-fields",
+                "-l",
+                "warning",
+                "-c",
+            ])
+            .arg(dir.join(rel))
+            .output()
+            .map_err(|e| format!("running {}: {e}", envoy.display()))?;
+        if out.status.success() {
+            println!("ok      {rel}");
+        } else {
+            println!(
+                "FAILED  {rel}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            failed.push(rel.clone());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "Envoy refused {} bootstrap(s): {}",
+            failed.len(),
+            failed.join(", ")
+        ))
+    }
+}
+
+/// Generated proxy bootstraps (not endpoint files, not compose).
+fn is_bootstrap(rel: &str) -> bool {
+    rel.starts_with("envoy-configs/") && !rel.starts_with("envoy-configs/endpoints/")
+}
+
+fn diff_cmd(spec: &Path, out: &Path) -> Result<(), String> {
+    let (_, files) = generate::generate(spec, &Layout::container()).map_err(|e| e.to_string())?;
+    let changes = sdk::diff::diff(out, &files);
+    if changes.is_empty() {
+        println!("no changes");
+    } else {
+        print!("{changes}");
+    }
+    Ok(())
+}
