@@ -363,3 +363,45 @@ fn ids_are_unique_across_workers_and_keep_alive_requests() {
     }
     assert_eq!(request_ids.len(), 100);
 }
+
+/// A bootstrap whose first route answers `canary` only when `x-canary` is present, in front of
+/// the default direct response `ok`, with the headers filter running `config`.
+fn canary_routed(config: &Value) -> (RunningEnvoy, u16) {
+    let mut b = bootstrap(vec![headers_filter(config)], Backend::Direct);
+    let routes = b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+        .as_array_mut()
+        .expect("bootstrap has a route list");
+    routes.insert(
+        0,
+        json!({
+            "name": "canary",
+            "match": {"prefix": "/", "headers": [{"name": "x-canary", "present_match": true}]},
+            "direct_response": {"status": 200, "body": {"inline_string": "canary"}}
+        }),
+    );
+    let envoy = Envoy::new(b).start();
+    let port = envoy.listener_port("ingress");
+    (envoy, port)
+}
+
+#[test]
+fn routes_are_chosen_on_the_headers_as_the_filter_left_them() {
+    // Envoy 1.40 clears the route cache when a wasm filter changes request headers, so a header
+    // the filter writes (or removes) decides the route, as in a Lua filter.
+    let (_e, port) = canary_routed(&json!({"request_headers": [{
+        "when": {"path": {"prefix": "/beta/"}},
+        "ops": [{"set": {"name": "x-canary", "value": "1"}}]
+    }]}));
+    assert_eq!(get(port, "/beta/x", &[]).text(), "canary");
+    assert_eq!(get(port, "/stable", &[]).text(), "ok");
+
+    let (_e, port) = canary_routed(&json!({"request_headers": [{
+        "ops": [{"remove": {"name": "x-canary"}}]
+    }]}));
+    assert_eq!(
+        get(port, "/", &[("x-canary", "1")]).text(),
+        "ok",
+        "a client-sent routing header the filter strips no longer routes"
+    );
+}
