@@ -81,42 +81,36 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn endpoint_files_hot_reload_and_bad_files_keep_the_last_good_endpoints() {
-    let first = EchoUpstream::start();
-    let second = EchoUpstream::start();
-    let spec_text = format!(
-        "name: hot
+/// A mesh `name` whose service `a` (front proxy target) depends on `dependency`; the caller
+/// appends the dependency's own service entry.
+fn caller_of(name: &str, dependency: &str) -> String {
+    format!(
+        "name: {name}
 front_proxy: {{ listeners: [{{ name: public, port: 8080, routes: [{{ match: {{ prefix: / }}, service: a }}] }}] }}
 services:
   - name: a
     port: 8000
     instances: [{{ address: 127.0.0.1 }}]
-    dependencies: [b]
-  - name: b
+    dependencies: [{dependency}]
+"
+    )
+}
+
+#[test]
+fn endpoint_files_hot_reload_and_bad_files_keep_the_last_good_endpoints() {
+    let first = EchoUpstream::start();
+    let second = EchoUpstream::start();
+    let spec_text = caller_of("hot", "b")
+        + &format!(
+            "  - name: b
     port: 8001
     endpoints: file
     instances: [{{ address: 127.0.0.1, port: {} }}]
 ",
-        first.port
-    );
-    let mesh = Mesh::from_spec(&generate::parse_spec(&spec_text, "hot.yaml").unwrap()).unwrap();
-    let dir = scratch("hot");
-    let layout = host_layout(&dir);
-    let endpoints = PathBuf::from(&layout.endpoints_dir);
-    for (name, text) in generate::endpoint_files(&mesh).unwrap() {
-        sdk::endpoints::write_atomic(&endpoints.join(name), text.as_bytes()).unwrap();
-    }
-    let proxy = translate::proxies(&mesh, &layout)
-        .unwrap()
-        .into_iter()
-        .find(|p| p.name == "a-sidecar")
-        .unwrap();
-    let mut boot = sdk::emit::to_json(&proxy.bootstrap).unwrap();
-    ephemeral_ports(&mut boot);
-    let envoy = Envoy::new(boot)
-        .arg("--reject-unknown-dynamic-fields")
-        .start();
+            first.port
+        );
+    let (envoy, dir) = start_sidecar("hot", &spec_text, "a");
+    let endpoints = PathBuf::from(host_layout(&dir).endpoints_dir);
     let egress = envoy.listener_port("outbound");
     let served_by = || {
         get(egress, "/", &[("host", "b")])
@@ -279,15 +273,8 @@ fn a_mesh_using_every_feature_passes_envoy_validation() {
 fn callers_follow_the_service_routes_to_subsets() {
     let v1 = EchoUpstream::start();
     let v2 = EchoUpstream::start();
-    let spec = format!(
-        "name: subsets
-front_proxy: {{ listeners: [{{ name: public, port: 8080, routes: [{{ match: {{ prefix: / }}, service: a }}] }}] }}
-services:
-  - name: a
-    port: 8000
-    instances: [{{ address: 127.0.0.1 }}]
-    dependencies: [b]
-  - name: b
+    let spec = caller_of("subsets", "b") + &format!(
+        "  - name: b
     port: 8001
     endpoints: file
     instances:
@@ -330,21 +317,15 @@ services:
 #[test]
 fn tcp_dependencies_are_reached_on_their_own_loopback_port() {
     let db = EchoUpstream::start();
-    let spec = format!(
-        "name: tcp
-front_proxy: {{ listeners: [{{ name: public, port: 8080, routes: [{{ match: {{ prefix: / }}, service: a }}] }}] }}
-services:
-  - name: a
-    port: 8000
-    instances: [{{ address: 127.0.0.1 }}]
-    dependencies: [db]
-  - name: db
+    let spec = caller_of("tcp", "db")
+        + &format!(
+            "  - name: db
     port: 5432
     protocol: tcp
     instances: [{{ address: 127.0.0.1, port: {} }}]
 ",
-        db.port
-    );
+            db.port
+        );
     let (envoy, dir) = start_sidecar("tcp", &spec, "a");
     // HTTP bytes pass through the tcp proxy unchanged; the echo upstream answers.
     let port = envoy.listener_port("outbound-tcp-db");
