@@ -13,8 +13,23 @@ use sdk::translate::Layout;
 /// The spec (YAML, see docs/mesh-spec.md) lists services, their instances and dependencies, the
 /// front proxy's routes, traffic policy and filter stacks. `wasmesh gen` writes
 /// envoy-configs/<proxy>.yaml, envoy-configs/endpoints/*.yaml and docker-compose.yaml.
+const EXAMPLES: &str = "\
+Examples:
+  wasmesh gen                            demo/mesh.yaml -> envoy-configs/ + docker-compose.yaml
+  wasmesh gen --spec mesh.yaml --out deploy
+  wasmesh diff --spec mesh.yaml          what gen would change (exit 1 if anything would)
+  wasmesh validate --spec mesh.yaml      envoy --mode validate on every generated bootstrap
+  wasmesh endpoints set 'outbound|b' 172.28.0.21:15006 172.28.0.22:15006
+
+A spec with problems is refused as a whole: every problem is listed with its place in the spec
+(services[1].dependencies[0]: unknown service \"ghost\"). Nothing is written then.
+
+Exit status: 0 done; 1 refused (bad spec, Envoy refused a bootstrap, bad endpoint) or an I/O
+error. `wasmesh diff` follows diff(1): 0 no changes, 1 changes, 2 trouble.
+See docs/mesh-spec.md for the spec and the generated layout.";
+
 #[derive(Parser)]
-#[command(name = "wasmesh", version, about, long_about = None)]
+#[command(name = "wasmesh", version, about, long_about = None, after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -74,7 +89,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Gen { spec, out } => gen_cmd(&spec, &out),
         Cmd::Validate { spec } => validate_cmd(&spec),
-        Cmd::Diff { spec, out } => diff_cmd(&spec, &out),
+        Cmd::Diff { spec, out } => {
+            return match diff_cmd(&spec, &out) {
+                Ok(false) => ExitCode::SUCCESS,
+                Ok(true) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Cmd::Endpoints {
             action:
                 EndpointsCmd::Set {
@@ -166,13 +190,15 @@ fn is_bootstrap(rel: &str) -> bool {
     rel.starts_with("envoy-configs/") && !rel.starts_with("envoy-configs/endpoints/")
 }
 
-fn diff_cmd(spec: &Path, out: &Path) -> Result<(), String> {
+/// Prints what `gen` would change; `Ok(true)` when something would.
+fn diff_cmd(spec: &Path, out: &Path) -> Result<bool, String> {
     let (_, files) = generate::generate(spec, &Layout::container()).map_err(|e| e.to_string())?;
     let changes = sdk::diff::diff(out, &files);
     if changes.is_empty() {
         println!("no changes");
+        Ok(false)
     } else {
         print!("{changes}");
+        Ok(true)
     }
-    Ok(())
 }
