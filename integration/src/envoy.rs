@@ -39,6 +39,7 @@ pub struct Envoy {
     args: Vec<String>,
     wrapper: Vec<String>,
     log_level: &'static str,
+    ready_within: Duration,
 }
 
 impl Envoy {
@@ -50,6 +51,7 @@ impl Envoy {
             args: Vec::new(),
             wrapper: Vec::new(),
             log_level: "info",
+            ready_within: ready_timeout(),
         }
     }
 
@@ -62,6 +64,13 @@ impl Envoy {
     /// Runs Envoy under a wrapper command (for example `valgrind --tool=callgrind`).
     pub fn wrapper(mut self, command: &[&str]) -> Self {
         self.wrapper = command.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// How long to wait for `/ready` (default `WASMESH_READY_SECS` or 60 s). Under valgrind,
+    /// compiling the wasm module alone can take minutes.
+    pub fn ready_within(mut self, limit: Duration) -> Self {
+        self.ready_within = limit;
         self
     }
 
@@ -121,7 +130,7 @@ impl Envoy {
             dir,
             admin_port: 0,
         };
-        let deadline = Instant::now() + ready_timeout();
+        let deadline = Instant::now() + self.ready_within;
         loop {
             if let Ok(Some(status)) = running.child.try_wait() {
                 return Err(format!("Envoy exited with {status}\n{}", running.log()));
@@ -142,7 +151,7 @@ impl Envoy {
             if Instant::now() > deadline {
                 return Err(format!(
                     "Envoy not ready after {:?}\n{}",
-                    ready_timeout(),
+                    self.ready_within,
                     running.log()
                 ));
             }

@@ -113,6 +113,8 @@ fn instructions(
     let file_arg = format!("--callgrind-out-file={}", file.display());
     let envoy = Envoy::new(bootstrap(variant.filters.clone(), Backend::Direct))
         .wrapper(&["valgrind", "--tool=callgrind", &file_arg])
+        // V8 compiling the module under valgrind is slow; loaded machines need minutes.
+        .ready_within(std::time::Duration::from_secs(600))
         .log_level("warning")
         .try_start()?;
     let port = envoy.listener_port("ingress");
