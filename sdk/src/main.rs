@@ -8,11 +8,7 @@ use clap::{Parser, Subcommand};
 use sdk::generate;
 use sdk::translate::Layout;
 
-/// One mesh spec in, Envoy configs for the front proxy and every sidecar out.
-///
-/// The spec (YAML, see docs/mesh-spec.md) lists services, their instances and dependencies, the
-/// front proxy's routes, traffic policy and filter stacks. `wasmesh gen` writes
-/// envoy-configs/<proxy>.yaml, envoy-configs/endpoints/*.yaml and docker-compose.yaml.
+/// Shown after `wasmesh --help`: examples and exit statuses.
 const EXAMPLES: &str = "\
 Examples:
   wasmesh gen                            demo/mesh.yaml -> envoy-configs/ + docker-compose.yaml
@@ -28,6 +24,11 @@ Exit status: 0 done; 1 refused (bad spec, Envoy refused a bootstrap, bad endpoin
 error. `wasmesh diff` follows diff(1): 0 no changes, 1 changes, 2 trouble.
 See docs/mesh-spec.md for the spec and the generated layout.";
 
+/// One mesh spec in, Envoy configs for the front proxy and every sidecar out.
+///
+/// The spec (YAML, see docs/mesh-spec.md) lists services, their instances and dependencies, the
+/// front proxy's routes, traffic policy and filter stacks. `wasmesh gen` writes
+/// envoy-configs/<proxy>.yaml, envoy-configs/endpoints/*.yaml and docker-compose.yaml.
 #[derive(Parser)]
 #[command(name = "wasmesh", version, about, long_about = None, after_help = EXAMPLES)]
 struct Cli {

@@ -16,6 +16,13 @@ fn wasmesh(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `wasmesh` and checks its exit status is `code`.
+fn exits(dir: &Path, args: &[&str], code: i32) -> Output {
+    let o = wasmesh(dir, args);
+    assert_eq!(o.status.code(), Some(code), "{}{}", stdout(&o), stderr(&o));
+    o
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -37,8 +44,7 @@ fn scratch(name: &str) -> PathBuf {
 #[test]
 fn gen_writes_the_mesh_and_diff_reports_drift_with_its_exit_status() {
     let dir = scratch("gen");
-    let o = wasmesh(&dir, &["gen", "--spec", "mesh.yaml", "--out", "out"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = exits(&dir, &["gen", "--spec", "mesh.yaml", "--out", "out"], 0);
     assert!(
         stdout(&o).contains("wrote   envoy-configs/front-proxy.yaml"),
         "{}",
@@ -58,8 +64,7 @@ fn gen_writes_the_mesh_and_diff_reports_drift_with_its_exit_status() {
         );
     }
 
-    let o = wasmesh(&dir, &["diff", "--spec", "mesh.yaml", "--out", "out"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = exits(&dir, &["diff", "--spec", "mesh.yaml", "--out", "out"], 0);
     assert_eq!(stdout(&o), "no changes\n");
 
     // Drift: a hand edit and a stray file are reported, exit status 1 (like diff(1)).
@@ -67,8 +72,7 @@ fn gen_writes_the_mesh_and_diff_reports_drift_with_its_exit_status() {
     let text = std::fs::read_to_string(&sidecar).unwrap();
     std::fs::write(&sidecar, format!("{text}# edit\n")).unwrap();
     std::fs::write(dir.join("out/envoy-configs/stale.yaml"), "x: 1\n").unwrap();
-    let o = wasmesh(&dir, &["diff", "--spec", "mesh.yaml", "--out", "out"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = exits(&dir, &["diff", "--spec", "mesh.yaml", "--out", "out"], 1);
     let out = stdout(&o);
     assert!(
         out.contains("changed envoy-configs/b-sidecar.yaml"),
@@ -78,8 +82,7 @@ fn gen_writes_the_mesh_and_diff_reports_drift_with_its_exit_status() {
     assert!(out.contains("removed envoy-configs/stale.yaml"), "{out}");
 
     // gen puts it right and removes the stale file.
-    let o = wasmesh(&dir, &["gen", "--spec", "mesh.yaml", "--out", "out"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = exits(&dir, &["gen", "--spec", "mesh.yaml", "--out", "out"], 0);
     assert!(
         stdout(&o).contains("removed envoy-configs/stale.yaml"),
         "{}",
@@ -89,8 +92,7 @@ fn gen_writes_the_mesh_and_diff_reports_drift_with_its_exit_status() {
     assert_eq!(std::fs::read_to_string(&sidecar).unwrap(), text);
 
     // A spec that cannot be read: diff's trouble status is 2.
-    let o = wasmesh(&dir, &["diff", "--spec", "missing.yaml", "--out", "out"]);
-    assert_eq!(o.status.code(), Some(2));
+    let o = exits(&dir, &["diff", "--spec", "missing.yaml", "--out", "out"], 2);
     assert!(
         stderr(&o).starts_with("error: missing.yaml: "),
         "{}",
@@ -108,8 +110,7 @@ fn a_bad_spec_lists_every_problem_and_writes_nothing() {
         .replacen("port: 8080", "port: 9901", 1);
     assert_ne!(bad, spec, "the demo spec changed shape; update this test");
     std::fs::write(dir.join("bad.yaml"), bad).unwrap();
-    let o = wasmesh(&dir, &["gen", "--spec", "bad.yaml", "--out", "out"]);
-    assert_eq!(o.status.code(), Some(1));
+    let o = exits(&dir, &["gen", "--spec", "bad.yaml", "--out", "out"], 1);
     assert_eq!(
         stderr(&o),
         "error: 2 problem(s) in the mesh spec:\n  \
@@ -124,8 +125,7 @@ fn a_bad_spec_lists_every_problem_and_writes_nothing() {
         "name: x\nservices: [{name: a, port: 1, bogus: 2}]\n",
     )
     .unwrap();
-    let o = wasmesh(&dir, &["gen", "--spec", "typo.yaml", "--out", "out"]);
-    assert_eq!(o.status.code(), Some(1));
+    let o = exits(&dir, &["gen", "--spec", "typo.yaml", "--out", "out"], 1);
     assert!(
         stderr(&o).starts_with("error: typo.yaml: services[0].bogus: unknown field `bogus`"),
         "{}",
@@ -137,20 +137,22 @@ fn a_bad_spec_lists_every_problem_and_writes_nothing() {
 #[test]
 fn endpoints_set_rewrites_one_cluster_file_and_refuses_bad_endpoints() {
     let dir = scratch("eps");
-    let o = wasmesh(&dir, &["gen", "--spec", "mesh.yaml"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    exits(&dir, &["gen", "--spec", "mesh.yaml"], 0);
     let file = dir.join("envoy-configs/endpoints/outbound_c.yaml");
     let before = std::fs::read_to_string(&file).unwrap();
 
-    let o = wasmesh(&dir, &["endpoints", "set", "outbound|c", "not-an-endpoint"]);
-    assert_eq!(o.status.code(), Some(1));
+    let o = exits(
+        &dir,
+        &["endpoints", "set", "outbound|c", "not-an-endpoint"],
+        1,
+    );
     assert_eq!(
         stderr(&o),
         "error: endpoint \"not-an-endpoint\" is not ip:port (file endpoints need IP addresses)\n"
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), before, "untouched");
 
-    let o = wasmesh(
+    exits(
         &dir,
         &[
             "endpoints",
@@ -159,8 +161,8 @@ fn endpoints_set_rewrites_one_cluster_file_and_refuses_bad_endpoints() {
             "172.28.0.31:15006",
             "172.28.0.32:15006",
         ],
+        0,
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let after = std::fs::read_to_string(&file).unwrap();
     assert!(
         after.contains("172.28.0.31") && after.contains("172.28.0.32"),
@@ -172,8 +174,7 @@ fn endpoints_set_rewrites_one_cluster_file_and_refuses_bad_endpoints() {
 
 #[test]
 fn help_teaches_by_example() {
-    let o = wasmesh(Path::new("."), &["--help"]);
-    assert!(o.status.success());
+    let o = exits(Path::new("."), &["--help"], 0);
     let help = stdout(&o);
     for needle in [
         "wasmesh gen --spec mesh.yaml --out deploy",
