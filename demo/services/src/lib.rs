@@ -1,0 +1,1 @@
+//! The demo mesh services: A calls B and C through its sidecar.
