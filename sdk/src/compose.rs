@@ -1,7 +1,15 @@
-//! docker-compose for the same mesh: per instance an app container and a sidecar Envoy sharing
-//! its network namespace, and the front proxy. Official Envoy image by default
-//! (`ENVOY_IMAGE` overrides), configs and the wasm module mounted read-only, start order gated on
-//! health (Envoy's admin `/ready`).
+//! docker-compose for the same mesh: per instance a sidecar Envoy and an app container sharing
+//! the sidecar's network namespace, and the front proxy. Official Envoy image by default
+//! (`ENVOY_IMAGE` overrides; `cargo xtask compose-e2e` builds a `FROM scratch` stand-in), configs,
+//! the wasm module and the static `healthcheck` binary mounted read-only.
+//!
+//! Start order as seed 000 asks: a sidecar first (it owns the network namespace and the
+//! instance's DNS name or pinned address), its app once the sidecar is healthy (Envoy admin
+//! `/ready` answers `LIVE`), the front proxy once every app is healthy. `docker-compose stop` /
+//! `down` go in reverse: the front proxy, then each app, then its sidecar. Health checks exec the
+//! mounted static binary, so they need no shell or curl in the image. The front proxy's
+//! listeners are published on 127.0.0.1 only, at host ports overridable with
+//! `FRONT_<LISTENER>_PORT`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -17,6 +25,14 @@ pub const WASM_HOST_PATH: &str = "./target/wasm-build/wasm32-wasip1/wasm/wasmesh
 
 /// The Envoy image, overridable with `ENVOY_IMAGE`; pinned to the version the CI validates with.
 pub const ENVOY_IMAGE: &str = "${ENVOY_IMAGE:-envoyproxy/envoy:v1.40.0}";
+
+/// Where the static `healthcheck` binary (crate `healthcheck`, demo/healthcheck) is built by
+/// `cargo xtask compose-build`, relative to the repository root; `WASMESH_HEALTHCHECK` overrides.
+pub const HEALTHCHECK_HOST_PATH: &str =
+    "./target/static/x86_64-unknown-linux-gnu/release/healthcheck";
+
+/// Where the health check binary is mounted in every container.
+pub const HEALTHCHECK_PATH: &str = "/usr/local/bin/wasmesh-healthcheck";
 
 /// The compose network every container joins.
 const NETWORK: &str = "mesh";
@@ -54,13 +70,16 @@ struct ComposeService {
 enum Networks {
     /// Joined with an address Docker picks.
     Joined(Vec<&'static str>),
-    /// Joined with a fixed IPv4 address (instances given by IP).
-    Pinned(BTreeMap<&'static str, PinnedAddress>),
+    /// Joined with a DNS alias or a fixed IPv4 address (the instance a sidecar fronts).
+    Attached(BTreeMap<&'static str, Attachment>),
 }
 
-#[derive(Serialize)]
-struct PinnedAddress {
-    ipv4_address: String,
+#[derive(Serialize, Default)]
+struct Attachment {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    aliases: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipv4_address: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -102,13 +121,26 @@ fn healthy() -> Condition {
     }
 }
 
-fn healthcheck(admin_port: u16) -> Healthcheck {
-    // The Envoy image has bash but no curl: ask admin /ready over /dev/tcp.
-    let probe = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{admin_port} && printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q LIVE <&3"
-    );
+fn started() -> Condition {
+    Condition {
+        condition: "service_started",
+    }
+}
+
+/// The mount of the static health check binary (same path in every image, none needs a shell).
+fn healthcheck_volume() -> String {
+    format!("${{WASMESH_HEALTHCHECK:-{HEALTHCHECK_HOST_PATH}}}:{HEALTHCHECK_PATH}:ro")
+}
+
+/// A health check that GETs `http://127.0.0.1:<port><path>` inside the container and passes on
+/// 2xx (Envoy's admin `/ready` answers 200 only when the server is LIVE).
+fn healthcheck(port: u16, path: &str) -> Healthcheck {
     Healthcheck {
-        test: vec!["CMD".into(), "bash".into(), "-c".into(), probe],
+        test: vec![
+            "CMD".into(),
+            HEALTHCHECK_PATH.into(),
+            format!("http://127.0.0.1:{port}{path}"),
+        ],
         interval: "2s",
         timeout: "2s",
         retries: 30,
@@ -119,6 +151,7 @@ fn envoy(config: &str, admin_port: u16, file_endpoints: bool) -> ComposeService 
     let mut volumes = vec![
         format!("./envoy-configs/{config}.yaml:/etc/envoy/envoy.yaml:ro"),
         format!("{WASM_HOST_PATH}:/etc/envoy/wasm/wasmesh_module.wasm:ro"),
+        healthcheck_volume(),
     ];
     if file_endpoints {
         volumes.push("./envoy-configs/endpoints:/etc/envoy/endpoints:ro".into());
@@ -136,9 +169,29 @@ fn envoy(config: &str, admin_port: u16, file_endpoints: bool) -> ComposeService 
         .map(String::from)
         .to_vec(),
         volumes,
-        healthcheck: Some(healthcheck(admin_port)),
+        healthcheck: Some(healthcheck(admin_port, "/ready")),
         ..Default::default()
     }
+}
+
+/// The host-port variable of a front proxy listener: `FRONT_<NAME>_PORT`.
+pub fn port_variable(listener: &str) -> String {
+    format!(
+        "FRONT_{}_PORT",
+        listener
+            .to_uppercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    )
+}
+
+/// The image variable of a service's app: `<NAME>_IMAGE`.
+pub fn image_variable(service: &str) -> String {
+    format!(
+        "{}_IMAGE",
+        service
+            .to_uppercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    )
 }
 
 /// The compose service of an instance's app: its DNS name, or `<service>-<n>` for an IP instance.
@@ -193,25 +246,56 @@ pub fn render(mesh: &Mesh) -> Result<String, EmitError> {
         .iter()
         .any(|s| s.endpoints == EndpointSource::File);
     let mut front = envoy("front-proxy", mesh.front.admin_port, any_file);
+    // Published on the host's loopback only: the demo is not a public service.
     front.ports = mesh
         .front
         .listeners
         .iter()
-        .map(|l| format!("{}:{}", l.port, l.port))
+        .map(|l| {
+            format!(
+                "127.0.0.1:${{{}:-{}}}:{}",
+                port_variable(&l.name),
+                l.port,
+                l.port
+            )
+        })
         .collect();
     front.networks = Some(Networks::Joined(vec![NETWORK]));
     front.depends_on = mesh
         .services
         .iter()
-        .flat_map(sidecar_names)
-        .map(|n| (n, healthy()))
+        .flat_map(|s| app_names(s).map(move |n| (n, app_ready(s))))
         .collect();
     services.insert("front-proxy".to_owned(), front);
     let mut pinned = Vec::new();
     for s in &mesh.services {
         for (idx, inst) in s.instances.iter().enumerate() {
-            // One app container per instance and a sidecar sharing its network namespace.
             let app = app_name(s, idx, inst);
+            let sidecar_name = format!("{app}-sidecar");
+            // The sidecar owns the instance's network namespace, so it holds the name (or the
+            // pinned address) peers dial, and it is up before the app starts.
+            let attachment = match inst.address.parse::<Ipv4Addr>() {
+                Ok(ip) => {
+                    pinned.push(ip);
+                    Attachment {
+                        ipv4_address: Some(inst.address.clone()),
+                        ..Default::default()
+                    }
+                }
+                Err(_) => Attachment {
+                    aliases: vec![inst.address.clone()],
+                    ..Default::default()
+                },
+            };
+            let mut sidecar = envoy(&format!("{}-sidecar", s.name), s.admin_port, any_file);
+            sidecar.networks = Some(Networks::Attached(BTreeMap::from([(NETWORK, attachment)])));
+            for d in s.dependencies.iter().filter_map(|d| mesh.service(d)) {
+                for name in sidecar_names(d) {
+                    sidecar.depends_on.insert(name, healthy());
+                }
+            }
+            services.insert(sidecar_name.clone(), sidecar);
+
             let mut environment = BTreeMap::from([
                 ("SERVICE".to_owned(), s.name.clone()),
                 ("PORT".to_owned(), s.port.to_string()),
@@ -220,52 +304,40 @@ pub fn render(mesh: &Mesh) -> Result<String, EmitError> {
                     format!("http://127.0.0.1:{}", s.egress_port),
                 ),
             ]);
+            environment.insert("INSTANCE".to_owned(), app.clone());
+            if !s.dependencies.is_empty() {
+                environment.insert("CALLS".to_owned(), s.dependencies.join(","));
+            }
             for (k, v) in &inst.labels {
                 environment.insert(
                     format!("LABEL_{}", k.to_uppercase().replace(['-', '.', '/'], "_")),
                     v.clone(),
                 );
             }
-            let networks = match inst.address.parse::<Ipv4Addr>() {
-                Ok(ip) => {
-                    pinned.push(ip);
-                    Networks::Pinned(BTreeMap::from([(
-                        NETWORK,
-                        PinnedAddress {
-                            ipv4_address: inst.address.clone(),
-                        },
-                    )]))
+            // The app starts once its sidecar is ready and the apps it calls are (seed 000).
+            let mut depends_on = BTreeMap::from([(sidecar_name.clone(), healthy())]);
+            for d in s.dependencies.iter().filter_map(|d| mesh.service(d)) {
+                for name in app_names(d) {
+                    depends_on.insert(name, app_ready(d));
                 }
-                Err(_) => Networks::Joined(vec![NETWORK]),
-            };
+            }
             services.insert(
-                app.clone(),
+                app,
                 ComposeService {
                     // The application; its image is built from the service's own repository.
                     image: format!(
-                        "${{{}_IMAGE:-wasmesh-demo/{}:latest}}",
-                        s.name.to_uppercase().replace('-', "_"),
+                        "${{{}:-wasmesh-demo/{}:latest}}",
+                        image_variable(&s.name),
                         s.name
                     ),
                     environment,
-                    networks: Some(networks),
+                    network_mode: Some(format!("service:{sidecar_name}")),
+                    depends_on,
+                    healthcheck: app_health_path(s).map(|p| healthcheck(s.port, p)),
+                    volumes: vec![healthcheck_volume()],
                     ..Default::default()
                 },
             );
-            let mut sidecar = envoy(&format!("{}-sidecar", s.name), s.admin_port, any_file);
-            sidecar.network_mode = Some(format!("service:{app}"));
-            sidecar.depends_on.insert(
-                app.clone(),
-                Condition {
-                    condition: "service_started",
-                },
-            );
-            for d in s.dependencies.iter().filter_map(|d| mesh.service(d)) {
-                for name in sidecar_names(d) {
-                    sidecar.depends_on.insert(name, healthy());
-                }
-            }
-            services.insert(format!("{app}-sidecar"), sidecar);
         }
     }
     let network = Network {
@@ -288,6 +360,31 @@ pub fn render(mesh: &Mesh) -> Result<String, EmitError> {
         "# Generated by `wasmesh gen` from the mesh spec. Do not edit.\n{}",
         emit::to_yaml(&value)?
     ))
+}
+
+/// The HTTP path the app answers health checks on: the spec's `resilience.health_check.path`.
+fn app_health_path(s: &ServiceIr) -> Option<&str> {
+    s.resilience
+        .health_check
+        .as_ref()
+        .and_then(|h| h.http_path.as_deref())
+}
+
+/// What a dependent waits for: the app healthy when it has a health path, else started.
+fn app_ready(s: &ServiceIr) -> Condition {
+    if app_health_path(s).is_some() {
+        healthy()
+    } else {
+        started()
+    }
+}
+
+/// The compose services of a service's apps, one per instance.
+fn app_names(s: &ServiceIr) -> impl Iterator<Item = String> + '_ {
+    s.instances
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| app_name(s, i, inst))
 }
 
 #[cfg(test)]
