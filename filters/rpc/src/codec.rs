@@ -1,0 +1,233 @@
+//! The codec contract and the incremental decoder shared by every protocol.
+//!
+//! A protocol is added by implementing [`Codec`] and nothing else: the [`Decoder`] does the
+//! reassembly over arbitrary TCP chunking, pipelining and the frame-size limit, and the network
+//! filter works on [`Message`]s only.
+
+use std::ops::Range;
+
+use thiserror::Error;
+
+use crate::message::{LocalError, Message};
+
+/// A frame that cannot be decoded or encoded. Carries the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CodecError {
+    /// The frame does not start with the protocol's magic / version.
+    #[error("bad magic or version: {0:02x?}")]
+    BadMagic(Vec<u8>),
+    /// The frame declares more bytes than the configured maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Declared frame length.
+        len: u64,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The frame's inner structure is inconsistent.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The protocol cannot express what was asked (for example metadata in Thrift binary).
+    #[error("unsupported by this protocol: {0}")]
+    Unsupported(&'static str),
+}
+
+/// What a protocol implements.
+pub trait Codec {
+    /// The protocol's name, for logs and metrics.
+    fn name(&self) -> &'static str;
+    /// The total length of the frame starting at `head` (which may be incomplete), once `head`
+    /// holds enough bytes to tell; `None` until then. Rejects bad magic as early as it can.
+    fn frame_len(&self, head: &[u8]) -> Result<Option<u64>, CodecError>;
+    /// Decodes one complete frame.
+    fn decode(&self, frame: &[u8]) -> Result<Message, CodecError>;
+    /// Encodes `message` (possibly mutated) with the payload of the frame it was decoded from.
+    fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError>;
+    /// A protocol-correct error reply to `request`, which the client's own library reads as the
+    /// protocol's error.
+    fn error_reply(&self, request: &Message, error: LocalError) -> Vec<u8>;
+    /// A side-effect-free request with `request`'s id that every conforming server answers at
+    /// once (wasmesh-rpc: heartbeat; Thrift: a call of an unknown method, answered with
+    /// `UNKNOWN_METHOD`). The filter forwards it in place of a refused request and swaps its answer
+    /// for [`Codec::error_reply`]; this is how a reply reaches the client on stock Envoy (see
+    /// docs/filters/rpc.md). `None`: the protocol has no such request.
+    fn probe(&self, request: &Message) -> Option<Vec<u8>>;
+}
+
+/// A decoding failure: the stream cannot be resynchronised and the connection must close.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{codec}: {error}")]
+pub struct DecodeError {
+    /// The protocol.
+    pub codec: &'static str,
+    /// What was wrong.
+    pub error: CodecError,
+}
+
+/// Reassembles frames from TCP chunks. Retains at most one partial frame, never more than the
+/// configured maximum frame size: a frame declaring more is an error as soon as its length is known.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    pos: usize,
+    max_frame: usize,
+    failed: bool,
+}
+
+impl Decoder {
+    /// A decoder accepting frames of at most `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            pos: 0,
+            max_frame,
+            failed: false,
+        }
+    }
+
+    /// Drops consumed bytes and appends `chunk`.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete frame: its message and its byte range (see [`Decoder::bytes`]).
+    /// `Ok(None)`: no complete frame left; the partial rest stays buffered.
+    pub fn next_frame<C: Codec + ?Sized>(
+        &mut self,
+        codec: &C,
+    ) -> Result<Option<(Message, Range<usize>)>, DecodeError> {
+        let fail = |error| DecodeError {
+            codec: codec.name(),
+            error,
+        };
+        if self.failed {
+            return Err(fail(CodecError::Malformed("stream already failed".into())));
+        }
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        let len = match codec.frame_len(rest) {
+            Ok(Some(len)) => len,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.failed = true;
+                return Err(fail(e));
+            }
+        };
+        if len > self.max_frame as u64 {
+            self.failed = true;
+            return Err(fail(CodecError::TooLarge {
+                len,
+                max: self.max_frame,
+            }));
+        }
+        let len = len as usize;
+        let Some(frame) = rest.get(..len) else {
+            return Ok(None);
+        };
+        match codec.decode(frame) {
+            Ok(message) => {
+                let range = self.pos..self.pos + len;
+                self.pos += len;
+                Ok(Some((message, range)))
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(fail(e))
+            }
+        }
+    }
+
+    /// The bytes of a range returned by [`Decoder::next_frame`] (valid until the next `feed`).
+    pub fn bytes(&self, range: &Range<usize>) -> &[u8] {
+        self.buf.get(range.clone()).unwrap_or_default()
+    }
+
+    /// Bytes held back: the start of a frame not yet complete.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Decodes every complete frame in `chunk` (after what was buffered), for tests and tools.
+    pub fn decode_all<C: Codec + ?Sized>(
+        &mut self,
+        codec: &C,
+        chunk: &[u8],
+    ) -> Result<Vec<(Message, Vec<u8>)>, DecodeError> {
+        self.feed(chunk);
+        let mut out = Vec::new();
+        while let Some((m, r)) = self.next_frame(codec)? {
+            out.push((m, self.bytes(&r).to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// Reads big-endian integers and length-prefixed strings off a frame, never panicking.
+#[derive(Debug, Clone)]
+pub(crate) struct Reader<'a> {
+    bytes: &'a [u8],
+    /// Current offset.
+    pub(crate) pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8], pos: usize) -> Self {
+        Self { bytes, pos }
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or_else(|| CodecError::Malformed(format!("length {n} overflows")))?;
+        let s = self.bytes.get(self.pos..end).ok_or_else(|| {
+            CodecError::Malformed(format!(
+                "needs {n} bytes at offset {}, frame has {}",
+                self.pos,
+                self.bytes.len()
+            ))
+        })?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        let s = self.take(N)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.array::<1>()?[0])
+    }
+    pub(crate) fn u16(&mut self) -> Result<u16, CodecError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    pub(crate) fn u32(&mut self) -> Result<u32, CodecError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    pub(crate) fn i32(&mut self) -> Result<i32, CodecError> {
+        Ok(i32::from_be_bytes(self.array()?))
+    }
+    pub(crate) fn u64(&mut self) -> Result<u64, CodecError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    pub(crate) fn utf8(&mut self, n: usize, what: &str) -> Result<String, CodecError> {
+        let s = self.take(n)?;
+        String::from_utf8(s.to_vec()).map_err(|_| {
+            CodecError::Malformed(format!(
+                "{what} is not UTF-8: {:02x?}",
+                s.get(..16).unwrap_or(s)
+            ))
+        })
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.pos)
+    }
+}

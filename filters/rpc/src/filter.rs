@@ -1,0 +1,601 @@
+//! The network filter's logic: decode both directions, meter per service/method, apply the ACL,
+//! mutate metadata, pick the upstream cluster, and answer refused calls in-protocol.
+//!
+//! Stock Envoy lets a proxy-wasm network filter rewrite only the bytes of the direction it is
+//! processing (see docs/filters/rpc.md). So a refused request is replaced by the codec's *probe*
+//! (a request every conforming server answers at once with the same request id), and the probe's
+//! answer is swapped for the protocol error reply on its way back: the client gets its error in
+//! order, on the same connection, from the only callback that may write to it.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::time::SystemTime;
+
+use filter_core::MetricKind;
+
+use crate::ConfigError;
+use crate::codec::{Codec, CodecError, DecodeError, Decoder};
+use crate::config::{AclAction, DenyMode, MAX_MAX_FRAME, Protocol, RpcConfig};
+use crate::host::{Direction, L4Host};
+use crate::message::{LocalError, Message, MessageType, ResponseStatus, keys};
+use crate::thrift::Thrift;
+use crate::wasmesh_rpc::WasmeshRpc;
+
+/// The filter state key tcp_proxy reads its per-connection cluster from.
+pub const CLUSTER_FILTER_STATE: &str = "envoy.tcp_proxy.cluster";
+
+/// What the adapter returns to Envoy for a data callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass the (possibly rewritten) bytes on.
+    Continue,
+    /// Stop the filter chain for now (nothing to pass yet, or the connection is closing).
+    Pause,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    action: AclAction,
+    caller: Option<String>,
+    service: Option<String>,
+    method: Option<String>,
+}
+
+impl Rule {
+    fn matches(&self, m: &Message) -> bool {
+        let ok = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        ok(&self.caller, &m.caller) && ok(&self.service, &m.service) && ok(&self.method, &m.method)
+    }
+}
+
+/// Metric ids of one service/method pair.
+#[derive(Debug, Clone, Copy)]
+struct KeyIds {
+    requests: u32,
+    oneway: u32,
+    ok: u32,
+    exception: u32,
+    error: u32,
+    denied: u32,
+    rx_bytes: u32,
+    tx_bytes: u32,
+    latency_ms: u32,
+}
+
+/// Metric ids of connection-level events.
+#[derive(Debug, Clone, Copy)]
+struct ConnIds {
+    malformed: u32,
+    oversized: u32,
+    denied_closed: u32,
+    local_replies: u32,
+    untracked: u32,
+}
+
+/// Metrics, defined lazily per service/method and bounded by `max_stat_keys`.
+#[derive(Debug, Default)]
+struct Stats {
+    conn: Option<ConnIds>,
+    keys: HashMap<(String, String), KeyIds>,
+    other: Option<KeyIds>,
+}
+
+/// Replaces characters Envoy's stat names cannot carry.
+fn sanitize(s: &str) -> String {
+    if s.is_empty() {
+        return "_".to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The compiled, immutable filter (plus its VM-wide metric ids).
+pub struct Compiled {
+    codec: Box<dyn Codec>,
+    prefix: String,
+    max_frame: usize,
+    max_pending: usize,
+    max_stat_keys: usize,
+    acl: Option<(AclAction, Vec<Rule>)>,
+    on_deny: DenyMode,
+    set_metadata: Vec<(String, String)>,
+    routes: HashMap<String, String>,
+    default_cluster: Option<String>,
+    stats: RefCell<Stats>,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("codec", &self.codec.name())
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(path: impl Into<String>, value: impl Into<String>, reason: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        value: value.into(),
+        reason,
+    }
+}
+
+/// Compiles a configuration, rejecting values the filter cannot honour.
+pub fn compile(config: &RpcConfig) -> Result<Compiled, ConfigError> {
+    if !(16..=MAX_MAX_FRAME).contains(&config.max_frame_bytes) {
+        return Err(invalid(
+            "max_frame_bytes",
+            config.max_frame_bytes.to_string(),
+            "must be between 16 and 67108864",
+        ));
+    }
+    let codec: Box<dyn Codec> = match config.protocol {
+        Protocol::Thrift => {
+            if let Some(e) = config.set_metadata.first() {
+                return Err(invalid(
+                    "set_metadata[0].key",
+                    e.key.clone(),
+                    "Thrift binary frames carry no metadata",
+                ));
+            }
+            Box::new(Thrift {
+                default_service: config.default_service.clone().unwrap_or_default(),
+            })
+        }
+        Protocol::WasmeshRpc => Box::new(WasmeshRpc),
+    };
+    let prefix = config
+        .stat_prefix
+        .clone()
+        .unwrap_or_else(|| config.protocol.as_str().to_owned());
+    if prefix.is_empty() || sanitize(&prefix) != prefix {
+        return Err(invalid(
+            "stat_prefix",
+            prefix,
+            "must be non-empty [A-Za-z0-9_-]",
+        ));
+    }
+    for (i, e) in config.set_metadata.iter().enumerate() {
+        if e.key.is_empty() || e.key.len() > 255 || e.value.len() > 4096 {
+            return Err(invalid(
+                format!("set_metadata[{i}].key"),
+                e.key.clone(),
+                "keys must be 1..=255 bytes and values at most 4096",
+            ));
+        }
+    }
+    let mut routes = HashMap::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        if r.cluster.is_empty() {
+            return Err(invalid(
+                format!("routes[{i}].cluster"),
+                "",
+                "must not be empty",
+            ));
+        }
+        if routes
+            .insert(r.service.clone(), r.cluster.clone())
+            .is_some()
+        {
+            return Err(invalid(
+                format!("routes[{i}].service"),
+                r.service.clone(),
+                "is routed twice",
+            ));
+        }
+    }
+    if config.default_cluster.as_deref() == Some("") {
+        return Err(invalid("default_cluster", "", "must not be empty"));
+    }
+    let any = |v: &Option<String>| v.clone().filter(|s| s != "*");
+    let acl = config.acl.as_ref().map(|a| {
+        let rules = a
+            .rules
+            .iter()
+            .map(|r| Rule {
+                action: r.action,
+                caller: any(&r.caller),
+                service: any(&r.service),
+                method: any(&r.method),
+            })
+            .collect();
+        (a.default_action, rules)
+    });
+    Ok(Compiled {
+        codec,
+        prefix,
+        max_frame: config.max_frame_bytes as usize,
+        max_pending: config.max_pending as usize,
+        max_stat_keys: config.max_stat_keys as usize,
+        acl,
+        on_deny: config.on_deny,
+        set_metadata: config
+            .set_metadata
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect(),
+        routes,
+        default_cluster: config.default_cluster.clone(),
+        stats: RefCell::new(Stats::default()),
+    })
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// A forwarded request, timed from `start`.
+    Forwarded {
+        id: u64,
+        start: SystemTime,
+        ids: Option<KeyIds>,
+    },
+    /// A probe standing in for a refused request; its answer is replaced by `reply`.
+    Probe { id: u64, reply: Vec<u8> },
+}
+
+impl Pending {
+    fn id(&self) -> u64 {
+        match self {
+            Self::Forwarded { id, .. } | Self::Probe { id, .. } => *id,
+        }
+    }
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+pub struct Connection {
+    down: Decoder,
+    up: Decoder,
+    pending: VecDeque<Pending>,
+    routed: bool,
+    closed: bool,
+}
+
+impl Compiled {
+    /// State for a new connection.
+    pub fn connection(&self) -> Connection {
+        Connection {
+            down: Decoder::new(self.max_frame),
+            up: Decoder::new(self.max_frame),
+            pending: VecDeque::new(),
+            routed: self.routes.is_empty() && self.default_cluster.is_none(),
+            closed: false,
+        }
+    }
+
+    /// The codec in use.
+    pub fn codec(&self) -> &dyn Codec {
+        self.codec.as_ref()
+    }
+
+    fn conn_ids<H: L4Host>(&self, host: &mut H) -> Option<ConnIds> {
+        let mut stats = self.stats.borrow_mut();
+        if stats.conn.is_none() {
+            let p = &self.prefix;
+            let mut c = |n: &str| host.define_metric(MetricKind::Counter, &format!("rpc.{p}.{n}"));
+            let ids = (|| {
+                Ok::<_, filter_core::HostError>(ConnIds {
+                    malformed: c("malformed_frames")?,
+                    oversized: c("oversized_frames")?,
+                    denied_closed: c("denied_closed")?,
+                    local_replies: c("local_replies")?,
+                    untracked: c("untracked_requests")?,
+                })
+            })();
+            stats.conn = ids.ok();
+        }
+        stats.conn
+    }
+
+    fn key_ids<H: L4Host>(&self, host: &mut H, service: &str, method: &str) -> Option<KeyIds> {
+        let mut stats = self.stats.borrow_mut();
+        if let Some(ids) = stats.keys.get(&(service.to_owned(), method.to_owned())) {
+            return Some(*ids);
+        }
+        let overflow = stats.keys.len() >= self.max_stat_keys;
+        if overflow && let Some(o) = stats.other {
+            return Some(o);
+        }
+        let (s, m) = if overflow {
+            ("other".to_owned(), "other".to_owned())
+        } else {
+            (sanitize(service), sanitize(method))
+        };
+        let base = format!("rpc.{}.{s}.{m}", self.prefix);
+        let mut def = |kind, n: &str| host.define_metric(kind, &format!("{base}.{n}"));
+        let ids = (|| {
+            Ok::<_, filter_core::HostError>(KeyIds {
+                requests: def(MetricKind::Counter, "requests")?,
+                oneway: def(MetricKind::Counter, "oneway")?,
+                ok: def(MetricKind::Counter, "responses.ok")?,
+                exception: def(MetricKind::Counter, "responses.exception")?,
+                error: def(MetricKind::Counter, "responses.error")?,
+                denied: def(MetricKind::Counter, "denied")?,
+                rx_bytes: def(MetricKind::Counter, "request_bytes")?,
+                tx_bytes: def(MetricKind::Counter, "response_bytes")?,
+                latency_ms: def(MetricKind::Histogram, "latency_ms")?,
+            })
+        })()
+        .ok()?;
+        if overflow {
+            stats.other = Some(ids);
+        } else {
+            stats
+                .keys
+                .insert((service.to_owned(), method.to_owned()), ids);
+        }
+        Some(ids)
+    }
+
+    fn allowed(&self, m: &Message) -> bool {
+        match &self.acl {
+            None => true,
+            Some((default, rules)) => {
+                let action = rules
+                    .iter()
+                    .find(|r| r.matches(m))
+                    .map_or(*default, |r| r.action);
+                action == AclAction::Allow
+            }
+        }
+    }
+
+    fn fail<H: L4Host>(
+        &self,
+        host: &mut H,
+        conn: &mut Connection,
+        dir: Direction,
+        e: &DecodeError,
+    ) {
+        if let Some(ids) = self.conn_ids(host) {
+            let id = match e.error {
+                CodecError::TooLarge { .. } => ids.oversized,
+                _ => ids.malformed,
+            };
+            let _ = host.increment_metric(id, 1);
+        }
+        let side = match dir {
+            Direction::Downstream => "client",
+            Direction::Upstream => "server",
+        };
+        host.warn(&format!(
+            "rpc: closing connection: bad frame from the {side}: {e}"
+        ));
+        conn.closed = true;
+        host.close();
+    }
+
+    fn route<H: L4Host>(&self, host: &mut H, conn: &mut Connection, m: &Message) {
+        conn.routed = true;
+        let cluster = self
+            .routes
+            .get(&m.service)
+            .or(self.default_cluster.as_ref());
+        if let Some(cluster) = cluster
+            && let Err(e) = host.set_filter_state(CLUSTER_FILTER_STATE, cluster)
+        {
+            host.warn(&format!(
+                "rpc: setting {CLUSTER_FILTER_STATE}={cluster}: {e}"
+            ));
+        }
+    }
+
+    /// Client-to-server bytes (`on_downstream_data`).
+    pub fn on_downstream_data<H: L4Host>(
+        &self,
+        host: &mut H,
+        conn: &mut Connection,
+        len: usize,
+    ) -> Verdict {
+        let dir = Direction::Downstream;
+        if conn.closed {
+            let _ = host.set_data(dir, len, &[]);
+            return Verdict::Pause;
+        }
+        let chunk = match host.data(dir, len) {
+            Ok(c) => c,
+            Err(e) => {
+                host.warn(&format!("rpc: reading downstream data: {e}"));
+                return Verdict::Continue;
+            }
+        };
+        let mut changed = conn.down.buffered() > 0;
+        conn.down.feed(&chunk);
+        let mut out = Vec::with_capacity(chunk.len());
+        loop {
+            let (mut msg, range) = match conn.down.next_frame(self.codec.as_ref()) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(host, conn, dir, &e);
+                    let _ = host.set_data(dir, len, &[]);
+                    return Verdict::Pause;
+                }
+            };
+            if !conn.routed {
+                self.route(host, conn, &msg);
+            }
+            let frame = conn.down.bytes(&range);
+            if !matches!(msg.kind, MessageType::Request | MessageType::Oneway) {
+                out.extend_from_slice(frame);
+                continue;
+            }
+            let ids = self.key_ids(host, &msg.service, &msg.method);
+            if let Some(ids) = ids {
+                let counter = if msg.kind == MessageType::Oneway {
+                    ids.oneway
+                } else {
+                    ids.requests
+                };
+                let _ = host.increment_metric(counter, 1);
+                let _ = host.increment_metric(ids.rx_bytes, frame.len() as i64);
+            }
+            if !self.allowed(&msg) {
+                changed = true;
+                if let Some(ids) = ids {
+                    let _ = host.increment_metric(ids.denied, 1);
+                }
+                if msg.kind == MessageType::Oneway {
+                    continue; // nobody waits for an answer: dropping it is the reply
+                }
+                let probe = match self.on_deny {
+                    DenyMode::ErrorReply if conn.pending.len() < self.max_pending.max(1) => {
+                        self.codec.probe(&msg)
+                    }
+                    _ => None,
+                };
+                match probe {
+                    Some(p) => {
+                        out.extend_from_slice(&p);
+                        conn.pending.push_back(Pending::Probe {
+                            id: msg.request_id,
+                            reply: self.codec.error_reply(&msg, LocalError::Denied),
+                        });
+                    }
+                    None => {
+                        if let Some(c) = self.conn_ids(host) {
+                            let _ = host.increment_metric(c.denied_closed, 1);
+                        }
+                        host.warn(&format!(
+                            "rpc: closing connection: call {}.{} by {:?} denied",
+                            msg.service, msg.method, msg.caller
+                        ));
+                        conn.closed = true;
+                        host.close();
+                        let _ = host.set_data(dir, len, &[]);
+                        return Verdict::Pause;
+                    }
+                }
+                continue;
+            }
+            if self.set_metadata.is_empty() {
+                out.extend_from_slice(frame);
+            } else {
+                for (k, v) in &self.set_metadata {
+                    msg.set(k, v);
+                }
+                match self.codec.encode(&msg, frame) {
+                    Ok(bytes) => {
+                        changed = true;
+                        out.extend_from_slice(&bytes);
+                    }
+                    Err(e) => {
+                        host.warn(&format!("rpc: re-encoding failed, forwarding as is: {e}"));
+                        out.extend_from_slice(frame);
+                    }
+                }
+            }
+            if msg.kind == MessageType::Request {
+                if conn.pending.len() < self.max_pending {
+                    let start = host.now();
+                    conn.pending.push_back(Pending::Forwarded {
+                        id: msg.request_id,
+                        start,
+                        ids,
+                    });
+                } else if let Some(c) = self.conn_ids(host) {
+                    let _ = host.increment_metric(c.untracked, 1);
+                }
+            }
+        }
+        if conn.down.buffered() > 0 {
+            changed = true;
+        }
+        if !conn.routed {
+            let _ = host.set_data(dir, len, &[]);
+            return Verdict::Pause;
+        }
+        if changed && let Err(e) = host.set_data(dir, len, &out) {
+            host.warn(&format!("rpc: rewriting downstream data: {e}"));
+        }
+        Verdict::Continue
+    }
+
+    /// Server-to-client bytes (`on_upstream_data`).
+    pub fn on_upstream_data<H: L4Host>(
+        &self,
+        host: &mut H,
+        conn: &mut Connection,
+        len: usize,
+    ) -> Verdict {
+        let dir = Direction::Upstream;
+        if conn.closed {
+            let _ = host.set_data(dir, len, &[]);
+            return Verdict::Pause;
+        }
+        let chunk = match host.data(dir, len) {
+            Ok(c) => c,
+            Err(e) => {
+                host.warn(&format!("rpc: reading upstream data: {e}"));
+                return Verdict::Continue;
+            }
+        };
+        let mut changed = conn.up.buffered() > 0;
+        conn.up.feed(&chunk);
+        let mut out = Vec::with_capacity(chunk.len());
+        loop {
+            let (msg, range) = match conn.up.next_frame(self.codec.as_ref()) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(host, conn, dir, &e);
+                    let _ = host.set_data(dir, len, &[]);
+                    return Verdict::Pause;
+                }
+            };
+            let frame = conn.up.bytes(&range);
+            if msg.kind.is_reply()
+                && let Some(i) = conn.pending.iter().position(|p| p.id() == msg.request_id)
+            {
+                match conn.pending.remove(i) {
+                    Some(Pending::Probe { reply, .. }) => {
+                        changed = true;
+                        out.extend_from_slice(&reply);
+                        if let Some(c) = self.conn_ids(host) {
+                            let _ = host.increment_metric(c.local_replies, 1);
+                        }
+                        continue;
+                    }
+                    Some(Pending::Forwarded {
+                        start,
+                        ids: Some(ids),
+                        ..
+                    }) => {
+                        let status = msg.status.unwrap_or(ResponseStatus::Ok);
+                        let id = match status {
+                            ResponseStatus::Ok => ids.ok,
+                            ResponseStatus::Exception => ids.exception,
+                            ResponseStatus::Error => ids.error,
+                        };
+                        let _ = host.increment_metric(id, 1);
+                        let _ = host.increment_metric(ids.tx_bytes, frame.len() as i64);
+                        let ms = host
+                            .now()
+                            .duration_since(start)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        let _ = host.record_metric(ids.latency_ms, ms);
+                    }
+                    _ => {}
+                }
+            }
+            out.extend_from_slice(frame);
+        }
+        if conn.up.buffered() > 0 {
+            changed = true;
+        }
+        if changed && let Err(e) = host.set_data(dir, len, &out) {
+            host.warn(&format!("rpc: rewriting upstream data: {e}"));
+        }
+        Verdict::Continue
+    }
+}
+
+/// The metadata key the caller identity travels in (re-exported for users of the config).
+pub const CALLER_KEY: &str = keys::CALLER;

@@ -1,0 +1,162 @@
+//! The protocol-neutral message model every codec decodes into and encodes from.
+
+use std::ops::Range;
+
+/// What a frame is, in protocol-neutral terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    /// A call that expects a response.
+    Request,
+    /// A call that expects no response.
+    Oneway,
+    /// A response to a request (successful or carrying an application exception).
+    Response,
+    /// A protocol-level error answering a request (Thrift `EXCEPTION`, wasmesh-rpc `error`).
+    Error,
+    /// A liveness ping; answered by a [`MessageType::HeartbeatReply`] with the same request id.
+    Heartbeat,
+    /// The answer to a heartbeat.
+    HeartbeatReply,
+}
+
+impl MessageType {
+    /// Whether the frame travels from client to server and expects an answer.
+    pub fn expects_reply(self) -> bool {
+        matches!(self, Self::Request | Self::Heartbeat)
+    }
+
+    /// Whether the frame answers an earlier one.
+    pub fn is_reply(self) -> bool {
+        matches!(self, Self::Response | Self::Error | Self::HeartbeatReply)
+    }
+}
+
+/// Outcome of a response, for statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResponseStatus {
+    /// Success.
+    Ok,
+    /// The application answered with a declared exception / non-zero application status.
+    Exception,
+    /// A protocol-level error (Thrift `TApplicationException`, wasmesh-rpc error frame).
+    Error,
+}
+
+impl ResponseStatus {
+    /// Stable lower-case name, used in metric names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Exception => "exception",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One decoded frame's metadata. The payload stays in the frame bytes; [`Message::body`] says where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The frame's type.
+    pub kind: MessageType,
+    /// Request id (Thrift seqid, wasmesh-rpc request id); replies carry the request's id.
+    pub request_id: u64,
+    /// Service name ("" when the frame names none).
+    pub service: String,
+    /// Method name ("" when the frame names none).
+    pub method: String,
+    /// Caller identity ("" when the frame names none).
+    pub caller: String,
+    /// Outcome, for replies.
+    pub status: Option<ResponseStatus>,
+    /// Key/value metadata in frame order (wasmesh-rpc: every header entry, including `service`,
+    /// `method`, `caller` and `trace-id`; Thrift binary carries none).
+    pub metadata: Vec<(String, String)>,
+    /// Thrift: the service came from a multiplexed `Service:method` name (re-encoded the same way).
+    pub service_in_name: bool,
+    /// Where the opaque payload lies within the frame bytes.
+    pub body: Range<usize>,
+}
+
+impl Message {
+    /// An empty message of `kind` with `request_id`.
+    pub fn new(kind: MessageType, request_id: u64) -> Self {
+        Self {
+            kind,
+            request_id,
+            service: String::new(),
+            method: String::new(),
+            caller: String::new(),
+            status: None,
+            metadata: Vec::new(),
+            service_in_name: false,
+            body: 0..0,
+        }
+    }
+
+    /// The first value of metadata entry `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Adds or overwrites metadata entry `key` (the first occurrence keeps its place; later
+    /// duplicates are dropped). Keeps `service`, `method` and `caller` in step with their entries.
+    pub fn set(&mut self, key: &str, value: &str) {
+        let mut found = false;
+        self.metadata.retain_mut(|(k, v)| {
+            if k != key {
+                return true;
+            }
+            if found {
+                return false;
+            }
+            found = true;
+            value.clone_into(v);
+            true
+        });
+        if !found {
+            self.metadata.push((key.to_owned(), value.to_owned()));
+        }
+        match key {
+            keys::SERVICE => value.clone_into(&mut self.service),
+            keys::METHOD => value.clone_into(&mut self.method),
+            keys::CALLER => value.clone_into(&mut self.caller),
+            _ => {}
+        }
+    }
+}
+
+/// Well-known metadata keys.
+pub mod keys {
+    /// The service called.
+    pub const SERVICE: &str = "service";
+    /// The method called.
+    pub const METHOD: &str = "method";
+    /// The caller's identity.
+    pub const CALLER: &str = "caller";
+    /// Trace id propagated across hops.
+    pub const TRACE_ID: &str = "trace-id";
+    /// Human-readable text of an error frame.
+    pub const ERROR_MESSAGE: &str = "error-message";
+}
+
+/// Why the proxy answers a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalError {
+    /// The ACL denied the call.
+    Denied,
+    /// A rate limit is exhausted.
+    OverLimit,
+}
+
+impl LocalError {
+    /// The text sent to the client.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Denied => "wasmesh: call denied by policy",
+            Self::OverLimit => "wasmesh: rate limit exceeded",
+        }
+    }
+}

@@ -1,0 +1,960 @@
+//! Unit and property tests of the codecs and the filter (also run on wasm32 under Wasmtime).
+//!
+//! Property tests use a seeded generator (`filter_core::rng`), so every run checks the same
+//! cases on every target and a failure names its seed.
+
+use std::time::Duration;
+
+use filter_core::rng::Xoshiro256;
+
+use crate::codec::{Codec, CodecError, Decoder};
+use crate::config::{
+    AclAction, AclConfig, AclRule, DenyMode, MetadataEntry, Protocol, Route, RpcConfig,
+};
+use crate::filter::{CLUSTER_FILTER_STATE, Verdict, compile};
+use crate::host::Direction;
+use crate::host::mock::MockL4Host;
+use crate::message::{LocalError, Message, MessageType, ResponseStatus};
+use crate::thrift::{self, Header, Thrift, message_type};
+use crate::wasmesh_rpc::{self, Frame, WasmeshRpc, status, types};
+
+fn rng(seed: u64) -> Xoshiro256 {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    Xoshiro256::from_seed(s)
+}
+
+fn below(r: &mut Xoshiro256, n: u64) -> u64 {
+    r.next_u64() % n.max(1)
+}
+
+fn word(r: &mut Xoshiro256) -> String {
+    let len = below(r, 12) as usize;
+    (0..len)
+        .map(|_| char::from(b'a' + below(r, 26) as u8))
+        .collect()
+}
+
+fn wm_frame(r: &mut Xoshiro256) -> Frame {
+    let kind = [
+        types::REQUEST,
+        types::ONEWAY,
+        types::RESPONSE,
+        types::ERROR,
+        types::HEARTBEAT,
+    ][below(r, 5) as usize];
+    let mut headers = vec![
+        ("service".to_owned(), word(r)),
+        ("method".to_owned(), word(r)),
+    ];
+    for _ in 0..below(r, 4) {
+        headers.push((word(r) + "x", word(r)));
+    }
+    let mut payload = vec![0u8; below(r, 300) as usize];
+    r.fill(&mut payload);
+    Frame {
+        kind,
+        flags: if kind == types::HEARTBEAT {
+            (r.next_u64() & 1) as u8
+        } else {
+            0
+        },
+        status: if kind == types::RESPONSE {
+            (r.next_u64() % 2) as u8
+        } else {
+            0
+        },
+        request_id: r.next_u64(),
+        headers,
+        payload,
+    }
+}
+
+fn thrift_frame(r: &mut Xoshiro256) -> Vec<u8> {
+    let kind = [
+        message_type::CALL,
+        message_type::REPLY,
+        message_type::EXCEPTION,
+        message_type::ONEWAY,
+    ][below(r, 4) as usize];
+    let name = if r.next_u64().is_multiple_of(2) {
+        format!("{}:{}", word(r), word(r))
+    } else {
+        word(r)
+    };
+    let mut body = vec![0u8; below(r, 300) as usize];
+    r.fill(&mut body);
+    thrift::frame(
+        &Header {
+            name,
+            kind,
+            seqid: r.next_u64() as i32,
+        },
+        &body,
+    )
+}
+
+/// Decodes `stream` fed in `chunks`; the frames' bytes and messages.
+fn decode_chunked<C: Codec>(codec: &C, stream: &[u8], cuts: &[usize]) -> Vec<(Message, Vec<u8>)> {
+    let mut d = Decoder::new(1 << 20);
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
+        out.extend(d.decode_all(codec, &stream[at..cut]).unwrap());
+        at = cut;
+    }
+    assert_eq!(d.buffered(), 0);
+    out
+}
+
+fn every_chunking_decodes_the_same<C: Codec>(codec: &C, frames: &[Vec<u8>], seed: u64) {
+    let stream: Vec<u8> = frames.concat();
+    let whole = decode_chunked(codec, &stream, &[]);
+    assert_eq!(whole.len(), frames.len(), "seed {seed}");
+    for (got, want) in whole.iter().zip(frames) {
+        assert_eq!(&got.1, want, "seed {seed}");
+    }
+    // Every single split point.
+    for cut in 0..=stream.len() {
+        assert_eq!(
+            decode_chunked(codec, &stream, &[cut]),
+            whole,
+            "seed {seed} cut {cut}"
+        );
+    }
+    // Byte by byte.
+    let bytes: Vec<usize> = (1..stream.len()).collect();
+    assert_eq!(
+        decode_chunked(codec, &stream, &bytes),
+        whole,
+        "seed {seed} bytewise"
+    );
+    // Random chunkings.
+    let mut r = rng(seed ^ 0xc0ffee);
+    for _ in 0..20 {
+        let mut cuts: Vec<usize> = (0..below(&mut r, 8))
+            .map(|_| below(&mut r, stream.len() as u64 + 1) as usize)
+            .collect();
+        cuts.sort_unstable();
+        assert_eq!(
+            decode_chunked(codec, &stream, &cuts),
+            whole,
+            "seed {seed} {cuts:?}"
+        );
+    }
+}
+
+#[test]
+fn wasmesh_rpc_every_split_of_a_pipelined_stream_decodes_to_the_same_frames() {
+    for seed in 0..12 {
+        let mut r = rng(seed);
+        let frames: Vec<Vec<u8>> = (0..1 + below(&mut r, 5))
+            .map(|_| wm_frame(&mut r).encode().unwrap())
+            .collect();
+        every_chunking_decodes_the_same(&WasmeshRpc, &frames, seed);
+    }
+}
+
+#[test]
+fn thrift_every_split_of_a_pipelined_stream_decodes_to_the_same_frames() {
+    let codec = Thrift {
+        default_service: "Calc".into(),
+    };
+    for seed in 0..12 {
+        let mut r = rng(seed);
+        let frames: Vec<Vec<u8>> = (0..1 + below(&mut r, 5))
+            .map(|_| thrift_frame(&mut r))
+            .collect();
+        every_chunking_decodes_the_same(&codec, &frames, seed);
+    }
+}
+
+#[test]
+fn wasmesh_rpc_round_trips_frames_and_messages() {
+    for seed in 0..200 {
+        let mut r = rng(seed);
+        let f = wm_frame(&mut r);
+        let bytes = f.encode().unwrap();
+        assert_eq!(Frame::decode(&bytes).unwrap(), f, "seed {seed}");
+        let m = WasmeshRpc.decode(&bytes).unwrap();
+        assert_eq!(m.request_id, f.request_id);
+        assert_eq!(m.service, f.headers[0].1);
+        assert_eq!(m.method, f.headers[1].1);
+        assert_eq!(&bytes[m.body.clone()], f.payload.as_slice());
+        // Re-encoding an unchanged message reproduces the frame.
+        assert_eq!(WasmeshRpc.encode(&m, &bytes).unwrap(), bytes, "seed {seed}");
+    }
+}
+
+#[test]
+fn thrift_round_trips_headers_and_bodies() {
+    let codec = Thrift::default();
+    for seed in 0..200 {
+        let mut r = rng(seed);
+        let bytes = thrift_frame(&mut r);
+        let m = codec.decode(&bytes).unwrap();
+        assert_eq!(codec.encode(&m, &bytes).unwrap(), bytes, "seed {seed}");
+    }
+}
+
+#[test]
+fn wasmesh_rpc_fields_and_statuses() {
+    let f = Frame {
+        kind: types::REQUEST,
+        flags: 0,
+        status: 0,
+        request_id: 0x0102_0304_0506_0708,
+        headers: vec![
+            ("service".into(), "Orders".into()),
+            ("method".into(), "Get".into()),
+            ("caller".into(), "web".into()),
+            ("trace-id".into(), "t1".into()),
+            ("tenant".into(), "acme".into()),
+        ],
+        payload: b"hi".to_vec(),
+    };
+    let m = WasmeshRpc.decode(&f.encode().unwrap()).unwrap();
+    assert_eq!(m.kind, MessageType::Request);
+    assert_eq!(
+        (m.service.as_str(), m.method.as_str(), m.caller.as_str()),
+        ("Orders", "Get", "web")
+    );
+    assert_eq!(m.get("tenant"), Some("acme"));
+    assert_eq!(m.request_id, 0x0102_0304_0506_0708);
+    let mut resp = f.clone();
+    resp.kind = types::RESPONSE;
+    resp.status = status::APPLICATION_ERROR;
+    let m = WasmeshRpc.decode(&resp.encode().unwrap()).unwrap();
+    assert_eq!(m.status, Some(ResponseStatus::Exception));
+    resp.kind = types::HEARTBEAT;
+    resp.flags = wasmesh_rpc::FLAG_REPLY;
+    assert_eq!(
+        WasmeshRpc.decode(&resp.encode().unwrap()).unwrap().kind,
+        MessageType::HeartbeatReply
+    );
+}
+
+#[test]
+fn metadata_mutation_re_encodes_the_frame() {
+    let f = Frame {
+        kind: types::REQUEST,
+        flags: 0,
+        status: 0,
+        request_id: 7,
+        headers: vec![
+            ("service".into(), "S".into()),
+            ("caller".into(), "forged".into()),
+        ],
+        payload: b"payload".to_vec(),
+    };
+    let bytes = f.encode().unwrap();
+    let mut m = WasmeshRpc.decode(&bytes).unwrap();
+    m.set("caller", "svc-a");
+    m.set("trace-id", "abc");
+    let again = WasmeshRpc.encode(&m, &bytes).unwrap();
+    let back = Frame::decode(&again).unwrap();
+    assert_eq!(
+        back.headers,
+        vec![
+            ("service".into(), "S".into()),
+            ("caller".into(), "svc-a".into()),
+            ("trace-id".into(), "abc".into())
+        ]
+    );
+    assert_eq!(back.payload, b"payload");
+    assert_eq!(WasmeshRpc.decode(&again).unwrap().caller, "svc-a");
+    // Thrift binary has no metadata to carry.
+    let t = thrift::frame(
+        &Header {
+            name: "m".into(),
+            kind: 1,
+            seqid: 1,
+        },
+        &[0],
+    );
+    let mut tm = Thrift::default().decode(&t).unwrap();
+    tm.set("caller", "x");
+    assert!(matches!(
+        Thrift::default().encode(&tm, &t),
+        Err(CodecError::Unsupported(_))
+    ));
+}
+
+/// Reads a `TApplicationException` struct the way Apache Thrift's libraries do: (message, type).
+fn read_app_exception(body: &[u8]) -> (String, i32) {
+    let mut i = 0;
+    let (mut msg, mut kind) = (String::new(), -1);
+    loop {
+        let t = body[i];
+        if t == 0 {
+            return (msg, kind);
+        }
+        let id = u16::from_be_bytes([body[i + 1], body[i + 2]]);
+        i += 3;
+        match (t, id) {
+            (11, 1) => {
+                let n = u32::from_be_bytes(body[i..i + 4].try_into().unwrap()) as usize;
+                msg = String::from_utf8(body[i + 4..i + 4 + n].to_vec()).unwrap();
+                i += 4 + n;
+            }
+            (8, 2) => {
+                kind = i32::from_be_bytes(body[i..i + 4].try_into().unwrap());
+                i += 4;
+            }
+            other => panic!("unexpected field {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn error_replies_decode_as_the_protocols_own_errors() {
+    let codec = Thrift::default();
+    let call = thrift::frame(
+        &Header {
+            name: "Calc:add".into(),
+            kind: 1,
+            seqid: 42,
+        },
+        &[0],
+    );
+    let req = codec.decode(&call).unwrap();
+    let reply = codec.error_reply(&req, LocalError::Denied);
+    let m = codec.decode(&reply).unwrap();
+    assert_eq!(m.kind, MessageType::Error);
+    assert_eq!(m.request_id, 42);
+    assert_eq!(m.method, "add");
+    assert_eq!(
+        read_app_exception(&reply[m.body.clone()]),
+        (
+            "wasmesh: call denied by policy".to_owned(),
+            thrift::app_exception::INTERNAL_ERROR
+        )
+    );
+    let probe = codec.probe(&req).unwrap();
+    let p = codec.decode(&probe).unwrap();
+    assert_eq!(
+        (p.service.as_str(), p.method.as_str(), p.request_id),
+        ("Calc", thrift::PROBE_METHOD, 42)
+    );
+
+    let f = Frame {
+        kind: types::REQUEST,
+        flags: 0,
+        status: 0,
+        request_id: 9,
+        headers: vec![],
+        payload: vec![],
+    };
+    let req = WasmeshRpc.decode(&f.encode().unwrap()).unwrap();
+    let back = Frame::decode(&WasmeshRpc.error_reply(&req, LocalError::OverLimit)).unwrap();
+    assert_eq!(
+        (back.kind, back.status, back.request_id),
+        (types::ERROR, status::OVER_LIMIT, 9)
+    );
+    assert_eq!(back.headers[0].1, "wasmesh: rate limit exceeded");
+    let probe = Frame::decode(&WasmeshRpc.probe(&req).unwrap()).unwrap();
+    assert_eq!(
+        (probe.kind, probe.flags, probe.request_id),
+        (types::HEARTBEAT, 0, 9)
+    );
+}
+
+#[test]
+fn thrift_names_seqids_defaults_and_result_status() {
+    let codec = Thrift {
+        default_service: "Calc".into(),
+    };
+    let m = codec
+        .decode(&thrift::frame(
+            &Header {
+                name: "ping".into(),
+                kind: 4,
+                seqid: -1,
+            },
+            &[0],
+        ))
+        .unwrap();
+    assert_eq!(
+        (m.kind, m.service.as_str(), m.method.as_str()),
+        (MessageType::Oneway, "Calc", "ping")
+    );
+    assert_eq!(m.request_id, 0xffff_ffff);
+    // Reply with field 0 (success) vs field 1 (declared exception) vs void (just STOP).
+    let ok = thrift::frame(
+        &Header {
+            name: "add".into(),
+            kind: 2,
+            seqid: 1,
+        },
+        &[8, 0, 0, 0, 0, 0, 3, 0],
+    );
+    let exc = thrift::frame(
+        &Header {
+            name: "add".into(),
+            kind: 2,
+            seqid: 1,
+        },
+        &[12, 0, 1, 0, 0],
+    );
+    let void = thrift::frame(
+        &Header {
+            name: "add".into(),
+            kind: 2,
+            seqid: 1,
+        },
+        &[0],
+    );
+    assert_eq!(codec.decode(&ok).unwrap().status, Some(ResponseStatus::Ok));
+    assert_eq!(
+        codec.decode(&exc).unwrap().status,
+        Some(ResponseStatus::Exception)
+    );
+    assert_eq!(
+        codec.decode(&void).unwrap().status,
+        Some(ResponseStatus::Ok)
+    );
+    // Old-style (non-strict) header.
+    let mut old = Vec::new();
+    old.extend_from_slice(&3u32.to_be_bytes());
+    old.extend_from_slice(b"add");
+    old.push(1);
+    old.extend_from_slice(&5i32.to_be_bytes());
+    old.push(0);
+    let mut framed = (old.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&old);
+    let m = codec.decode(&framed).unwrap();
+    assert_eq!(
+        (m.kind, m.method.as_str(), m.request_id),
+        (MessageType::Request, "add", 5)
+    );
+}
+
+#[test]
+fn oversized_frames_fail_as_soon_as_their_length_is_known_and_nothing_more_is_buffered() {
+    let mut d = Decoder::new(64);
+    let big = Frame {
+        kind: 1,
+        flags: 0,
+        status: 0,
+        request_id: 1,
+        headers: vec![],
+        payload: vec![0; 100],
+    }
+    .encode()
+    .unwrap();
+    d.feed(&big[..11]);
+    assert_eq!(d.next_frame(&WasmeshRpc).unwrap(), None);
+    d.feed(&big[11..12]);
+    let e = d.next_frame(&WasmeshRpc).unwrap_err();
+    assert_eq!(e.error, CodecError::TooLarge { len: 120, max: 64 });
+    assert!(
+        d.next_frame(&WasmeshRpc).is_err(),
+        "a failed stream stays failed"
+    );
+    let mut d = Decoder::new(64);
+    let mut t = (1000u32).to_be_bytes().to_vec();
+    t.push(0x80);
+    d.feed(&t);
+    assert!(matches!(
+        d.next_frame(&Thrift::default()).unwrap_err().error,
+        CodecError::TooLarge { len: 1004, .. }
+    ));
+    // A frame of exactly the maximum passes.
+    let exact = Frame {
+        kind: 1,
+        flags: 0,
+        status: 0,
+        request_id: 1,
+        headers: vec![],
+        payload: vec![0; 44],
+    }
+    .encode()
+    .unwrap();
+    assert_eq!(
+        Decoder::new(64)
+            .decode_all(&WasmeshRpc, &exact)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn bad_magic_and_inconsistent_frames_are_errors_never_panics() {
+    assert!(matches!(
+        WasmeshRpc.frame_len(b"GE"),
+        Err(CodecError::BadMagic(_))
+    ));
+    assert!(matches!(
+        WasmeshRpc.frame_len(b"WM\x02"),
+        Err(CodecError::BadMagic(_))
+    ));
+    assert!(matches!(
+        Thrift::default().frame_len(b"\0\0\0\x10GET"),
+        Err(CodecError::BadMagic(_))
+    ));
+    // Header block entry running past the block.
+    let mut f = Frame {
+        kind: 1,
+        flags: 0,
+        status: 0,
+        request_id: 1,
+        headers: vec![("k".into(), "v".into())],
+        payload: vec![1],
+    }
+    .encode()
+    .unwrap();
+    f[7] = 3; // block length 3 instead of 6
+    f.truncate(f.len() - 3);
+    assert!(WasmeshRpc.decode(&f).is_err());
+    // Random garbage and random corruptions of valid frames: errors or frames, never a panic.
+    for seed in 0..400 {
+        let mut r = rng(seed);
+        let mut bytes = if seed.is_multiple_of(2) {
+            wm_frame(&mut r).encode().unwrap()
+        } else {
+            thrift_frame(&mut r)
+        };
+        for _ in 0..1 + below(&mut r, 4) {
+            let i = below(&mut r, bytes.len() as u64) as usize;
+            bytes[i] = r.next_u64() as u8;
+        }
+        let _ = Decoder::new(4096).decode_all(&WasmeshRpc, &bytes);
+        let _ = Decoder::new(4096).decode_all(&Thrift::default(), &bytes);
+    }
+}
+
+// ---- the filter ----
+
+fn req(id: u64, service: &str, method: &str, caller: &str) -> Vec<u8> {
+    Frame {
+        kind: types::REQUEST,
+        flags: 0,
+        status: 0,
+        request_id: id,
+        headers: vec![
+            ("service".into(), service.into()),
+            ("method".into(), method.into()),
+            ("caller".into(), caller.into()),
+        ],
+        payload: b"args".to_vec(),
+    }
+    .encode()
+    .unwrap()
+}
+
+fn resp(id: u64, st: u8) -> Vec<u8> {
+    Frame {
+        kind: types::RESPONSE,
+        flags: 0,
+        status: st,
+        request_id: id,
+        headers: vec![],
+        payload: b"r".to_vec(),
+    }
+    .encode()
+    .unwrap()
+}
+
+/// Runs `bytes` through the filter in direction `dir`; returns (verdict, bytes forwarded).
+fn pass(
+    f: &crate::Compiled,
+    h: &mut MockL4Host,
+    c: &mut crate::Connection,
+    dir: Direction,
+    bytes: &[u8],
+) -> (Verdict, Vec<u8>) {
+    h.chunk.insert(dir, bytes.to_vec());
+    let v = match dir {
+        Direction::Downstream => f.on_downstream_data(h, c, bytes.len()),
+        Direction::Upstream => f.on_upstream_data(h, c, bytes.len()),
+    };
+    (v, h.chunk[&dir].clone())
+}
+
+fn wm_config() -> RpcConfig {
+    RpcConfig::new(Protocol::WasmeshRpc)
+}
+
+#[test]
+fn stats_per_service_and_method_with_latency_matched_by_id() {
+    let f = compile(&wm_config()).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let stream = [req(1, "Orders", "Get", "a"), req(2, "Orders", "Put", "a")].concat();
+    let (v, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &stream);
+    assert_eq!((v, fwd.as_slice()), (Verdict::Continue, stream.as_slice()));
+    assert!(h.filter_state.is_empty(), "no routing configured");
+    h.clock += Duration::from_millis(7);
+    // Responses out of order, split across two chunks.
+    let back = [resp(2, status::OK), resp(1, status::APPLICATION_ERROR)].concat();
+    let (_, fwd1) = pass(&f, &mut h, &mut c, Direction::Upstream, &back[..10]);
+    assert!(fwd1.is_empty(), "a partial frame is held");
+    let (_, fwd2) = pass(&f, &mut h, &mut c, Direction::Upstream, &back[10..]);
+    assert_eq!(fwd2, back);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.Orders.Get.requests"), 1);
+    assert_eq!(
+        h.counter("rpc.wasmesh_rpc.Orders.Get.responses.exception"),
+        1
+    );
+    assert_eq!(h.counter("rpc.wasmesh_rpc.Orders.Put.responses.ok"), 1);
+    assert_eq!(
+        h.counter("rpc.wasmesh_rpc.Orders.Get.request_bytes"),
+        req(1, "Orders", "Get", "a").len() as i64
+    );
+    assert_eq!(
+        h.histogram("rpc.wasmesh_rpc.Orders.Put.latency_ms"),
+        Some((7, 1))
+    );
+    assert!(!h.closed);
+}
+
+#[test]
+fn partial_frames_are_held_and_forwarded_whole_byte_by_byte() {
+    let f = compile(&wm_config()).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let frame = req(5, "S", "m", "c");
+    let mut forwarded = Vec::new();
+    for b in &frame {
+        let (v, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &[*b]);
+        assert_eq!(v, Verdict::Continue);
+        forwarded.extend(fwd);
+    }
+    assert_eq!(forwarded, frame);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.S.m.requests"), 1);
+}
+
+#[test]
+fn acl_denial_is_answered_in_protocol_via_the_probe() {
+    let mut cfg = wm_config();
+    cfg.acl = Some(AclConfig {
+        default_action: AclAction::Allow,
+        rules: vec![AclRule {
+            action: AclAction::Deny,
+            caller: Some("evil".into()),
+            service: None,
+            method: Some("*".into()),
+        }],
+    });
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let stream = [req(1, "S", "m", "good"), req(2, "S", "m", "evil")].concat();
+    let (_, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &stream);
+    let got = Decoder::new(1 << 20).decode_all(&WasmeshRpc, &fwd).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].1, req(1, "S", "m", "good"));
+    assert_eq!(
+        got[1].0.kind,
+        MessageType::Heartbeat,
+        "the refused call became a probe"
+    );
+    assert_eq!(got[1].0.request_id, 2);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.S.m.denied"), 1);
+    // The server answers the call and the probe; the probe's answer becomes the error reply.
+    let hb = Frame {
+        kind: types::HEARTBEAT,
+        flags: wasmesh_rpc::FLAG_REPLY,
+        status: 0,
+        request_id: 2,
+        headers: vec![],
+        payload: vec![],
+    }
+    .encode()
+    .unwrap();
+    let (_, back) = pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Upstream,
+        &[resp(1, 0), hb].concat(),
+    );
+    let got = Decoder::new(1 << 20)
+        .decode_all(&WasmeshRpc, &back)
+        .unwrap();
+    assert_eq!(got[0].1, resp(1, 0));
+    let err = Frame::decode(&got[1].1).unwrap();
+    assert_eq!(
+        (err.kind, err.status, err.request_id),
+        (types::ERROR, status::DENIED, 2)
+    );
+    assert_eq!(h.counter("rpc.wasmesh_rpc.local_replies"), 1);
+    assert!(!h.closed);
+}
+
+#[test]
+fn thrift_denial_becomes_an_app_exception_and_oneway_denials_are_dropped() {
+    let mut cfg = RpcConfig::new(Protocol::Thrift);
+    cfg.acl = Some(AclConfig {
+        default_action: AclAction::Deny,
+        rules: vec![AclRule {
+            action: AclAction::Allow,
+            caller: None,
+            service: Some("Calc".into()),
+            method: Some("add".into()),
+        }],
+    });
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let call = |name: &str, kind, seqid| {
+        thrift::frame(
+            &Header {
+                name: name.into(),
+                kind,
+                seqid,
+            },
+            &[0],
+        )
+    };
+    let stream = [
+        call("Calc:add", 1, 0),
+        call("Calc:sub", 1, 0),
+        call("Calc:zap", 4, 0),
+    ]
+    .concat();
+    let (_, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &stream);
+    let codec = Thrift::default();
+    let got = Decoder::new(1 << 20).decode_all(&codec, &fwd).unwrap();
+    assert_eq!(got.len(), 2, "oneway denial dropped");
+    assert_eq!(got[1].0.method, thrift::PROBE_METHOD);
+    // Same seqid for both (as Apache Thrift's Python client does): matched in order.
+    let reply = call("add", 2, 0);
+    let unknown = thrift::frame(
+        &Header {
+            name: thrift::PROBE_METHOD.into(),
+            kind: 3,
+            seqid: 0,
+        },
+        &thrift::app_exception_struct("Unknown function", 1),
+    );
+    let (_, back) = pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Upstream,
+        &[reply.clone(), unknown].concat(),
+    );
+    let got = Decoder::new(1 << 20).decode_all(&codec, &back).unwrap();
+    assert_eq!(got[0].1, reply);
+    assert_eq!(got[1].0.kind, MessageType::Error);
+    assert_eq!(got[1].0.method, "sub");
+    assert_eq!(
+        read_app_exception(&got[1].1[got[1].0.body.clone()]).0,
+        "wasmesh: call denied by policy"
+    );
+    assert_eq!(h.counter("rpc.thrift.Calc.sub.denied"), 1);
+    assert_eq!(h.counter("rpc.thrift.Calc.zap.denied"), 1);
+}
+
+#[test]
+fn deny_mode_close_closes_counts_and_logs() {
+    let mut cfg = wm_config();
+    cfg.on_deny = DenyMode::Close;
+    cfg.acl = Some(AclConfig {
+        default_action: AclAction::Deny,
+        rules: vec![],
+    });
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let (v, fwd) = pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Downstream,
+        &req(1, "S", "m", "x"),
+    );
+    assert_eq!(v, Verdict::Pause);
+    assert!(fwd.is_empty() && h.closed);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.denied_closed"), 1);
+    assert_eq!(h.logs.len(), 1, "{:?}", h.logs);
+}
+
+#[test]
+fn malformed_and_oversized_frames_close_the_connection_once() {
+    let mut cfg = wm_config();
+    cfg.max_frame_bytes = 64;
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let (v, fwd) = pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Downstream,
+        b"GET / HTTP/1.1\r\n",
+    );
+    assert_eq!(v, Verdict::Pause);
+    assert!(fwd.is_empty() && h.closed);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.malformed_frames"), 1);
+    let (v, _) = pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Downstream,
+        &req(1, "S", "m", "c"),
+    );
+    assert_eq!(v, Verdict::Pause, "nothing passes after the close");
+    assert_eq!(h.logs.len(), 1, "logged once: {:?}", h.logs);
+
+    let f = compile(&cfg).unwrap(); // metric ids belong to one host
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let big = Frame {
+        kind: 1,
+        flags: 0,
+        status: 0,
+        request_id: 1,
+        headers: vec![],
+        payload: vec![0; 100],
+    }
+    .encode()
+    .unwrap();
+    pass(&f, &mut h, &mut c, Direction::Downstream, &big[..12]);
+    assert!(h.closed);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.oversized_frames"), 1);
+}
+
+#[test]
+fn metadata_is_set_and_the_frame_re_encoded() {
+    let mut cfg = wm_config();
+    cfg.set_metadata = vec![
+        MetadataEntry {
+            key: "caller".into(),
+            value: "sidecar-identity".into(),
+        },
+        MetadataEntry {
+            key: "trace-id".into(),
+            value: "t-1".into(),
+        },
+    ];
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let (_, fwd) = pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Downstream,
+        &req(3, "S", "m", "forged"),
+    );
+    let back = Frame::decode(&fwd).unwrap();
+    assert_eq!(
+        back.headers,
+        vec![
+            ("service".into(), "S".into()),
+            ("method".into(), "m".into()),
+            ("caller".into(), "sidecar-identity".into()),
+            ("trace-id".into(), "t-1".into()),
+        ]
+    );
+    assert_eq!(back.payload, b"args");
+}
+
+#[test]
+fn routing_by_first_frame_pauses_until_it_is_complete() {
+    let mut cfg = wm_config();
+    cfg.routes = vec![Route {
+        service: "Orders".into(),
+        cluster: "orders".into(),
+    }];
+    cfg.default_cluster = Some("fallback".into());
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let frame = req(1, "Orders", "Get", "c");
+    let (v, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &frame[..5]);
+    assert_eq!((v, fwd.len()), (Verdict::Pause, 0));
+    assert!(h.filter_state.is_empty());
+    let (v, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &frame[5..]);
+    assert_eq!((v, fwd), (Verdict::Continue, frame));
+    assert_eq!(
+        h.filter_state,
+        vec![(CLUSTER_FILTER_STATE.to_owned(), "orders".to_owned())]
+    );
+    pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Downstream,
+        &req(2, "Other", "x", "c"),
+    );
+    assert_eq!(h.filter_state.len(), 1, "one cluster per connection");
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Downstream,
+        &req(1, "Unknown", "x", "c"),
+    );
+    assert_eq!(h.filter_state[0].1, "fallback");
+}
+
+#[test]
+fn pending_requests_and_stat_keys_are_bounded() {
+    let mut cfg = wm_config();
+    cfg.max_pending = 2;
+    cfg.max_stat_keys = 2;
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let stream: Vec<u8> = (0..5)
+        .flat_map(|i| req(i, &format!("S{i}"), "m", "c"))
+        .collect();
+    pass(&f, &mut h, &mut c, Direction::Downstream, &stream);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.untracked_requests"), 3);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.S0.m.requests"), 1);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.other.other.requests"), 3);
+}
+
+#[test]
+fn configuration_errors_name_field_and_value() {
+    let e = RpcConfig::from_json(
+        br#"{"protocol":"thrift","acl":{"rules":[{"action":"deny","methd":"x"}]}}"#,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("acl.rules[0].methd: unknown field"),
+        "{e}"
+    );
+    let e = RpcConfig::from_json(br#"{"protocol":"grpc"}"#).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("protocol: unknown variant `grpc`"),
+        "{e}"
+    );
+    assert_eq!(
+        RpcConfig::from_json(br#"{"protocol":"wasmesh-rpc"}"#)
+            .unwrap()
+            .protocol,
+        Protocol::WasmeshRpc
+    );
+    let mut cfg = RpcConfig::new(Protocol::Thrift);
+    cfg.set_metadata = vec![MetadataEntry {
+        key: "caller".into(),
+        value: "x".into(),
+    }];
+    assert_eq!(
+        compile(&cfg).unwrap_err().to_string(),
+        "set_metadata[0].key: Thrift binary frames carry no metadata: \"caller\""
+    );
+    let mut cfg = wm_config();
+    cfg.max_frame_bytes = 1;
+    assert!(
+        compile(&cfg)
+            .unwrap_err()
+            .to_string()
+            .starts_with("max_frame_bytes")
+    );
+    let cfg: RpcConfig = serde_json::from_str(r#"{"protocol":"wasmesh_rpc"}"#).unwrap();
+    assert_eq!(
+        serde_json::to_string(&cfg).unwrap(),
+        r#"{"protocol":"wasmesh_rpc"}"#
+    );
+}
