@@ -1,0 +1,770 @@
+//! The compiled filter: per-request flow, worker-local leases, the shared slot tables, and the
+//! replies.
+//!
+//! # Per request
+//!
+//! 1. Read only what the rules need (nothing for a constant key without conditions, one header
+//!    for one header, else the whole map in one call), plus the peer address if a client key
+//!    without trusted hops needs it.
+//! 2. For each rule in order whose conditions hold and whose key is present, make sure this
+//!    worker holds a token for the key: from its lease (no host call), or by exchanging with the
+//!    shared bucket (one shared-data read and one CAS write, taking up to a lease of tokens).
+//!    Nothing is consumed yet.
+//! 3. If an enforced rule has no token, the request is limited by the first such rule (in
+//!    configuration order) and **no rule consumes a token**; tokens a rule just leased stay in
+//!    this worker's lease for the next requests. Otherwise every matching rule consumes one.
+//!
+//! # Worker-local state (bounded)
+//!
+//! Per rule a direct-mapped table of at most 1,024 lease entries (one for a constant key). A key
+//! that maps to an entry held by another key evicts it and gives its unused tokens back to its
+//! shared bucket first. An entry also remembers until when its shared bucket is known to be
+//! empty, so limited requests make no host call until a lease's worth of tokens has accrued.
+//!
+//! # Shared state (bounded)
+//!
+//! Per rule `slots` shared-data entries `wasmesh.rl|<domain>|<rule>|<slot>`, the slot chosen by
+//! a hash of the key. A slot stores the key's fingerprint, the limit, and the bucket. A key
+//! finding its slot owned by another key takes the slot over if that bucket is full (an idle
+//! bucket is indistinguishable from a fresh one, so nothing is lost); otherwise both keys draw
+//! from the one bucket until it refills (they are limited together, never more leniently).
+//! Stats counts these as `slot_shared`.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind};
+
+use crate::ConfigError;
+use crate::bucket::{Bucket, Lease, Limit, NANOS_PER_SECOND, lease_size};
+use crate::config::{FailureMode, RateLimitConfig, ResponseHeaders};
+use crate::keys::{KeySource, Matcher, key_hash};
+
+/// Default slot count of a keyed rule.
+pub const DEFAULT_SLOTS: u32 = 16_384;
+/// Largest slot count of a rule.
+pub const MAX_SLOTS: u32 = 1 << 20;
+/// Largest worker-local lease table of a rule.
+pub const MAX_LOCAL_ENTRIES: usize = 1024;
+/// Largest number of rules.
+pub const MAX_RULES: usize = 64;
+/// Bytes of a shared slot value.
+pub const SLOT_VALUE_LEN: usize = 1 + 8 + 24 + Bucket::ENCODED_LEN;
+const SLOT_VERSION: u8 = 1;
+
+/// Per-rule counters, in the order of [`STAT_NAMES`].
+const STAT_NAMES: [&str; 6] = [
+    "allowed",
+    "limited",
+    "shadow_limited",
+    "failed_open",
+    "failed_closed",
+    "slot_shared",
+];
+const ALLOWED: usize = 0;
+const LIMITED: usize = 1;
+const SHADOW_LIMITED: usize = 2;
+const FAILED_OPEN: usize = 3;
+const FAILED_CLOSED: usize = 4;
+const SLOT_SHARED: usize = 5;
+
+/// The compiled, immutable configuration plus this worker's leases and pending counters.
+#[derive(Debug)]
+pub struct Compiled {
+    domain: String,
+    rules: Vec<CompiledRule>,
+    status: u16,
+    response_headers: ResponseHeaders,
+    failure_mode: FailureMode,
+    cas_attempts: u32,
+    lease_ttl_ns: u64,
+    reads: ReadPlan,
+    needs_peer: bool,
+    state: RefCell<WorkerState>,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    name: String,
+    when: Matcher,
+    key: KeySource,
+    limit: Limit,
+    lease: u64,
+    slots: u32,
+    shadow: bool,
+    /// `wasmesh.rl|<domain>|<rule>|` (the slot number is appended).
+    key_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReadPlan {
+    Nothing,
+    One(String),
+    All,
+}
+
+#[derive(Debug, Default)]
+struct WorkerState {
+    rules: Vec<RuleState>,
+}
+
+#[derive(Debug, Default)]
+struct RuleState {
+    entries: Vec<Entry>,
+    /// Counter ids, defined on first flush.
+    ids: Option<[u32; 6]>,
+    pending: [u64; 6],
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    used: bool,
+    hash: u64,
+    lease: Lease,
+    /// The shared bucket is known to be short of a lease until then.
+    empty_until: u64,
+    /// When the shared bucket will hold its next whole token (for `Retry-After`).
+    next_token_at: u64,
+    /// Whole tokens the shared bucket held after the last exchange.
+    shared_left: u64,
+    /// Nanoseconds until the shared bucket was full, as of the last exchange.
+    full_in_ns: u64,
+}
+
+/// Validates and compiles a configuration once, at configure time. Errors name the field path
+/// and the offending value.
+pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
+    let invalid = |path: String, value: String, reason: &'static str| ConfigError::Invalid {
+        path,
+        value,
+        reason,
+    };
+    if !valid_name(&config.domain) {
+        return Err(invalid(
+            "domain".into(),
+            config.domain.clone(),
+            "use letters, digits, '_' and '-' (1..=64)",
+        ));
+    }
+    if config.rules.len() > MAX_RULES {
+        return Err(invalid(
+            "rules".into(),
+            config.rules.len().to_string(),
+            "at most 64 rules",
+        ));
+    }
+    if !(200..=599).contains(&config.status) {
+        return Err(invalid(
+            "status".into(),
+            config.status.to_string(),
+            "a status is 200..=599",
+        ));
+    }
+    if !(1..=64).contains(&config.cas_attempts) {
+        return Err(invalid(
+            "cas_attempts".into(),
+            config.cas_attempts.to_string(),
+            "1..=64",
+        ));
+    }
+    if !(1..=1000).contains(&config.lease.max_tokens) {
+        return Err(invalid(
+            "lease.max_tokens".into(),
+            config.lease.max_tokens.to_string(),
+            "1..=1000",
+        ));
+    }
+    if !(1..=60_000).contains(&config.lease.ttl_ms) {
+        return Err(invalid(
+            "lease.ttl_ms".into(),
+            config.lease.ttl_ms.to_string(),
+            "1..=60000",
+        ));
+    }
+    let mut rules = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (i, r) in config.rules.iter().enumerate() {
+        let at = format!("rules[{i}]");
+        if !valid_name(&r.name) {
+            return Err(invalid(
+                format!("{at}.name"),
+                r.name.clone(),
+                "use letters, digits, '_' and '-' (1..=64)",
+            ));
+        }
+        if names.contains(&r.name) {
+            return Err(invalid(
+                format!("{at}.name"),
+                r.name.clone(),
+                "rule names must be unique",
+            ));
+        }
+        names.push(r.name.clone());
+        let when = Matcher::compile(&r.when, &format!("{at}.when"))?;
+        let key = KeySource::compile(&r.key, &format!("{at}.key"))?;
+        let burst = r.limit.burst.unwrap_or(r.limit.requests);
+        let period_ns = r.limit.per.seconds() * NANOS_PER_SECOND;
+        let limit = Limit::new(r.limit.requests, period_ns, burst).map_err(|e| {
+            invalid(
+                format!("{at}.limit"),
+                format!("{} per {:?}, burst {burst}", r.limit.requests, r.limit.per),
+                match e {
+                    crate::bucket::LimitError::ZeroRate(_) => "requests must be at least 1",
+                    crate::bucket::LimitError::ZeroPeriod(_) => "the unit must be positive",
+                    crate::bucket::LimitError::ZeroBurst(_) => "burst must be at least 1",
+                },
+            )
+        })?;
+        let slots = match (r.slots, key.is_constant()) {
+            (_, true) => 1,
+            (None, false) => DEFAULT_SLOTS,
+            (Some(n), false) if (1..=MAX_SLOTS).contains(&n) => n,
+            (Some(n), false) => {
+                return Err(invalid(format!("{at}.slots"), n.to_string(), "1..=1048576"));
+            }
+        };
+        rules.push(CompiledRule {
+            name: r.name.clone(),
+            when,
+            key,
+            limit,
+            lease: lease_size(&limit, config.lease.max_tokens),
+            slots,
+            shadow: r.shadow || config.shadow,
+            key_prefix: format!("wasmesh.rl|{}|{}|", config.domain, r.name),
+        });
+    }
+    let mut headers = Vec::new();
+    let mut needs_peer = false;
+    for r in &rules {
+        r.when.needs(&mut headers);
+        r.key.needs(&mut headers);
+        needs_peer |= r.key.needs_peer();
+    }
+    let reads = match headers.as_slice() {
+        [] => ReadPlan::Nothing,
+        [one] => ReadPlan::One(one.clone()),
+        _ => ReadPlan::All,
+    };
+    let state = WorkerState {
+        rules: rules
+            .iter()
+            .map(|r| RuleState {
+                entries: vec![
+                    Entry::default();
+                    usize::try_from(r.slots)
+                        .unwrap_or(MAX_LOCAL_ENTRIES)
+                        .min(MAX_LOCAL_ENTRIES)
+                ],
+                ids: None,
+                pending: [0; 6],
+            })
+            .collect(),
+    };
+    Ok(Compiled {
+        domain: config.domain.clone(),
+        rules,
+        status: config.status,
+        response_headers: config.response_headers,
+        failure_mode: config.failure_mode,
+        cas_attempts: config.cas_attempts,
+        lease_ttl_ns: config.lease.ttl_ms * 1_000_000,
+        reads,
+        needs_peer,
+        state: RefCell::new(state),
+    })
+}
+
+fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Per-request state carried to the response phase.
+#[derive(Debug, Default)]
+pub struct Stream {
+    /// Headers to add to the response (allowed requests with `response_headers` set).
+    headers: Vec<(&'static str, String)>,
+}
+
+/// One rule's standing for one request.
+#[derive(Debug, Clone, Copy)]
+enum Standing {
+    /// A token is there (in this worker's lease).
+    Token,
+    /// No token; the next is due in this many nanoseconds.
+    Empty { retry_ns: u64 },
+    /// The shared bucket could not be read or updated.
+    Failed,
+}
+
+struct Matched {
+    rule: usize,
+    entry: usize,
+    standing: Standing,
+}
+
+/// The shared-slot record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    owner: u64,
+    limit: Limit,
+    bucket: Bucket,
+}
+
+impl Slot {
+    fn encode(&self) -> [u8; SLOT_VALUE_LEN] {
+        let mut out = [0u8; SLOT_VALUE_LEN];
+        let parts: [&[u8]; 6] = [
+            &[SLOT_VERSION],
+            &self.owner.to_le_bytes(),
+            &self.limit.rate().to_le_bytes(),
+            &self.limit.period_ns().to_le_bytes(),
+            &self.limit.burst().to_le_bytes(),
+            &self.bucket.encode(),
+        ];
+        let mut at = 0;
+        for p in parts {
+            if let Some(dst) = out.get_mut(at..at + p.len()) {
+                dst.copy_from_slice(p);
+            }
+            at += p.len();
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != SLOT_VALUE_LEN || bytes.first() != Some(&SLOT_VERSION) {
+            return None;
+        }
+        let u = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+        };
+        Some(Self {
+            owner: u(1)?,
+            limit: Limit::new(u(9)?, u(17)?, u(25)?).ok()?,
+            bucket: Bucket::decode(bytes.get(33..)?)?,
+        })
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn secs_ceil(ns: u64) -> u64 {
+    ns.div_ceil(NANOS_PER_SECOND)
+}
+
+impl Compiled {
+    /// Whether the response phase has work (rate-limit headers on allowed responses).
+    pub fn has_response_work(&self) -> bool {
+        self.response_headers != ResponseHeaders::None
+    }
+
+    /// The slot table size of each rule, by name (for documentation and tests).
+    pub fn slots(&self) -> Vec<(&str, u32)> {
+        self.rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.slots))
+            .collect()
+    }
+
+    /// The lease size of each rule, by name.
+    pub fn lease_sizes(&self) -> Vec<(&str, u64)> {
+        self.rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.lease))
+            .collect()
+    }
+
+    /// Request phase: decides whether the request is admitted.
+    pub fn on_request_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
+        let Ok(mut state) = self.state.try_borrow_mut() else {
+            return Decision::Continue;
+        };
+        let map = match &self.reads {
+            ReadPlan::Nothing => HeaderMap::default(),
+            ReadPlan::One(name) => match host.header(HeaderMapKind::Request, name) {
+                Ok(v) => HeaderMap::new(v.map(|v| (name.clone(), v)).into_iter().collect()),
+                Err(_) => HeaderMap::default(),
+            },
+            ReadPlan::All => host.header_map(HeaderMapKind::Request).unwrap_or_default(),
+        };
+        let now = nanos(host.now());
+        let mut peer_cache: Option<Option<String>> = None;
+        let mut matched: Vec<Matched> = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.when.matches(&map) {
+                continue;
+            }
+            let mut peer = || {
+                if !self.needs_peer {
+                    return None;
+                }
+                peer_cache
+                    .get_or_insert_with(|| {
+                        let raw = host.property(&["source", "address"]).ok().flatten()?;
+                        String::from_utf8(raw).ok()
+                    })
+                    .clone()
+            };
+            let Some(key) = rule.key.extract(&map, &mut peer) else {
+                continue;
+            };
+            let hash = key_hash(&rule.name, &key);
+            let Some(rs) = state.rules.get_mut(i) else {
+                continue;
+            };
+            let (entry, standing) = self.standing(host, rule, rs, hash, now);
+            matched.push(Matched {
+                rule: i,
+                entry,
+                standing,
+            });
+        }
+
+        // The first enforced rule without a token limits the request.
+        let closed = self.failure_mode == FailureMode::Closed;
+        let denier = matched.iter().find(|m| {
+            let enforced = self.rules.get(m.rule).is_some_and(|r| !r.shadow);
+            enforced
+                && match m.standing {
+                    Standing::Token => false,
+                    Standing::Empty { .. } => true,
+                    Standing::Failed => closed,
+                }
+        });
+        if let Some(d) = denier {
+            let (rule_i, standing) = (d.rule, d.standing);
+            let which = if matches!(standing, Standing::Failed) {
+                FAILED_CLOSED
+            } else {
+                LIMITED
+            };
+            count(&mut state, rule_i, which);
+            let retry_ns = match standing {
+                Standing::Empty { retry_ns } => retry_ns,
+                _ => NANOS_PER_SECOND,
+            };
+            self.flush_if_due(host, &mut state);
+            return Decision::Reply(self.limited_reply(rule_i, retry_ns));
+        }
+
+        // Admitted: every rule with a token consumes one.
+        let mut tightest: Option<(usize, u64, u64)> = None;
+        for m in &matched {
+            let shadow = self.rules.get(m.rule).is_some_and(|r| r.shadow);
+            match m.standing {
+                Standing::Token => {
+                    let Some(rs) = state.rules.get_mut(m.rule) else {
+                        continue;
+                    };
+                    if let Some(e) = rs.entries.get_mut(m.entry) {
+                        e.lease.take_one(now);
+                        let remaining = e.lease.tokens.saturating_add(e.shared_left);
+                        if tightest.is_none_or(|(_, r, _)| remaining < r) {
+                            tightest = Some((m.rule, remaining, e.full_in_ns));
+                        }
+                    }
+                    rs.pending[ALLOWED] += 1;
+                }
+                Standing::Empty { .. } if shadow => {
+                    count(&mut state, m.rule, SHADOW_LIMITED);
+                }
+                Standing::Empty { .. } => {}
+                Standing::Failed => count(&mut state, m.rule, FAILED_OPEN),
+            }
+        }
+        if let Some((rule_i, remaining, reset_ns)) = tightest {
+            self.allowed_headers(stream, rule_i, remaining, reset_ns);
+        }
+        self.flush_if_due(host, &mut state);
+        Decision::Continue
+    }
+
+    /// Response phase: adds the rate-limit headers chosen for allowed responses.
+    pub fn on_response_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
+        for (name, value) in stream.headers.drain(..) {
+            let _ = host.replace_header(HeaderMapKind::Response, name, &value);
+        }
+        Decision::Continue
+    }
+
+    /// Writes the counters gathered since the last flush (call from a periodic tick).
+    pub fn flush_stats<H: Host>(&self, host: &mut H) {
+        if let Ok(mut state) = self.state.try_borrow_mut() {
+            self.flush(host, &mut state);
+        }
+    }
+
+    fn flush_if_due<H: Host>(&self, host: &mut H, state: &mut WorkerState) {
+        // Counters are flushed in batches to keep host calls off the request path; the
+        // periodic tick flushes the rest.
+        if state
+            .rules
+            .iter()
+            .any(|r| r.pending.iter().sum::<u64>() >= 256)
+        {
+            self.flush(host, state);
+        }
+    }
+
+    fn flush<H: Host>(&self, host: &mut H, state: &mut WorkerState) {
+        for (rule, rs) in self.rules.iter().zip(state.rules.iter_mut()) {
+            if rs.pending.iter().all(|&n| n == 0) && rs.ids.is_some() {
+                continue;
+            }
+            let ids = match rs.ids {
+                Some(ids) => ids,
+                None => {
+                    let mut ids = [0u32; 6];
+                    for (id, stat) in ids.iter_mut().zip(STAT_NAMES) {
+                        let name =
+                            format!("wasmesh_ratelimit.{}.{}.{stat}", self.domain, rule.name);
+                        match host.define_metric(MetricKind::Counter, &name) {
+                            Ok(v) => *id = v,
+                            Err(_) => return,
+                        }
+                    }
+                    rs.ids = Some(ids);
+                    ids
+                }
+            };
+            if let Some(&n) = rs.pending.get(SHADOW_LIMITED).filter(|n| **n > 0) {
+                log::info!(
+                    "wasmesh ratelimit {}/{}: shadow mode: {n} request(s) would have been limited",
+                    self.domain,
+                    rule.name
+                );
+            }
+            for (n, id) in rs.pending.iter_mut().zip(ids) {
+                if *n > 0 {
+                    let _ = host.increment_metric(id, i64::try_from(*n).unwrap_or(i64::MAX));
+                    *n = 0;
+                }
+            }
+        }
+    }
+
+    /// Makes sure this worker holds a token of `rule` for key `hash`, without consuming it.
+    fn standing<H: Host>(
+        &self,
+        host: &mut H,
+        rule: &CompiledRule,
+        rs: &mut RuleState,
+        hash: u64,
+        now: u64,
+    ) -> (usize, Standing) {
+        let len = rs.entries.len().max(1);
+        let idx = usize::try_from(hash % len as u64).unwrap_or(0);
+        let Some(e) = rs.entries.get_mut(idx) else {
+            return (idx, Standing::Failed);
+        };
+        if e.used && e.hash == hash {
+            if e.lease.has_token(now) {
+                return (idx, Standing::Token);
+            }
+            if now < e.empty_until {
+                return (
+                    idx,
+                    Standing::Empty {
+                        retry_ns: e.next_token_at.saturating_sub(now),
+                    },
+                );
+            }
+        } else {
+            if e.used && e.lease.tokens > 0 {
+                // Evicted: its unused tokens go back to its own bucket (best effort).
+                let back = e.lease.drain();
+                let _ = self.exchange(host, rule, e.hash, now, back, 0);
+            }
+            *e = Entry {
+                used: true,
+                hash,
+                ..Entry::default()
+            };
+        }
+        let back = e.lease.drain();
+        match self.exchange(host, rule, hash, now, back, rule.lease) {
+            Ok(x) => {
+                if x.shared {
+                    rs.pending[SLOT_SHARED] += 1;
+                }
+                let Some(e) = rs.entries.get_mut(idx) else {
+                    return (idx, Standing::Failed);
+                };
+                e.shared_left = x.left;
+                e.full_in_ns = x.full_in_ns;
+                if x.got > 0 {
+                    e.lease = Lease::new(x.got, now, self.lease_ttl_ns);
+                    e.empty_until = 0;
+                    (idx, Standing::Token)
+                } else {
+                    // Wait for a lease's worth before asking again; tell clients the next token.
+                    e.empty_until = now.saturating_add(x.wait_lease_ns);
+                    e.next_token_at = now.saturating_add(x.wait_one_ns);
+                    (
+                        idx,
+                        Standing::Empty {
+                            retry_ns: x.wait_one_ns,
+                        },
+                    )
+                }
+            }
+            Err(_) => {
+                // Keep what we drained; it goes back on the next exchange.
+                if let Some(e) = rs.entries.get_mut(idx) {
+                    e.lease = Lease::new(back, now, 0);
+                }
+                (idx, Standing::Failed)
+            }
+        }
+    }
+
+    /// One CAS round trip on the shared slot of `hash`: gives `back` tokens back and takes up
+    /// to `want`.
+    fn exchange<H: Host>(
+        &self,
+        host: &mut H,
+        rule: &CompiledRule,
+        hash: u64,
+        now: u64,
+        back: u64,
+        want: u64,
+    ) -> Result<Exchanged, HostError> {
+        let slot_no = hash % u64::from(rule.slots);
+        let key = format!("{}{slot_no}", rule.key_prefix);
+        let returned = back;
+        let mut last = HostError::Failed {
+            call: "set_shared_data",
+            detail: "no attempt".into(),
+        };
+        for _ in 0..self.cas_attempts {
+            let mut back = returned;
+            let (value, cas) = host.shared_data(&key)?;
+            let stored = value.as_deref().and_then(Slot::decode);
+            let mut shared = false;
+            let mut slot = match stored {
+                None => Slot {
+                    owner: hash,
+                    limit: rule.limit,
+                    bucket: Bucket::full(&rule.limit, now),
+                },
+                Some(mut s) => {
+                    if s.limit != rule.limit {
+                        s.bucket = s.bucket.rescale(&s.limit, &rule.limit);
+                        s.limit = rule.limit;
+                    }
+                    if s.owner != hash {
+                        if s.bucket.is_full(&rule.limit, now) {
+                            // Idle: a full bucket is a fresh one; the slot changes hands.
+                            s.owner = hash;
+                        } else {
+                            // Both keys draw from this bucket until it refills. Tokens leased
+                            // while we owned it are dropped rather than given to another key.
+                            back = 0;
+                            shared = true;
+                        }
+                    }
+                    s
+                }
+            };
+            slot.bucket.give_back(&rule.limit, back);
+            let got = slot.bucket.take_up_to(&rule.limit, now, want);
+            let x = Exchanged {
+                got,
+                left: slot.bucket.tokens(&rule.limit, now),
+                wait_one_ns: slot.bucket.wait_ns(&rule.limit, 1),
+                wait_lease_ns: slot.bucket.wait_ns(&rule.limit, rule.lease.max(1)),
+                full_in_ns: slot.bucket.full_in_ns(&rule.limit),
+                shared,
+            };
+            if got == 0 && back == 0 && stored.is_some_and(|s| s.owner == slot.owner) {
+                // Nothing changed that a refill at the next read would not redo.
+                return Ok(x);
+            }
+            match host.set_shared_data(&key, &slot.encode(), cas) {
+                Ok(()) => return Ok(x),
+                Err(e @ HostError::CasMismatch(_)) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    fn limited_reply(&self, rule_i: usize, retry_ns: u64) -> LocalReply {
+        let (name, limit) = match self.rules.get(rule_i) {
+            Some(r) => (r.name.as_str(), r.limit.rate()),
+            None => ("", 0),
+        };
+        let retry = secs_ceil(retry_ns).max(1);
+        let body = format!(
+            "{{\"error\":\"rate_limited\",\"rule\":\"{name}\",\"retry_after_seconds\":{retry}}}\n"
+        );
+        LocalReply {
+            status: self.status,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("retry-after".into(), retry.to_string()),
+                ("x-ratelimit-limit".into(), limit.to_string()),
+                ("x-ratelimit-remaining".into(), "0".into()),
+                ("x-ratelimit-reset".into(), retry.to_string()),
+            ],
+            body: body.into_bytes(),
+            details: Some("wasmesh_ratelimit_limited".into()),
+        }
+    }
+
+    fn allowed_headers(&self, stream: &mut Stream, rule_i: usize, remaining: u64, reset_ns: u64) {
+        let Some(rule) = self.rules.get(rule_i) else {
+            return;
+        };
+        let reset = secs_ceil(reset_ns);
+        let remaining = remaining.min(rule.limit.burst());
+        match self.response_headers {
+            ResponseHeaders::None => {}
+            ResponseHeaders::XRateLimit => {
+                stream.headers = vec![
+                    ("x-ratelimit-limit", rule.limit.rate().to_string()),
+                    ("x-ratelimit-remaining", remaining.to_string()),
+                    ("x-ratelimit-reset", reset.to_string()),
+                ];
+            }
+            ResponseHeaders::Draft => {
+                let window = rule.limit.period_ns() / NANOS_PER_SECOND;
+                stream.headers = vec![
+                    (
+                        "ratelimit-policy",
+                        format!("\"{}\";q={};w={window}", rule.name, rule.limit.rate()),
+                    ),
+                    (
+                        "ratelimit",
+                        format!("\"{}\";r={remaining};t={reset}", rule.name),
+                    ),
+                ];
+            }
+        }
+    }
+}
+
+fn count(state: &mut WorkerState, rule: usize, which: usize) {
+    if let Some(n) = state
+        .rules
+        .get_mut(rule)
+        .and_then(|r| r.pending.get_mut(which))
+    {
+        *n += 1;
+    }
+}
+
+struct Exchanged {
+    got: u64,
+    left: u64,
+    wait_one_ns: u64,
+    wait_lease_ns: u64,
+    full_in_ns: u64,
+    shared: bool,
+}
