@@ -1,7 +1,8 @@
 //! The wasmesh proxy-wasm module: one `.wasm` that hosts every wasmesh HTTP filter.
 //!
 //! Envoy loads it with `envoy.filters.http.wasm`; the plugin's `root_id` picks the filter
-//! (`headers` today). Filters that share a `vm_id` share one VM, so several wasmesh stages on a
+//! (`headers`; `rpc` is a network filter loaded with
+//! `envoy.filters.network.wasm`). Filters that share a `vm_id` share one VM, so several wasmesh stages on a
 //! listener cost one VM's memory. This crate is thin glue: [`host`] implements
 //! [`filter_core::Host`] with proxy-wasm host calls, [`root`] parses and compiles configuration
 //! in `on_configure`, and [`http`] maps each filter's [`filter_core::Decision`] onto an `Action`.
@@ -10,7 +11,9 @@
 
 pub mod host;
 pub mod http;
+pub mod ratelimit;
 pub mod root;
+pub mod rpc;
 
 /// Module version, logged once when the VM starts.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,29 +7,41 @@
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
 
 use crate::http::HeadersHttp;
+use crate::ratelimit::RateLimitHttp;
+use crate::rpc::RpcStream;
 
 /// The filters this module hosts, by `root_id`.
-pub const ROOT_IDS: &[&str] = &["headers"];
+pub const ROOT_IDS: &[&str] = &["headers", "rpc", "ratelimit"];
 
 /// A configured filter, ready to serve streams.
 #[derive(Clone)]
 enum Filter {
     Headers(Rc<headers::Compiled>),
+    /// The private-protocol network filter (a stream context, not an HTTP one).
+    Rpc(Rc<rpc::Compiled>),
+    /// The rate-limit filter (this worker's compiled rules and leases).
+    RateLimit(Rc<ratelimit::Compiled>),
 }
 
 /// Why a plugin configuration is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RootError {
     /// The `root_id` names no filter of this module.
-    #[error("unknown root_id \"{0}\"; this module hosts: headers")]
+    #[error("unknown root_id \"{0}\"; this module hosts: headers, rpc, ratelimit")]
     UnknownRootId(String),
     /// The headers filter's configuration is invalid.
     #[error("headers: invalid configuration: {0}")]
     Headers(#[from] headers::ConfigError),
+    /// The rpc filter's configuration is invalid.
+    #[error("rpc: invalid configuration: {0}")]
+    Rpc(#[from] rpc::ConfigError),
+    /// The rate-limit filter's configuration is invalid.
+    #[error("ratelimit: invalid configuration: {0}")]
+    RateLimit(#[from] ratelimit::ConfigError),
 }
 
 /// The root context of one plugin.
@@ -52,6 +64,14 @@ fn configure(root_id: &str, config: &[u8]) -> Result<Filter, RootError> {
             let parsed = headers::HeadersConfig::from_json(config)?;
             Ok(Filter::Headers(Rc::new(headers::compile(&parsed)?)))
         }
+        "rpc" => {
+            let parsed = rpc::RpcConfig::from_json(config)?;
+            Ok(Filter::Rpc(Rc::new(rpc::compile(&parsed)?)))
+        }
+        "ratelimit" => {
+            let parsed = ratelimit::RateLimitConfig::from_json(config)?;
+            Ok(Filter::RateLimit(Rc::new(ratelimit::compile(&parsed)?)))
+        }
         other => Err(RootError::UnknownRootId(other.to_owned())),
     }
 }
@@ -72,6 +92,9 @@ impl RootContext for Root {
         let config = self.get_plugin_configuration().unwrap_or_default();
         match configure(&root_id, &config) {
             Ok(filter) => {
+                if matches!(filter, Filter::RateLimit(_)) {
+                    self.set_tick_period(crate::ratelimit::STATS_FLUSH_PERIOD);
+                }
                 self.filter = Some(filter);
                 true
             }
@@ -85,12 +108,29 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         match &self.filter {
             Some(Filter::Headers(f)) => Some(Box::new(HeadersHttp::new(Rc::clone(f)))),
-            None => None,
+            Some(Filter::RateLimit(f)) => Some(Box::new(RateLimitHttp::new(Rc::clone(f)))),
+            Some(Filter::Rpc(_)) | None => None,
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(Filter::RateLimit(f)) = &self.filter {
+            crate::ratelimit::flush_stats(f);
+        }
+    }
+
+    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        match &self.filter {
+            Some(Filter::Rpc(f)) => Some(Box::new(RpcStream::new(Rc::clone(f)))),
+            _ => None,
         }
     }
 
     fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        match &self.filter {
+            Some(Filter::Rpc(_)) => Some(ContextType::StreamContext),
+            _ => Some(ContextType::HttpContext),
+        }
     }
 }
 
@@ -108,7 +148,7 @@ mod tests {
         let e = configure("nope", b"{}").err().unwrap();
         assert_eq!(
             e.to_string(),
-            "unknown root_id \"nope\"; this module hosts: headers"
+            "unknown root_id \"nope\"; this module hosts: headers, rpc, ratelimit"
         );
         let e = configure(
             "headers",
