@@ -3,7 +3,8 @@
 //! Layers: [`spec`] (what users write) -> [`ir`] (validated, every error located) ->
 //! [`translate`] (typed Envoy v3 resources from `envoy-types`) -> [`emit`] (canonical YAML:
 //! sorted keys, content-hash versions). [`endpoints`] writes the ClusterLoadAssignment files
-//! Envoy hot-reloads; [`compose`] writes the docker-compose file for the same mesh.
+//! Envoy hot-reloads; [`compose`] writes the docker-compose file for the same mesh; [`up`] runs
+//! the mesh as supervised local processes on loopback.
 
 #![forbid(unsafe_code)]
 
@@ -17,3 +18,4 @@ pub mod ir;
 pub mod spec;
 pub mod synthetic;
 pub mod translate;
+pub mod up;

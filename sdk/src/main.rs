@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
+
+mod up_cli;
 use sdk::generate;
 use sdk::translate::Layout;
 
@@ -16,6 +18,8 @@ Examples:
   wasmesh diff --spec mesh.yaml          what gen would change (exit 1 if anything would)
   wasmesh validate --spec mesh.yaml      envoy --mode validate on every generated bootstrap
   wasmesh endpoints set 'outbound|b' 172.28.0.21:15006 172.28.0.22:15006
+  wasmesh up                             the demo mesh as local processes until Ctrl-C
+  wasmesh up --detach; wasmesh status; wasmesh down
 
 A spec with problems is refused as a whole: every problem is listed with its place in the spec
 (services[1].dependencies[0]: unknown service \"ghost\"). Nothing is written then.
@@ -63,11 +67,52 @@ enum Cmd {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Run the mesh as local processes on loopback: build what is missing, start every sidecar,
+    /// app and the front proxy in order, supervise them (restart with backoff), until Ctrl-C.
+    Up(UpArgs),
+    /// Stop a mesh started with `wasmesh up --detach` (apps before their sidecars).
+    Down {
+        /// The run directory it was started with.
+        #[arg(long, default_value = "target/wasmesh-up")]
+        run_dir: PathBuf,
+    },
+    /// Show the processes of a mesh started with `wasmesh up --detach`.
+    Status {
+        /// The run directory it was started with.
+        #[arg(long, default_value = "target/wasmesh-up")]
+        run_dir: PathBuf,
+    },
     /// Update endpoint files of a running mesh; Envoy picks them up without a restart.
     Endpoints {
         #[command(subcommand)]
         action: EndpointsCmd,
     },
+}
+
+/// Options of `wasmesh up`.
+#[derive(clap::Args, Clone)]
+struct UpArgs {
+    /// The mesh spec.
+    #[arg(long, default_value = "demo/mesh.yaml")]
+    spec: PathBuf,
+    /// Configs, endpoint files, logs and state.json of the running mesh.
+    #[arg(long, default_value = "target/wasmesh-up")]
+    run_dir: PathBuf,
+    /// The instances' loopback /24: instance n gets <net>.<n+2>.
+    #[arg(long, default_value = "127.0.10")]
+    net: String,
+    /// Address of the front proxy's listeners and admin (ports from the spec, remapped when taken).
+    #[arg(long, default_value = "127.0.0.1")]
+    front_bind: std::net::Ipv4Addr,
+    /// Start in the background; `wasmesh status` and `wasmesh down` manage it.
+    #[arg(long)]
+    detach: bool,
+    /// Envoy log level.
+    #[arg(long, default_value = "warning")]
+    log_level: String,
+    /// Envoy worker threads per proxy.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +135,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Gen { spec, out } => gen_cmd(&spec, &out),
         Cmd::Validate { spec } => validate_cmd(&spec),
+        Cmd::Up(args) => up_cli::up_cmd(&args),
+        Cmd::Down { run_dir } => sdk::up::down(&run_dir)
+            .map(|s| println!("stopped mesh {:?} ({} processes)", s.plan.mesh, s.procs.len()))
+            .map_err(|e| e.to_string()),
+        Cmd::Status { run_dir } => sdk::up::status(&run_dir)
+            .map(|(_, text)| print!("{text}"))
+            .map_err(|e| e.to_string()),
         Cmd::Diff { spec, out } => {
             return match diff_cmd(&spec, &out) {
                 Ok(false) => ExitCode::SUCCESS,
