@@ -1,0 +1,90 @@
+//! `compose-e2e`: the demo mesh under docker-compose on a machine with no registry.
+//!
+//! ```text
+//! cargo run -p compose-e2e -- build   build the images for the committed docker-compose.yaml:
+//!                                    wasmesh-demo/{a,b,c}:latest and wasmesh-demo/envoy:1.40.0
+//! cargo run -p compose-e2e [-- e2e]   `just compose-e2e`: build images under throw-away tags,
+//!                                    `docker-compose up`, wait for health, send the demo
+//!                                    requests from the host through 127.0.0.1, check the
+//!                                    answers, then tear everything down (containers, network,
+//!                                    the images it built), also on failure
+//! ```
+//!
+//! Nothing is pulled: the services image is the static `demo-services` binary on `FROM scratch`,
+//! the Envoy image is the pinned Envoy binary plus the libraries `ldd` lists (see [`images`]).
+//! Compose v1 (`docker-compose`) is used when installed, else Compose v2 (`docker compose`).
+
+mod e2e;
+mod images;
+
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+const HELP: &str = "usage: compose-e2e [e2e | build | help]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        None | Some("e2e") => e2e::run(),
+        Some("build") => build_for_users(),
+        Some("help" | "-h" | "--help") => {
+            println!("{HELP}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compose-e2e: FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds the images under the names docker-compose.yaml uses by default for the services, and
+/// an Envoy image to pass as `ENVOY_IMAGE` when the official one cannot be pulled.
+fn build_for_users() -> anyhow::Result<()> {
+    let envoy = format!("wasmesh-demo/envoy:{}", toolchain::ENVOY_VERSION);
+    let services: Vec<String> = e2e::demo_mesh()?
+        .services
+        .iter()
+        .map(|s| format!("wasmesh-demo/{}:latest", s.name))
+        .collect();
+    images::build_all(std::slice::from_ref(&envoy), &services)?;
+    println!("\nbuilt {envoy} and {}", services.join(", "));
+    println!("run the mesh:  ENVOY_IMAGE={envoy} docker-compose up -d");
+    Ok(())
+}
+
+/// Runs a command, returning its stdout; a non-zero exit is an error carrying stderr.
+pub fn exec(cmd: &mut Command) -> anyhow::Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} exited with {}:\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs one named step, printing its duration.
+pub fn step<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    println!("==> {name}");
+    let t = Instant::now();
+    let r = f().with_context(|| name.to_owned());
+    let took = t.elapsed().as_secs_f64();
+    match &r {
+        Ok(_) => println!("    ok ({took:.1} s)"),
+        Err(_) => println!("    FAILED ({took:.1} s)"),
+    }
+    r
+}
