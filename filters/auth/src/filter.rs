@@ -1,0 +1,1126 @@
+//! The compiled auth filter and its per-request flow.
+//!
+//! Per request: read only the headers the configuration needs (one header, or the whole map in
+//! one call when more are needed); pick the first rule matching path and method; look for each
+//! method's credential and verify it (cheap checks first, signatures last, verified tokens
+//! cached); authorize; then either answer 401/403 locally or write the identity headers. The
+//! identity header, claim headers and payload header are always either replaced or removed, so
+//! a client-sent copy never reaches the upstream.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, LocalReply, MetricKind};
+use serde_json::Value;
+
+use crate::ConfigError;
+use crate::cache::TokenCache;
+use crate::config::{AuthConfig, ClaimMatch, PathMatch, Principal, TokenSource};
+use crate::credentials::{self, KeyTable, PasswordHash, VerifiedSet};
+use crate::error::Reject;
+use crate::jwk::{self, Key};
+use crate::jws;
+
+/// An authentication method a rule may require.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// A JWT from the provider with this index.
+    Jwt(usize),
+    /// An API key.
+    ApiKey,
+    /// HTTP Basic.
+    Basic,
+}
+
+/// Who the request is from, once authenticated. Later wasmesh stages read it from
+/// [`Stream::identity`] (for example to rate-limit per consumer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// How the caller authenticated.
+    pub method: Method,
+    /// The consumer: API key or Basic consumer name, or the JWT's consumer claim (default
+    /// `sub`).
+    pub consumer: String,
+    /// The JWT `sub`, when authenticated by JWT.
+    pub subject: Option<String>,
+    /// The verified JWT claims, when authenticated by JWT.
+    pub claims: Option<Rc<Value>>,
+}
+
+/// Per-request state; the identity is kept for later stages.
+#[derive(Debug, Default)]
+pub struct Stream {
+    /// The authenticated identity, when the request was authenticated.
+    pub identity: Option<Identity>,
+}
+
+impl Stream {
+    /// The authenticated identity, if any.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+}
+
+#[derive(Debug)]
+struct Provider {
+    name: String,
+    issuer: Option<String>,
+    audiences: Vec<String>,
+    keys: Vec<Key>,
+    from: Vec<Source>,
+    forward_token: bool,
+    claims_to_headers: Vec<(Vec<String>, String)>,
+    payload_header: Option<String>,
+    required_claims: Vec<Vec<String>>,
+    require_exp: bool,
+    max_lifetime: Option<u64>,
+    skew: u64,
+    max_token: usize,
+    consumer_claim: Vec<String>,
+    cache: RefCell<TokenCache>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Bearer,
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
+    Query(String),
+    Cookie(String),
+}
+
+#[derive(Debug)]
+struct ApiKeysC {
+    from: Vec<Source>,
+    consumers: Vec<String>,
+    table: KeyTable,
+    forward: bool,
+}
+
+#[derive(Debug)]
+struct BasicUserC {
+    username: String,
+    hash: PasswordHash,
+    consumer: String,
+}
+
+#[derive(Debug)]
+struct BasicC {
+    users: Vec<BasicUserC>,
+    verified: RefCell<VerifiedSet>,
+}
+
+#[derive(Debug)]
+enum PathCond {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Regex(regex_lite::Regex),
+}
+
+#[derive(Debug)]
+struct RuleC {
+    path: PathCond,
+    methods: Vec<String>,
+    bypass: bool,
+    all: bool,
+    required: Vec<Method>,
+    allow_missing: bool,
+    allow: Vec<PrincipalC>,
+    deny: Vec<PrincipalC>,
+}
+
+#[derive(Debug)]
+enum PrincipalC {
+    Consumer(String),
+    Subject(String),
+    ClaimEquals(Vec<String>, String),
+    ClaimContains(Vec<String>, String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReadPlan {
+    One(String),
+    All,
+}
+
+/// Counter ids, defined once per plugin.
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    allowed: Option<u32>,
+    denied: Vec<(Reject, u32)>,
+    cache_hits: Option<u32>,
+    jwks_fetch_ok: Option<u32>,
+    jwks_fetch_failed: Option<u32>,
+}
+
+/// The compiled, immutable configuration (plus bounded per-worker caches); build it with
+/// [`compile`].
+#[derive(Debug)]
+pub struct Compiled {
+    providers: Vec<Provider>,
+    api_keys: Option<ApiKeysC>,
+    basic: Option<BasicC>,
+    rules: Vec<RuleC>,
+    identity_header: String,
+    realm: String,
+    reads: ReadPlan,
+    stats: Stats,
+}
+
+fn invalid(path: impl Into<String>, value: impl Into<String>, reason: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        value: value.into(),
+        reason,
+    }
+}
+
+/// A header name this filter may write or read: lower-case token characters, not a pseudo
+/// header.
+fn header_name(name: &str, at: &str) -> Result<String, ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(invalid(at, name, "not a valid header name"))
+    }
+}
+
+fn claim_path(name: &str, at: &str) -> Result<Vec<String>, ConfigError> {
+    let parts: Vec<String> = name.split('.').map(str::to_owned).collect();
+    if parts.iter().any(String::is_empty) {
+        return Err(invalid(at, name, "empty claim name segment"));
+    }
+    Ok(parts)
+}
+
+fn compile_sources(
+    from: &[TokenSource],
+    default: Source,
+    at: &str,
+) -> Result<Vec<Source>, ConfigError> {
+    if from.is_empty() {
+        return Ok(vec![default]);
+    }
+    from.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            Ok(match s {
+                TokenSource::Bearer => Source::Bearer,
+                TokenSource::Header { name, prefix } => Source::Header {
+                    name: header_name(name, &format!("{at}[{i}].header.name"))?,
+                    prefix: prefix.clone(),
+                },
+                TokenSource::Query(q) if !q.is_empty() => Source::Query(q.clone()),
+                TokenSource::Cookie(c) if !c.is_empty() => Source::Cookie(c.clone()),
+                TokenSource::Query(_) | TokenSource::Cookie(_) => {
+                    return Err(invalid(format!("{at}[{i}]"), "", "empty name"));
+                }
+            })
+        })
+        .collect()
+}
+
+/// Validates and compiles a configuration once, at configure time. Errors name the field path
+/// and the offending value (never key material).
+pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
+    let mut providers = Vec::new();
+    for (i, p) in config.jwt_providers.iter().enumerate() {
+        let at = format!("jwt_providers[{i}]");
+        if p.name.is_empty() || providers.iter().any(|q: &Provider| q.name == p.name) {
+            return Err(invalid(
+                format!("{at}.name"),
+                &p.name,
+                "empty or duplicate name",
+            ));
+        }
+        let keys = match &p.jwks {
+            crate::config::JwksSource::Local(text) => {
+                jwk::parse_jwks(text.as_bytes()).map_err(|e| ConfigError::Jwks {
+                    path: format!("{at}.jwks.local"),
+                    error: e,
+                })?
+            }
+        };
+        let claims_to_headers = p
+            .claims_to_headers
+            .iter()
+            .enumerate()
+            .map(|(j, c)| {
+                let at = format!("{at}.claims_to_headers[{j}]");
+                Ok((
+                    claim_path(&c.claim, &format!("{at}.claim"))?,
+                    header_name(&c.header, &format!("{at}.header"))?,
+                ))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        if p.max_token_bytes < 16 || p.max_token_bytes > 65_536 {
+            return Err(invalid(
+                format!("{at}.max_token_bytes"),
+                p.max_token_bytes.to_string(),
+                "must be in 16..=65536",
+            ));
+        }
+        providers.push(Provider {
+            name: p.name.clone(),
+            issuer: p.issuer.clone(),
+            audiences: p.audiences.clone(),
+            keys,
+            from: compile_sources(&p.from, Source::Bearer, &format!("{at}.from"))?,
+            forward_token: p.forward_token,
+            claims_to_headers,
+            payload_header: p
+                .payload_header
+                .as_deref()
+                .map(|h| header_name(h, &format!("{at}.payload_header")))
+                .transpose()?,
+            required_claims: p
+                .required_claims
+                .iter()
+                .map(|c| claim_path(c, &format!("{at}.required_claims")))
+                .collect::<Result<_, _>>()?,
+            require_exp: p.require_expiration,
+            max_lifetime: p.max_lifetime_seconds,
+            skew: p.clock_skew_seconds,
+            max_token: p.max_token_bytes,
+            consumer_claim: claim_path(&p.consumer_claim, &format!("{at}.consumer_claim"))?,
+            cache: RefCell::new(TokenCache::new(p.cache_entries)),
+        });
+    }
+
+    let api_keys = match &config.api_keys {
+        None => None,
+        Some(a) => {
+            let mut table = KeyTable::default();
+            let mut consumers = Vec::new();
+            for (i, c) in a.consumers.iter().enumerate() {
+                for (j, d) in c.keys_sha256.iter().enumerate() {
+                    let digest = credentials::parse_hex_digest(d).ok_or_else(|| {
+                        invalid(
+                            format!("api_keys.consumers[{i}].keys_sha256[{j}]"),
+                            d,
+                            "not a SHA-256 hex digest (64 hex digits)",
+                        )
+                    })?;
+                    table.add(digest, i);
+                }
+                consumers.push(c.name.clone());
+            }
+            let default = Source::Header {
+                name: "x-api-key".into(),
+                prefix: None,
+            };
+            Some(ApiKeysC {
+                from: compile_sources(&a.from, default, "api_keys.from")?,
+                consumers,
+                table,
+                forward: a.forward_key,
+            })
+        }
+    };
+
+    let basic = match &config.basic {
+        None => None,
+        Some(b) => {
+            let users = b
+                .users
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    let hash = PasswordHash::parse(&u.password_hash).map_err(|reason| {
+                        // The hash is not secret, but keep it out of logs anyway.
+                        invalid(
+                            format!("basic.users[{i}].password_hash"),
+                            "<hidden>",
+                            reason,
+                        )
+                    })?;
+                    if u.username.is_empty() || u.username.contains(':') {
+                        return Err(invalid(
+                            format!("basic.users[{i}].username"),
+                            &u.username,
+                            "empty or contains ':'",
+                        ));
+                    }
+                    Ok(BasicUserC {
+                        username: u.username.clone(),
+                        hash,
+                        consumer: u.consumer.clone().unwrap_or_else(|| u.username.clone()),
+                    })
+                })
+                .collect::<Result<_, ConfigError>>()?;
+            Some(BasicC {
+                users,
+                verified: RefCell::new(VerifiedSet::default()),
+            })
+        }
+    };
+
+    let all_methods: Vec<Method> = (0..providers.len())
+        .map(Method::Jwt)
+        .chain(api_keys.as_ref().map(|_| Method::ApiKey))
+        .chain(basic.as_ref().map(|_| Method::Basic))
+        .collect();
+    if all_methods.is_empty() {
+        return Err(invalid(
+            ".",
+            "",
+            "configure at least one of jwt_providers, api_keys, basic",
+        ));
+    }
+
+    let method_by_name = |name: &str, at: &str| -> Result<Method, ConfigError> {
+        match name {
+            "api_key" if api_keys.is_some() => Ok(Method::ApiKey),
+            "basic" if basic.is_some() => Ok(Method::Basic),
+            _ => name
+                .strip_prefix("jwt:")
+                .and_then(|p| providers.iter().position(|q| q.name == p))
+                .map(Method::Jwt)
+                .ok_or_else(|| {
+                    invalid(
+                        at,
+                        name,
+                        "not a configured method (jwt:NAME, api_key, basic)",
+                    )
+                }),
+        }
+    };
+
+    let mut rules = Vec::new();
+    let default_rule = [crate::config::Rule::default()];
+    let config_rules: &[crate::config::Rule] = if config.rules.is_empty() {
+        &default_rule
+    } else {
+        &config.rules
+    };
+    for (i, r) in config_rules.iter().enumerate() {
+        let at = format!("rules[{i}]");
+        if !r.any_of.is_empty() && !r.all_of.is_empty() {
+            return Err(invalid(at, "", "give any_of or all_of, not both"));
+        }
+        let all = !r.all_of.is_empty();
+        let names = if all { &r.all_of } else { &r.any_of };
+        let required = if names.is_empty() {
+            all_methods.clone()
+        } else {
+            names
+                .iter()
+                .enumerate()
+                .map(|(j, n)| {
+                    method_by_name(
+                        n,
+                        &format!("{at}.{}[{j}]", if all { "all_of" } else { "any_of" }),
+                    )
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let path = match &r.path {
+            None => PathCond::Any,
+            Some(PathMatch::Exact(p)) => PathCond::Exact(p.clone()),
+            Some(PathMatch::Prefix(p)) => PathCond::Prefix(p.clone()),
+            Some(PathMatch::Regex(re)) => PathCond::Regex(
+                regex_lite::Regex::new(&format!("^(?:{re})$"))
+                    .map_err(|_| invalid(format!("{at}.path.regex"), re, "invalid regex"))?,
+            ),
+        };
+        let principals =
+            |list: &[Principal], field: &str| -> Result<Vec<PrincipalC>, ConfigError> {
+                list.iter()
+                    .enumerate()
+                    .map(|(j, p)| {
+                        let at = format!("{at}.{field}[{j}]");
+                        Ok(match p {
+                            Principal::Consumer(c) => PrincipalC::Consumer(c.clone()),
+                            Principal::Subject(s) => PrincipalC::Subject(s.clone()),
+                            Principal::Claim(ClaimMatch {
+                                name,
+                                equals,
+                                contains,
+                            }) => {
+                                let path = claim_path(name, &format!("{at}.claim.name"))?;
+                                match (equals, contains) {
+                                    (Some(e), None) => PrincipalC::ClaimEquals(path, e.clone()),
+                                    (None, Some(c)) => PrincipalC::ClaimContains(path, c.clone()),
+                                    _ => {
+                                        return Err(invalid(
+                                            format!("{at}.claim"),
+                                            name,
+                                            "give exactly one of equals, contains",
+                                        ));
+                                    }
+                                }
+                            }
+                        })
+                    })
+                    .collect()
+            };
+        rules.push(RuleC {
+            path,
+            methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            bypass: r.bypass,
+            all,
+            required,
+            allow_missing: r.allow_missing,
+            allow: principals(&r.allow, "allow")?,
+            deny: principals(&r.deny, "deny")?,
+        });
+    }
+
+    let identity_header = header_name(&config.identity_header, "identity_header")?;
+    if config
+        .realm
+        .bytes()
+        .any(|b| b == b'"' || b == b'\\' || b.is_ascii_control())
+    {
+        return Err(invalid(
+            "realm",
+            &config.realm,
+            "must not contain quotes, backslashes or control characters",
+        ));
+    }
+
+    // Plan the reads: every header any source or rule may need.
+    let mut needs: Vec<String> = Vec::new();
+    let mut need = |n: &str| {
+        if !needs.iter().any(|x| x == n) {
+            needs.push(n.to_owned());
+        }
+    };
+    let sources = providers
+        .iter()
+        .flat_map(|p| p.from.iter())
+        .chain(api_keys.iter().flat_map(|a| a.from.iter()));
+    for s in sources {
+        match s {
+            Source::Bearer => need("authorization"),
+            Source::Header { name, .. } => need(name),
+            Source::Query(_) => need(":path"),
+            Source::Cookie(_) => need("cookie"),
+        }
+    }
+    if basic.is_some() {
+        need("authorization");
+    }
+    for r in &rules {
+        if !matches!(r.path, PathCond::Any) {
+            need(":path");
+        }
+        if !r.methods.is_empty() {
+            need(":method");
+        }
+    }
+    let reads = match needs.as_slice() {
+        [one] => ReadPlan::One(one.clone()),
+        _ => ReadPlan::All,
+    };
+
+    Ok(Compiled {
+        providers,
+        api_keys,
+        basic,
+        rules,
+        identity_header,
+        realm: config.realm.clone(),
+        reads,
+        stats: Stats::default(),
+    })
+}
+
+/// Seconds since the Unix epoch.
+fn unix(now: SystemTime) -> u64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The value at a claim path.
+fn claim<'a>(claims: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(claims, |v, k| v.get(k.as_str()))
+}
+
+/// A claim as header text: strings as they are, numbers and booleans printed, arrays of those
+/// joined with `,`. Values with control characters are not forwarded.
+fn claim_text(v: &Value) -> Option<String> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::Array(_) | Value::Object(_) => None,
+                other => claim_text(other),
+            })
+            .collect::<Option<Vec<_>>>()?
+            .join(","),
+        Value::Null | Value::Object(_) => return None,
+    };
+    (!s.bytes().any(|b| b.is_ascii_control())).then_some(s)
+}
+
+/// The number in a time claim; `Err` when present but not a number.
+fn time_claim(claims: &Value, name: &str) -> Result<Option<u64>, Reject> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(u) = n.as_u64() {
+                Ok(Some(u))
+            } else if n.as_i64().is_some() {
+                // Negative times are before the epoch: treat as 0.
+                Ok(Some(0))
+            } else {
+                // Fractional seconds (RFC 7519 NumericDate allows them): round down.
+                n.as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(|f| Some(if f <= 0.0 { 0 } else { f as u64 }))
+                    .ok_or(Reject::Malformed)
+            }
+        }
+        Some(_) => Err(Reject::Malformed),
+    }
+}
+
+/// The checks every token gets before any signature work: issuer, audience, times, lifetime,
+/// required claims.
+fn check_claims(p: &Provider, claims: &Value, now: u64) -> Result<Option<u64>, Reject> {
+    if !claims.is_object() {
+        return Err(Reject::Malformed);
+    }
+    if let Some(iss) = &p.issuer
+        && claims.get("iss").and_then(Value::as_str) != Some(iss.as_str())
+    {
+        return Err(Reject::WrongIssuer);
+    }
+    if !p.audiences.is_empty() {
+        let ok = match claims.get("aud") {
+            Some(Value::String(a)) => p.audiences.iter().any(|x| x == a),
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| p.audiences.iter().any(|x| x == a)),
+            _ => false,
+        };
+        if !ok {
+            return Err(Reject::WrongAudience);
+        }
+    }
+    let exp = time_claim(claims, "exp")?;
+    let nbf = time_claim(claims, "nbf")?;
+    let iat = time_claim(claims, "iat")?;
+    match exp {
+        // `exp: 0` is 1970: expired (Envoy's native filter reads it as "no expiry").
+        Some(exp) if now > exp.saturating_add(p.skew) => return Err(Reject::Expired),
+        None if p.require_exp => return Err(Reject::MissingClaim),
+        _ => {}
+    }
+    if nbf.is_some_and(|nbf| now.saturating_add(p.skew) < nbf) {
+        return Err(Reject::NotYetValid);
+    }
+    if iat.is_some_and(|iat| now.saturating_add(p.skew) < iat) {
+        return Err(Reject::BadIssuedAt);
+    }
+    if let Some(max) = p.max_lifetime {
+        let lifetime = match (exp, iat) {
+            (Some(exp), Some(iat)) => exp.saturating_sub(iat),
+            (Some(exp), None) => exp.saturating_sub(now),
+            (None, _) => u64::MAX,
+        };
+        if lifetime > max {
+            return Err(Reject::BadIssuedAt);
+        }
+    }
+    if p.required_claims
+        .iter()
+        .any(|c| claim(claims, c).is_none_or(Value::is_null))
+    {
+        return Err(Reject::MissingClaim);
+    }
+    Ok(exp)
+}
+
+impl Provider {
+    /// Verifies `token`: cache, then parse, key lookup, claims, and finally the signature.
+    /// Returns the claims and whether the cache answered.
+    fn verify(&self, token: &str, now: u64) -> Result<(Rc<Value>, bool), Reject> {
+        if let Ok(mut cache) = self.cache.try_borrow_mut()
+            && let Some(claims) = cache.get(token, now, self.skew)
+        {
+            return Ok((claims, true));
+        }
+        let parsed = jws::parse(token, self.max_token)?;
+        let candidates: Vec<&Key> = self
+            .keys
+            .iter()
+            .filter(|k| k.accepts(parsed.alg, parsed.kid.as_deref()))
+            .collect();
+        if candidates.is_empty() {
+            let kid_known = parsed
+                .kid
+                .as_deref()
+                .is_none_or(|kid| self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+            return Err(if kid_known {
+                Reject::AlgNotAllowed
+            } else {
+                Reject::UnknownKey
+            });
+        }
+        let claims: Value =
+            serde_json::from_slice(&parsed.payload).map_err(|_| Reject::Malformed)?;
+        let exp = check_claims(self, &claims, now)?;
+        let ok = candidates.iter().any(|k| {
+            jws::verify_signature(
+                parsed.alg,
+                &k.material,
+                parsed.signing_input.as_bytes(),
+                &parsed.signature,
+            )
+        });
+        if !ok {
+            return Err(Reject::BadSignature);
+        }
+        let claims = Rc::new(claims);
+        if let Ok(mut cache) = self.cache.try_borrow_mut() {
+            cache.insert(token, Rc::clone(&claims), exp);
+        }
+        Ok((claims, false))
+    }
+}
+
+/// The query parameter `name` of `path`, raw (not percent-decoded).
+fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = path.split_once('?')?;
+    let query = query.split('#').next().unwrap_or(query);
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == name).then(|| v.trim_matches('"'))
+    })
+}
+
+/// The credential after `scheme` in an `Authorization` value (scheme case-insensitive).
+fn auth_param<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (s, rest) = value.trim_start().split_once(' ')?;
+    let rest = rest.trim();
+    (s.eq_ignore_ascii_case(scheme) && !rest.is_empty()).then_some(rest)
+}
+
+/// A credential found in the request, and the header to strip when it is not forwarded.
+struct Found<'a> {
+    value: &'a str,
+    header: Option<&'a str>,
+}
+
+fn find<'a>(sources: &'a [Source], map: &'a HeaderMap) -> Option<Found<'a>> {
+    sources.iter().find_map(|s| match s {
+        Source::Bearer => map
+            .get("authorization")
+            .and_then(|v| auth_param(v, "bearer"))
+            .map(|value| Found {
+                value,
+                header: Some("authorization"),
+            }),
+        Source::Header { name, prefix } => {
+            let v = map.get(name)?;
+            let v = match prefix {
+                Some(p) => v.strip_prefix(p.as_str())?,
+                None => v,
+            };
+            (!v.is_empty()).then_some(Found {
+                value: v.trim(),
+                header: Some(name.as_str()),
+            })
+        }
+        Source::Query(q) => query_param(map.get(":path")?, q)
+            .filter(|v| !v.is_empty())
+            .map(|value| Found {
+                value,
+                header: None,
+            }),
+        Source::Cookie(c) => cookie(map.get("cookie")?, c)
+            .filter(|v| !v.is_empty())
+            .map(|value| Found {
+                value,
+                header: None,
+            }),
+    })
+}
+
+/// One method's outcome.
+enum Outcome {
+    Missing,
+    Failed(Reject),
+    Ok(Identity, Vec<Write>),
+}
+
+/// A header write to make on success.
+#[derive(Debug)]
+enum Write {
+    Set(String, String),
+    Remove(String),
+}
+
+impl PrincipalC {
+    fn matches(&self, id: &Identity) -> bool {
+        match self {
+            Self::Consumer(c) => id.consumer == *c,
+            Self::Subject(s) => id.subject.as_deref() == Some(s.as_str()),
+            Self::ClaimEquals(path, want) => id
+                .claims
+                .as_deref()
+                .and_then(|c| claim(c, path))
+                .and_then(claim_text)
+                .is_some_and(|v| v == *want),
+            Self::ClaimContains(path, want) => {
+                match id.claims.as_deref().and_then(|c| claim(c, path)) {
+                    Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(want)),
+                    Some(Value::String(s)) => s.split(' ').any(|w| w == want),
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+impl Compiled {
+    /// Defines the filter's counters (once, at configure time). Without this call the filter
+    /// works but counts nothing.
+    pub fn define_metrics<H: Host>(&mut self, host: &mut H) {
+        let mut def = |name: &str| host.define_metric(MetricKind::Counter, name).ok();
+        self.stats.allowed = def("wasmesh_auth.allowed");
+        self.stats.cache_hits = def("wasmesh_auth.cache_hits");
+        self.stats.jwks_fetch_ok = def("wasmesh_auth.jwks_fetch_ok");
+        self.stats.jwks_fetch_failed = def("wasmesh_auth.jwks_fetch_failed");
+        self.stats.denied = Reject::ALL
+            .iter()
+            .filter_map(|r| Some((*r, def(&format!("wasmesh_auth.denied.{}", r.code()))?)))
+            .collect();
+    }
+
+    fn count<H: Host>(host: &mut H, id: Option<u32>) {
+        if let Some(id) = id {
+            let _ = host.increment_metric(id, 1);
+        }
+    }
+
+    /// Whether writing `name` could clash with the identity outputs.
+    fn outputs(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.identity_header.as_str()).chain(self.providers.iter().flat_map(|p| {
+            p.claims_to_headers
+                .iter()
+                .map(|(_, h)| h.as_str())
+                .chain(p.payload_header.as_deref())
+        }))
+    }
+
+    fn read<H: Host>(&self, host: &mut H) -> Result<HeaderMap, filter_core::HostError> {
+        match &self.reads {
+            ReadPlan::One(name) => host
+                .header(HeaderMapKind::Request, name)
+                .map(|v| HeaderMap::new(v.map(|v| (name.clone(), v)).into_iter().collect())),
+            ReadPlan::All => host.header_map(HeaderMapKind::Request),
+        }
+    }
+
+    fn rule(&self, map: &HeaderMap) -> Option<&RuleC> {
+        let path = map.get(":path").unwrap_or("");
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let method = map.get(":method").unwrap_or("");
+        self.rules.iter().find(|r| {
+            let path_ok = match &r.path {
+                PathCond::Any => true,
+                PathCond::Exact(p) => path == p,
+                PathCond::Prefix(p) => path.starts_with(p.as_str()),
+                PathCond::Regex(re) => re.is_match(path),
+            };
+            path_ok && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
+        })
+    }
+
+    fn try_method<H: Host>(&self, host: &mut H, m: Method, map: &HeaderMap, now: u64) -> Outcome {
+        match m {
+            Method::Jwt(i) => {
+                let Some(p) = self.providers.get(i) else {
+                    return Outcome::Missing;
+                };
+                let Some(found) = find(&p.from, map) else {
+                    return Outcome::Missing;
+                };
+                match p.verify(found.value, now) {
+                    Err(r) => Outcome::Failed(r),
+                    Ok((claims, hit)) => {
+                        if hit {
+                            Self::count(host, self.stats.cache_hits);
+                        }
+                        let mut writes = Vec::new();
+                        for (path, header) in &p.claims_to_headers {
+                            match claim(&claims, path).and_then(claim_text) {
+                                Some(v) => writes.push(Write::Set(header.clone(), v)),
+                                None => writes.push(Write::Remove(header.clone())),
+                            }
+                        }
+                        if let Some(h) = &p.payload_header {
+                            // The payload segment as sent: base64url, already verified.
+                            let payload = found.value.split('.').nth(1).unwrap_or("");
+                            writes.push(Write::Set(h.clone(), payload.to_owned()));
+                        }
+                        if !p.forward_token
+                            && let Some(h) = found.header
+                        {
+                            writes.push(Write::Remove(h.to_owned()));
+                        }
+                        let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
+                        let consumer = claim(&claims, &p.consumer_claim)
+                            .and_then(claim_text)
+                            .unwrap_or_default();
+                        Outcome::Ok(
+                            Identity {
+                                method: m,
+                                consumer,
+                                subject,
+                                claims: Some(claims),
+                            },
+                            writes,
+                        )
+                    }
+                }
+            }
+            Method::ApiKey => {
+                let Some(a) = &self.api_keys else {
+                    return Outcome::Missing;
+                };
+                let Some(found) = find(&a.from, map) else {
+                    return Outcome::Missing;
+                };
+                match a.table.lookup(found.value).and_then(|c| a.consumers.get(c)) {
+                    None => Outcome::Failed(Reject::InvalidApiKey),
+                    Some(name) => {
+                        let writes = match (a.forward, found.header) {
+                            (false, Some(h)) => vec![Write::Remove(h.to_owned())],
+                            _ => Vec::new(),
+                        };
+                        Outcome::Ok(
+                            Identity {
+                                method: m,
+                                consumer: name.clone(),
+                                subject: None,
+                                claims: None,
+                            },
+                            writes,
+                        )
+                    }
+                }
+            }
+            Method::Basic => {
+                let Some(b) = &self.basic else {
+                    return Outcome::Missing;
+                };
+                let Some(cred) = map
+                    .get("authorization")
+                    .and_then(|v| auth_param(v, "basic"))
+                else {
+                    return Outcome::Missing;
+                };
+                match self.basic_user(b, cred) {
+                    None => Outcome::Failed(Reject::InvalidBasic),
+                    Some(u) => Outcome::Ok(
+                        Identity {
+                            method: m,
+                            consumer: u.consumer.clone(),
+                            subject: None,
+                            claims: None,
+                        },
+                        // Credentials never go upstream.
+                        vec![Write::Remove("authorization".into())],
+                    ),
+                }
+            }
+        }
+    }
+
+    fn basic_user<'b>(&self, b: &'b BasicC, cred: &str) -> Option<&'b BasicUserC> {
+        let digest = credentials::sha256(cred.as_bytes());
+        if let Some(i) = b.verified.try_borrow().ok().and_then(|v| v.get(&digest)) {
+            return b.users.get(i);
+        }
+        let decoded = STANDARD.decode(cred).ok()?;
+        let text = std::str::from_utf8(&decoded).ok()?;
+        let (user, pass) = text.split_once(':')?;
+        let i = b.users.iter().position(|u| u.username == user)?;
+        let u = b.users.get(i)?;
+        if !u.hash.verify(pass.as_bytes()) {
+            return None;
+        }
+        if let Ok(mut v) = b.verified.try_borrow_mut() {
+            v.insert(digest, i);
+        }
+        Some(u)
+    }
+
+    fn challenge(&self, rule: Option<&RuleC>, reason: Reject) -> Vec<(String, String)> {
+        let methods: &[Method] = rule.map_or(&[], |r| r.required.as_slice());
+        let mut out = Vec::new();
+        if methods
+            .iter()
+            .any(|m| matches!(m, Method::Jwt(_) | Method::ApiKey))
+        {
+            let v = if reason.is_token_error() {
+                format!("Bearer realm=\"{}\", error=\"invalid_token\"", self.realm)
+            } else {
+                format!("Bearer realm=\"{}\"", self.realm)
+            };
+            out.push(("www-authenticate".into(), v));
+        }
+        if methods.contains(&Method::Basic) {
+            out.push((
+                "www-authenticate".into(),
+                format!("Basic realm=\"{}\", charset=\"UTF-8\"", self.realm),
+            ));
+        }
+        out
+    }
+
+    fn deny<H: Host>(&self, host: &mut H, rule: Option<&RuleC>, reason: Reject) -> Decision {
+        let id = self
+            .stats
+            .denied
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map(|(_, id)| *id);
+        Self::count(host, id);
+        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        if reason.status() == 401 {
+            headers.extend(self.challenge(rule, reason));
+        }
+        Decision::Reply(LocalReply {
+            status: reason.status(),
+            headers,
+            body: format!("{{\"error\":\"{}\"}}", reason.code()).into_bytes(),
+            details: Some(format!("wasmesh_auth_{}", reason.code())),
+        })
+    }
+
+    /// Removes every output header (identity, claims, payload) the request may carry.
+    fn clear_outputs<H: Host>(&self, host: &mut H, map: &HeaderMap) {
+        let known = self.reads == ReadPlan::All;
+        for h in self.outputs() {
+            if !known || map.contains(h) {
+                let _ = host.remove_header(HeaderMapKind::Request, h);
+            }
+        }
+    }
+
+    /// Request phase: authenticate, authorize, and pass the identity on.
+    pub fn on_request_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
+        let Ok(map) = self.read(host) else {
+            // Cannot see the request: fail closed.
+            return self.deny(host, None, Reject::Missing);
+        };
+        let Some(rule) = self.rule(&map) else {
+            return self.deny(host, None, Reject::NoRule);
+        };
+        if rule.bypass {
+            self.clear_outputs(host, &map);
+            return Decision::Continue;
+        }
+        let now = unix(host.now());
+        let mut identity: Option<(Identity, Vec<Write>)> = None;
+        let mut first_error: Option<Reject> = None;
+        let mut any_present = false;
+        let mut writes_all: Vec<Write> = Vec::new();
+        for &m in &rule.required {
+            match self.try_method(host, m, &map, now) {
+                Outcome::Missing => {
+                    if rule.all {
+                        first_error.get_or_insert(Reject::Missing);
+                    }
+                }
+                Outcome::Failed(r) => {
+                    any_present = true;
+                    first_error.get_or_insert(r);
+                    if rule.all {
+                        break;
+                    }
+                }
+                Outcome::Ok(id, writes) => {
+                    any_present = true;
+                    if rule.all {
+                        writes_all.extend(writes);
+                        if identity.is_none() {
+                            identity = Some((id, Vec::new()));
+                        }
+                    } else {
+                        identity = Some((id, writes));
+                        break;
+                    }
+                }
+            }
+        }
+        if rule.all && first_error.is_some() {
+            identity = None;
+        }
+        let (id, mut writes) = match identity {
+            Some((id, w)) if !rule.all => (id, w),
+            Some((id, _)) => (id, writes_all),
+            None => {
+                if !any_present && rule.allow_missing {
+                    if !rule.allow.is_empty() {
+                        return self.deny(host, Some(rule), Reject::Forbidden);
+                    }
+                    self.clear_outputs(host, &map);
+                    return Decision::Continue;
+                }
+                let reason = if any_present {
+                    first_error.unwrap_or(Reject::Missing)
+                } else {
+                    Reject::Missing
+                };
+                return self.deny(host, Some(rule), reason);
+            }
+        };
+        if rule.deny.iter().any(|p| p.matches(&id))
+            || (!rule.allow.is_empty() && !rule.allow.iter().any(|p| p.matches(&id)))
+        {
+            return self.deny(host, Some(rule), Reject::Forbidden);
+        }
+
+        // Outputs: the identity header is always replaced; other outputs not written on this
+        // path are removed.
+        writes.push(Write::Set(
+            self.identity_header.clone(),
+            id.consumer.clone(),
+        ));
+        let known = self.reads == ReadPlan::All;
+        for h in self.outputs() {
+            let written = writes.iter().any(|w| match w {
+                Write::Set(n, _) | Write::Remove(n) => n == h,
+            });
+            if !written && (!known || map.contains(h)) {
+                writes.push(Write::Remove(h.to_owned()));
+            }
+        }
+        for w in &writes {
+            let _ = match w {
+                Write::Set(n, v) => host.replace_header(HeaderMapKind::Request, n, v),
+                Write::Remove(n) => host.remove_header(HeaderMapKind::Request, n),
+            };
+        }
+        Self::count(host, self.stats.allowed);
+        stream.identity = Some(id);
+        Decision::Continue
+    }
+}
