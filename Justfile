@@ -63,6 +63,17 @@ golden-update:
 bench-sdk:
     cargo run --release -p sdk --example gen_bench
 
+# The demo mesh under docker-compose, end to end, pulling nothing: build FROM-scratch images
+# (static services, the pinned Envoy), `docker-compose up`, check the demo requests through
+# 127.0.0.1, tear everything down (containers, network, the images). Needs a Docker engine.
+compose-e2e:
+    cargo run -q -p compose-e2e -- e2e
+
+# Build the images docker-compose.yaml runs (wasmesh-demo/{a,b,c}:latest and an Envoy image to
+# pass as ENVOY_IMAGE), the module and the mounted health check, without pulling anything.
+compose-build:
+    cargo run -q -p compose-e2e -- build
+
 # What CI runs.
 ci:
     bash .ci/run
