@@ -7,13 +7,13 @@
 //! identity header, claim headers and payload header are always either replaced or removed, so
 //! a client-sent copy never reaches the upstream.
 
-use std::cell::RefCell;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 use std::time::SystemTime;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, LocalReply, MetricKind};
+use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind};
 use serde_json::Value;
 
 use crate::ConfigError;
@@ -149,14 +149,33 @@ enum ReadPlan {
     All,
 }
 
-/// Counter ids, defined once per plugin.
-#[derive(Debug, Default, Clone)]
+/// Counters: counted locally per request (no host call), sent to Envoy by [`Compiled::flush_stats`]
+/// from the root's tick. Slots: allowed, cache hits, JWKS fetch ok, JWKS fetch failed, then one
+/// per [`Reject`] in [`Reject::ALL`] order.
+#[derive(Debug, Default)]
 struct Stats {
-    allowed: Option<u32>,
-    denied: Vec<(Reject, u32)>,
-    cache_hits: Option<u32>,
-    jwks_fetch_ok: Option<u32>,
-    jwks_fetch_failed: Option<u32>,
+    ids: OnceCell<Vec<u32>>,
+    pending: [Cell<i64>; STAT_SLOTS],
+}
+
+const ALLOWED: usize = 0;
+const CACHE_HITS: usize = 1;
+/// Slot of the first denial counter.
+const DENIED: usize = 4;
+const STAT_SLOTS: usize = DENIED + Reject::ALL.len();
+
+impl Stats {
+    fn bump(&self, slot: usize) {
+        if let Some(c) = self.pending.get(slot) {
+            c.set(c.get().saturating_add(1));
+        }
+    }
+
+    fn denied(&self, reason: Reject) {
+        if let Some(i) = Reject::ALL.iter().position(|r| *r == reason) {
+            self.bump(DENIED + i);
+        }
+    }
 }
 
 /// The compiled, immutable configuration (plus bounded per-worker caches); build it with
@@ -797,23 +816,38 @@ impl PrincipalC {
 }
 
 impl Compiled {
-    /// Defines the filter's counters (once, at configure time). Without this call the filter
-    /// works but counts nothing.
-    pub fn define_metrics<H: Host>(&mut self, host: &mut H) {
-        let mut def = |name: &str| host.define_metric(MetricKind::Counter, name).ok();
-        self.stats.allowed = def("wasmesh_auth.allowed");
-        self.stats.cache_hits = def("wasmesh_auth.cache_hits");
-        self.stats.jwks_fetch_ok = def("wasmesh_auth.jwks_fetch_ok");
-        self.stats.jwks_fetch_failed = def("wasmesh_auth.jwks_fetch_failed");
-        self.stats.denied = Reject::ALL
+    /// Defines the filter's counters as `wasmesh.auth.<scope>.<name>` (once, at configure
+    /// time). Without this call the filter works but reports nothing.
+    pub fn define_metrics<H: Host>(&self, host: &mut H, scope: &str) -> Result<(), HostError> {
+        let mut names: Vec<String> = [
+            "allowed",
+            "cache_hits",
+            "jwks_fetch_ok",
+            "jwks_fetch_failed",
+        ]
+        .iter()
+        .map(|n| (*n).to_owned())
+        .collect();
+        names.extend(Reject::ALL.iter().map(|r| format!("denied.{}", r.code())));
+        let ids = names
             .iter()
-            .filter_map(|r| Some((*r, def(&format!("wasmesh_auth.denied.{}", r.code()))?)))
-            .collect();
+            .map(|n| host.define_metric(MetricKind::Counter, &format!("wasmesh.auth.{scope}.{n}")))
+            .collect::<Result<Vec<u32>, HostError>>()?;
+        let _ = self.stats.ids.set(ids);
+        Ok(())
     }
 
-    fn count<H: Host>(host: &mut H, id: Option<u32>) {
-        if let Some(id) = id {
-            let _ = host.increment_metric(id, 1);
+    /// Sends the counts gathered since the last flush to the host (one call per changed
+    /// counter).
+    pub fn flush_stats<H: Host>(&self, host: &mut H) {
+        let Some(ids) = self.stats.ids.get() else {
+            return;
+        };
+        for (id, pending) in ids.iter().zip(self.stats.pending.iter()) {
+            let n = pending.replace(0);
+            if n != 0 {
+                let _ = host.increment_metric(*id, n);
+            }
         }
     }
 
@@ -851,7 +885,7 @@ impl Compiled {
         })
     }
 
-    fn try_method<H: Host>(&self, host: &mut H, m: Method, map: &HeaderMap, now: u64) -> Outcome {
+    fn try_method(&self, m: Method, map: &HeaderMap, now: u64) -> Outcome {
         match m {
             Method::Jwt(i) => {
                 let Some(p) = self.providers.get(i) else {
@@ -864,7 +898,7 @@ impl Compiled {
                     Err(r) => Outcome::Failed(r),
                     Ok((claims, hit)) => {
                         if hit {
-                            Self::count(host, self.stats.cache_hits);
+                            self.stats.bump(CACHE_HITS);
                         }
                         let mut writes = Vec::new();
                         for (path, header) in &p.claims_to_headers {
@@ -994,14 +1028,8 @@ impl Compiled {
         out
     }
 
-    fn deny<H: Host>(&self, host: &mut H, rule: Option<&RuleC>, reason: Reject) -> Decision {
-        let id = self
-            .stats
-            .denied
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map(|(_, id)| *id);
-        Self::count(host, id);
+    fn deny(&self, rule: Option<&RuleC>, reason: Reject) -> Decision {
+        self.stats.denied(reason);
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         if reason.status() == 401 {
             headers.extend(self.challenge(rule, reason));
@@ -1028,10 +1056,10 @@ impl Compiled {
     pub fn on_request_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
         let Ok(map) = self.read(host) else {
             // Cannot see the request: fail closed.
-            return self.deny(host, None, Reject::Missing);
+            return self.deny(None, Reject::Missing);
         };
         let Some(rule) = self.rule(&map) else {
-            return self.deny(host, None, Reject::NoRule);
+            return self.deny(None, Reject::NoRule);
         };
         if rule.bypass {
             self.clear_outputs(host, &map);
@@ -1043,7 +1071,7 @@ impl Compiled {
         let mut any_present = false;
         let mut writes_all: Vec<Write> = Vec::new();
         for &m in &rule.required {
-            match self.try_method(host, m, &map, now) {
+            match self.try_method(m, &map, now) {
                 Outcome::Missing => {
                     if rule.all {
                         first_error.get_or_insert(Reject::Missing);
@@ -1079,7 +1107,7 @@ impl Compiled {
             None => {
                 if !any_present && rule.allow_missing {
                     if !rule.allow.is_empty() {
-                        return self.deny(host, Some(rule), Reject::Forbidden);
+                        return self.deny(Some(rule), Reject::Forbidden);
                     }
                     self.clear_outputs(host, &map);
                     return Decision::Continue;
@@ -1089,13 +1117,13 @@ impl Compiled {
                 } else {
                     Reject::Missing
                 };
-                return self.deny(host, Some(rule), reason);
+                return self.deny(Some(rule), reason);
             }
         };
         if rule.deny.iter().any(|p| p.matches(&id))
             || (!rule.allow.is_empty() && !rule.allow.iter().any(|p| p.matches(&id)))
         {
-            return self.deny(host, Some(rule), Reject::Forbidden);
+            return self.deny(Some(rule), Reject::Forbidden);
         }
 
         // Outputs: the identity header is always replaced; other outputs not written on this
@@ -1119,7 +1147,7 @@ impl Compiled {
                 Write::Remove(n) => host.remove_header(HeaderMapKind::Request, n),
             };
         }
-        Self::count(host, self.stats.allowed);
+        self.stats.bump(ALLOWED);
         stream.identity = Some(id);
         Decision::Continue
     }

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod host;
 pub mod http;
 pub mod ratelimit;

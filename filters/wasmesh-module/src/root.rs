@@ -10,12 +10,13 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
 
+use crate::auth::AuthHttp;
 use crate::http::HeadersHttp;
 use crate::ratelimit::RateLimitHttp;
 use crate::rpc::RpcStream;
 
 /// The filters this module hosts, by `root_id`.
-pub const ROOT_IDS: &[&str] = &["headers", "rpc", "ratelimit"];
+pub const ROOT_IDS: &[&str] = &["headers", "rpc", "ratelimit", "auth"];
 
 /// A configured filter, ready to serve streams.
 #[derive(Clone)]
@@ -25,13 +26,15 @@ enum Filter {
     Rpc(Rc<rpc::Compiled>),
     /// The rate-limit filter (this worker's compiled rules and leases).
     RateLimit(Rc<ratelimit::Compiled>),
+    /// The auth filter (compiled keys and rules, this worker's verified-token cache).
+    Auth(Rc<auth::Compiled>),
 }
 
 /// Why a plugin configuration is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RootError {
     /// The `root_id` names no filter of this module.
-    #[error("unknown root_id \"{0}\"; this module hosts: headers, rpc, ratelimit")]
+    #[error("unknown root_id \"{0}\"; this module hosts: headers, rpc, ratelimit, auth")]
     UnknownRootId(String),
     /// The headers filter's configuration is invalid.
     #[error("headers: invalid configuration: {0}")]
@@ -42,6 +45,9 @@ pub enum RootError {
     /// The rate-limit filter's configuration is invalid.
     #[error("ratelimit: invalid configuration: {0}")]
     RateLimit(#[from] ratelimit::ConfigError),
+    /// The auth filter's configuration is invalid.
+    #[error("auth: invalid configuration: {0}")]
+    Auth(#[from] auth::ConfigError),
 }
 
 /// The root context of one plugin.
@@ -72,6 +78,10 @@ fn configure(root_id: &str, config: &[u8]) -> Result<Filter, RootError> {
             let parsed = ratelimit::RateLimitConfig::from_json(config)?;
             Ok(Filter::RateLimit(Rc::new(ratelimit::compile(&parsed)?)))
         }
+        "auth" => {
+            let parsed = auth::AuthConfig::from_json(config)?;
+            Ok(Filter::Auth(Rc::new(auth::compile(&parsed)?)))
+        }
         other => Err(RootError::UnknownRootId(other.to_owned())),
     }
 }
@@ -95,6 +105,9 @@ impl RootContext for Root {
                 if matches!(filter, Filter::RateLimit(_)) {
                     self.set_tick_period(crate::ratelimit::STATS_FLUSH_PERIOD);
                 }
+                if let Filter::Auth(f) = &filter {
+                    crate::auth::start_stats(f);
+                }
                 self.filter = Some(filter);
                 true
             }
@@ -109,11 +122,15 @@ impl RootContext for Root {
         match &self.filter {
             Some(Filter::Headers(f)) => Some(Box::new(HeadersHttp::new(Rc::clone(f)))),
             Some(Filter::RateLimit(f)) => Some(Box::new(RateLimitHttp::new(Rc::clone(f)))),
+            Some(Filter::Auth(f)) => Some(Box::new(AuthHttp::new(Rc::clone(f)))),
             Some(Filter::Rpc(_)) | None => None,
         }
     }
 
     fn on_tick(&mut self) {
+        if let Some(Filter::Auth(f)) = &self.filter {
+            crate::auth::flush_stats(f);
+        }
         if let Some(Filter::RateLimit(f)) = &self.filter {
             crate::ratelimit::flush_stats(f);
         }
@@ -139,6 +156,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn configure_auth_compiles_and_names_bad_fields() {
+        let ok = br#"{"api_keys":{"consumers":[{"name":"a","keys_sha256":["0000000000000000000000000000000000000000000000000000000000000000"]}]}}"#;
+        assert!(matches!(configure("auth", ok), Ok(Filter::Auth(_))));
+        let e = configure("auth", b"{}").err().unwrap();
+        assert!(
+            e.to_string().starts_with("auth: invalid configuration: "),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn configure_selects_by_root_id_and_reports_bad_config() {
         assert!(matches!(configure("headers", b""), Ok(Filter::Headers(_))));
         assert!(matches!(
@@ -148,7 +176,7 @@ mod tests {
         let e = configure("nope", b"{}").err().unwrap();
         assert_eq!(
             e.to_string(),
-            "unknown root_id \"nope\"; this module hosts: headers, rpc, ratelimit"
+            "unknown root_id \"nope\"; this module hosts: headers, rpc, ratelimit, auth"
         );
         let e = configure(
             "headers",
