@@ -270,6 +270,17 @@ impl Compiled {
         }
     }
 
+    /// A new connection. With routing configured, the filter chain stops here, so `tcp_proxy`
+    /// only initialises (and picks its cluster, which it does in its own `onNewConnection`)
+    /// once this filter has seen the first frame and set `envoy.tcp_proxy.cluster`.
+    pub fn on_new_connection(&self, conn: &Connection) -> Verdict {
+        if conn.routed {
+            Verdict::Continue
+        } else {
+            Verdict::Pause
+        }
+    }
+
     /// The codec in use.
     pub fn codec(&self) -> &dyn Codec {
         self.codec.as_ref()

@@ -585,6 +585,7 @@ fn stats_per_service_and_method_with_latency_matched_by_id() {
     let (v, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &stream);
     assert_eq!((v, fwd.as_slice()), (Verdict::Continue, stream.as_slice()));
     assert!(h.filter_state.is_empty(), "no routing configured");
+    assert_eq!(f.on_new_connection(&f.connection()), Verdict::Continue);
     h.clock += Duration::from_millis(7);
     // Responses out of order, split across two chunks.
     let back = [resp(2, status::OK), resp(1, status::APPLICATION_ERROR)].concat();
@@ -864,6 +865,11 @@ fn routing_by_first_frame_pauses_until_it_is_complete() {
     let f = compile(&cfg).unwrap();
     let mut h = MockL4Host::default();
     let mut c = f.connection();
+    assert_eq!(
+        f.on_new_connection(&c),
+        Verdict::Pause,
+        "tcp_proxy waits for the route"
+    );
     let frame = req(1, "Orders", "Get", "c");
     let (v, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &frame[..5]);
     assert_eq!((v, fwd.len()), (Verdict::Pause, 0));

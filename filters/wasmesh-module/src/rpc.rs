@@ -122,6 +122,10 @@ fn action(v: rpc::Verdict) -> Action {
 impl Context for RpcStream {}
 
 impl StreamContext for RpcStream {
+    fn on_new_connection(&mut self) -> Action {
+        action(self.filter.on_new_connection(&self.conn))
+    }
+
     fn on_downstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
         if data_size == 0 {
             return Action::Continue;
