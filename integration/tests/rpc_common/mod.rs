@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
 use serde_json::{Value, json};
 
 /// One static cluster per (name, port).
@@ -84,4 +88,111 @@ pub fn prom(text: &str, name: &str) -> Option<u64> {
         let rest = rest.strip_prefix("{}").unwrap_or(rest);
         rest.strip_prefix(' ')?.trim().parse().ok()
     })
+}
+
+/// Makes sure Debian's `thrift-compiler` and `python3-thrift` are installed (installing them
+/// with apt-get when missing: the fresh-machine rule), then compiles `calc.thrift` into a fresh
+/// directory. Returns (python interpreter, generated-code directory, peer script).
+pub fn thrift_peers() -> (PathBuf, PathBuf, PathBuf) {
+    let python = PathBuf::from("/usr/bin/python3");
+    let ready = || {
+        Command::new("thrift")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && Command::new(&python)
+                .args(["-c", "import thrift.TMultiplexedProcessor"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+    };
+    if !ready() {
+        let install = || {
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "thrift-compiler", "python3-thrift"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !install() {
+            let _ = Command::new("apt-get").args(["update", "-q"]).status();
+            assert!(
+                install(),
+                "apt-get install thrift-compiler python3-thrift failed"
+            );
+        }
+        assert!(
+            ready(),
+            "thrift-compiler / python3-thrift still missing after apt-get"
+        );
+    }
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rpc_thrift");
+    let out = std::env::temp_dir().join(format!("wasmesh-thrift-gen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let status = Command::new("thrift")
+        .args(["--gen", "py", "-out"])
+        .arg(&out)
+        .arg(here.join("calc.thrift"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "thrift --gen py failed");
+    (python, out, here.join("peer.py"))
+}
+
+/// A Python Thrift server process; killed on drop.
+pub struct ThriftServer {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl ThriftServer {
+    /// Starts `peer.py server <name>` and reads its port.
+    pub fn start(peers: &(PathBuf, PathBuf, PathBuf), name: &str) -> Self {
+        let (python, gen_dir, script) = peers;
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(gen_dir)
+            .args(["server", name])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("server said {line:?}"));
+        Self { child, port }
+    }
+}
+
+impl Drop for ThriftServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs client scenario `scenario` against `port`; its JSON result.
+pub fn thrift_client(peers: &(PathBuf, PathBuf, PathBuf), port: u16, scenario: &str) -> Value {
+    let (python, gen_dir, script) = peers;
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(python)
+        .arg(script)
+        .arg(gen_dir)
+        .args(["client", &port.to_string(), scenario])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client {scenario} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }

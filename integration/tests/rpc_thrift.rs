@@ -1,0 +1,78 @@
+//! The rpc filter on Thrift (framed, binary, multiplexed) through a real, stock Envoy with Apache
+//! Thrift's own Python library and generated code as client and server: calls, a declared
+//! exception, a one-way call, 1,000 pipelined calls (every seqid 0, as that client sends them),
+//! byte-by-byte delivery, an ACL denial seen by the client as `TApplicationException`, two
+//! services routed to two clusters, and a malformed stream closing only its own connection.
+
+mod rpc_common;
+
+use integration::envoy::Envoy;
+use rpc_common::{
+    ThriftServer, bootstrap, cluster, prom, rpc_filter, tcp_proxy, thrift_client, thrift_peers,
+};
+use serde_json::json;
+
+#[test]
+fn thrift_through_envoy_with_apache_thrift_python_peers() {
+    let peers = thrift_peers();
+    let calc = ThriftServer::start(&peers, "calc-server");
+    let admin = ThriftServer::start(&peers, "admin-server");
+    let config = json!({
+        "protocol": "thrift",
+        "acl": {"rules": [{"action": "deny", "service": "Admin", "method": "reset"}]},
+        "routes": [{"service": "Admin", "cluster": "admin"}],
+        "default_cluster": "calc"
+    });
+    let envoy = Envoy::new(bootstrap(
+        vec![rpc_filter(&config), tcp_proxy("calc")],
+        vec![cluster("calc", calc.port), cluster("admin", admin.port)],
+    ))
+    .start();
+    let port = envoy.listener_port("rpc");
+
+    let r = thrift_client(&peers, port, "calls");
+    assert_eq!(r["add"], 5);
+    assert_eq!(
+        r["div"], "division by zero",
+        "declared exception passes through"
+    );
+    assert_eq!(r["echo"], "after oneway");
+    assert_eq!(r["logged"], 1, "the one-way call reached the server");
+    assert_eq!(
+        r["server"], "calc-server",
+        "one cluster per connection: Admin calls on a Calc connection stay with Calc"
+    );
+    assert_eq!(
+        r["pipelined"], true,
+        "1,000 pipelined calls answered in order"
+    );
+    assert_eq!(
+        r["denied"],
+        json!({"type": 6, "message": "wasmesh: call denied by policy"}),
+        "TApplicationException(INTERNAL_ERROR) from the filter"
+    );
+    assert_eq!(r["after_denied"], 42, "the connection survives a denial");
+    assert_eq!(r["slow"], "byte by byte");
+
+    let r = thrift_client(&peers, port, "admin-first");
+    assert_eq!(
+        r["server"], "admin-server",
+        "first frame names Admin: admin cluster"
+    );
+    assert_eq!(r["add"], 2);
+
+    let r = thrift_client(&peers, port, "malformed");
+    assert_eq!(r["malformed_read"], 0, "the bad connection is closed (EOF)");
+    assert_eq!(r["other_connection"], 3);
+
+    let text = envoy.admin_get("/stats/prometheus").text();
+    let get = |n: &str| prom(&text, n).unwrap_or_else(|| panic!("no {n} in\n{text}"));
+    assert_eq!(get("rpc_thrift_Calc_add_requests"), 1004);
+    assert_eq!(get("rpc_thrift_Calc_add_responses_ok"), 1004);
+    assert_eq!(get("rpc_thrift_Calc_div_responses_exception"), 1);
+    assert_eq!(get("rpc_thrift_Calc_log_oneway"), 1);
+    assert_eq!(get("rpc_thrift_Admin_reset_denied"), 1);
+    assert_eq!(get("rpc_thrift_local_replies"), 1);
+    assert_eq!(get("rpc_thrift_malformed_frames"), 1);
+    assert!(text.contains("rpc_thrift_Calc_add_latency_ms_bucket"));
+}
