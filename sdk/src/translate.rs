@@ -510,6 +510,9 @@ fn outbound_cluster(s: &ServiceIr, subset: Option<&str>, layout: &Layout) -> Clu
             Some(path) => {
                 health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
                     path: path.clone(),
+                    // Envoy's default Host is the cluster name (`outbound|b|v1`), which the
+                    // instance's sidecar rejects with 400 (`|` is not valid in a host).
+                    host: s.name.clone(),
                     ..Default::default()
                 })
             }
