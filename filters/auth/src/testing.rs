@@ -239,3 +239,9 @@ pub fn hs_rs_confusion(claims: &Value) -> String {
     let sig = hmac::Mac::finalize(m).into_bytes();
     format!("{input}.{}", b64u(&sig))
 }
+
+/// An `Authorization: Basic` value for `user` and `password`.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+}
