@@ -20,7 +20,8 @@ pub struct RateLimitConfig {
     pub domain: String,
     /// The rules, evaluated in order. Every rule whose `when` matches and whose key is present
     /// takes one token; the request is limited if any enforced rule has none, and then no rule
-    /// takes a token.
+    /// takes a token. Absent or empty: the filter admits everything.
+    #[serde(default)]
     pub rules: Vec<Rule>,
     /// Count and log what would be limited, never reject (applies to every rule).
     #[serde(default, skip_serializing_if = "is_false")]

@@ -1,0 +1,424 @@
+//! The rate-limit filter in a real, stock Envoy: accuracy across 1, 2 and 4 workers next to
+//! Envoy's native `local_ratelimit` with the same limit, the 429 reply, shadow mode, per-rule
+//! stats, a limit change through a new listener configuration (LDS from a file) without a
+//! restart, and the memory bound with many distinct keys.
+//!
+//! The load tests are serialised (one at a time) so they do not steal each other's CPU.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use integration::bootstrap::{Backend, bootstrap, wasm_filter};
+use integration::client::{Connection, get};
+use integration::envoy::{Envoy, RunningEnvoy};
+use serde_json::{Value, json};
+
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wasm() -> std::path::PathBuf {
+    toolchain::wasm_module().unwrap_or_else(|e| panic!("building the module: {e}"))
+}
+
+fn ratelimit_filter(config: &Value) -> Value {
+    wasm_filter(&wasm(), "ratelimit", config)
+}
+
+/// Envoy's native local rate limit: `rate` per second, capacity `burst`, refilled every 50 ms
+/// (its smallest interval), shared by all workers.
+fn native_filter(rate: u64, burst: u64) -> Value {
+    json!({
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "native",
+            "token_bucket": {"max_tokens": burst, "tokens_per_fill": rate / 20, "fill_interval": "0.05s"},
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enabled"},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enforced"}
+        }
+    })
+}
+
+fn start(filters: Vec<Value>, concurrency: u32) -> (RunningEnvoy, u16) {
+    let envoy = Envoy::new(bootstrap(filters, Backend::Direct))
+        .concurrency(concurrency)
+        .start();
+    let port = envoy.listener_port("ingress");
+    (envoy, port)
+}
+
+/// Counts of one load run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Load {
+    sent: u64,
+    ok: u64,
+    limited: u64,
+    other: u64,
+    /// From the first request sent to the last one sent, seconds.
+    window: f64,
+}
+
+/// Sends from `threads` keep-alive connections for `window`, as fast as possible
+/// (`per_thread_interval` = None) or paced. Requests carry `headers`.
+fn load(
+    port: u16,
+    threads: usize,
+    window: Duration,
+    per_thread_interval: Option<Duration>,
+    headers: &[(&str, &str)],
+) -> Load {
+    let t0 = Instant::now();
+    let deadline = t0 + window;
+    let results: Vec<(Load, Instant)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                s.spawn(move || {
+                    let mut l = Load::default();
+                    let mut conn = Connection::open(port).unwrap();
+                    let mut next = t0
+                        + per_thread_interval
+                            .map_or(Duration::ZERO, |p| p * u32::try_from(i).unwrap() / 4);
+                    let mut last = t0;
+                    loop {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        if let Some(p) = per_thread_interval {
+                            if now < next {
+                                std::thread::sleep(next - now);
+                                continue;
+                            }
+                            next += p;
+                        }
+                        last = Instant::now();
+                        let r = conn.request("GET", "/", headers).unwrap();
+                        l.sent += 1;
+                        match r.status {
+                            200 => l.ok += 1,
+                            429 => l.limited += 1,
+                            _ => l.other += 1,
+                        }
+                    }
+                    (l, last)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut total = Load::default();
+    let mut last = t0;
+    for (l, t) in results {
+        total.sent += l.sent;
+        total.ok += l.ok;
+        total.limited += l.limited;
+        total.other += l.other;
+        last = last.max(t);
+    }
+    total.window = (last - t0).as_secs_f64();
+    total
+}
+
+const RATE: u64 = 1000;
+const BURST: u64 = 1000;
+const WINDOW: Duration = Duration::from_secs(4);
+
+fn wasm_config() -> Value {
+    json!({"rules": [{"name": "all", "key": {"constant": "all"},
+        "limit": {"requests": RATE, "per": "second", "burst": BURST}}]})
+}
+
+/// One accuracy run: admitted / (rate × window + burst).
+fn accuracy(filter: Value, concurrency: u32, paced: bool) -> (f64, Load) {
+    let (_envoy, port) = start(vec![filter], concurrency);
+    // Paced: 4 threads × 500/s = 2 × the limit. Saturation: 6 threads as fast as they can.
+    let (threads, interval) = if paced {
+        (4, Some(Duration::from_millis(2)))
+    } else {
+        (6, None)
+    };
+    let l = load(port, threads, WINDOW, interval, &[]);
+    assert_eq!(l.other, 0, "{l:?}");
+    let ideal = RATE as f64 * l.window + BURST as f64;
+    (l.ok as f64 / ideal, l)
+}
+
+#[test]
+fn accuracy_at_1_2_and_4_workers_next_to_native_local_ratelimit() {
+    let _g = heavy();
+    let mut report = String::new();
+    let mut failures = Vec::new();
+    for paced in [false, true] {
+        for concurrency in [1, 2, 4] {
+            let (ours, l) = accuracy(ratelimit_filter(&wasm_config()), concurrency, paced);
+            let (native, n) = accuracy(native_filter(RATE, BURST), concurrency, paced);
+            let mode = if paced { "fixed 2x rate" } else { "saturation" };
+            let line = format!(
+                "{mode:>13} concurrency {concurrency}: wasmesh {ours:.4} ({} ok of {} sent in {:.3} s), native {native:.4} ({} ok of {} sent in {:.3} s)\n",
+                l.ok, l.sent, l.window, n.ok, n.sent, n.window
+            );
+            eprint!("{line}");
+            report.push_str(&line);
+            // The offered load must exceed the limit, or the run proves nothing.
+            if (l.sent as f64) < 1.3 * (RATE as f64 * l.window + BURST as f64) {
+                failures.push(format!("not above the limit: {line}"));
+            }
+            if !(0.99..=1.01).contains(&ours) {
+                failures.push(format!("outside ±1%: {line}"));
+            }
+        }
+    }
+    let out = toolchain::repo_root().join("target/ratelimit-accuracy.txt");
+    let _ = std::fs::write(&out, &report);
+    assert!(failures.is_empty(), "{failures:#?}\n{report}");
+}
+
+#[test]
+fn limited_reply_carries_retry_after_and_ratelimit_headers() {
+    let config = json!({"response_headers": "x_rate_limit", "rules": [{"name": "per-key",
+        "key": {"header": "x-api-key"}, "limit": {"requests": 2, "per": "minute"}}]});
+    let (envoy, port) = start(vec![ratelimit_filter(&config)], 2);
+    let key = [("x-api-key", "k1")];
+    let first = get(port, "/", &key);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("1"));
+    assert_eq!(get(port, "/", &key).status, 200);
+    let r = get(port, "/", &key);
+    assert_eq!(r.status, 429, "{}", r.text());
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (29..=30).contains(&retry),
+        "2/min: next token within 30 s, got {retry}"
+    );
+    assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    assert!(r.header("x-ratelimit-reset").is_some());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json()["rule"], "per-key");
+    assert_eq!(r.json()["error"], "rate_limited");
+    // Another key has its own bucket; no key: the rule does not apply.
+    assert_eq!(get(port, "/", &[("x-api-key", "k2")]).status, 200);
+    for _ in 0..5 {
+        assert_eq!(get(port, "/", &[]).status, 200);
+    }
+    // Per-rule stats reach /stats/prometheus after the 1 s flush.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let prom = envoy.admin_get("/stats/prometheus").text();
+        let value = |stat: &str| {
+            prom.lines()
+                .find(|l| {
+                    l.contains(&format!("wasmesh_ratelimit_default_per_key_{stat}"))
+                        && !l.starts_with('#')
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        };
+        if value("allowed") == Some(3) && value("limited") == Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stats not as expected:\n{}",
+            prom.lines()
+                .filter(|l| l.contains("ratelimit"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn draft_headers_on_allowed_responses() {
+    let config = json!({"response_headers": "draft", "rules": [{"name": "r",
+        "key": {"constant": "c"}, "limit": {"requests": 60, "per": "minute", "burst": 10}}]});
+    let (_envoy, port) = start(vec![ratelimit_filter(&config)], 1);
+    let r = get(port, "/", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-policy"), Some("\"r\";q=60;w=60"));
+    assert_eq!(r.header("ratelimit"), Some("\"r\";r=9;t=1"));
+}
+
+#[test]
+fn shadow_mode_never_rejects_but_counts() {
+    let config = json!({"shadow": true, "rules": [{"name": "s",
+        "key": {"constant": "c"}, "limit": {"requests": 3, "per": "hour"}}]});
+    let envoy = Envoy::new(bootstrap(vec![ratelimit_filter(&config)], Backend::Direct))
+        .concurrency(2)
+        .arg("--file-flush-interval-msec")
+        .arg("100")
+        .start();
+    let port = envoy.listener_port("ingress");
+    for _ in 0..10 {
+        assert_eq!(get(port, "/", &[]).status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let shadow = envoy.stat("wasmcustom.wasmesh_ratelimit.default.s.shadow_limited");
+        let allowed = envoy.stat("wasmcustom.wasmesh_ratelimit.default.s.allowed");
+        if shadow == Some(7) && allowed == Some(3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shadow {shadow:?} allowed {allowed:?}\n{}",
+            envoy.admin_get("/stats?filter=ratelimit").text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !envoy.log().contains("would have been limited") {
+        assert!(Instant::now() < deadline, "shadow limiting not logged");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A bootstrap whose listener comes from `lds` (a file Envoy watches).
+fn lds_bootstrap(lds: &Path) -> Value {
+    json!({
+        "node": {"id": "ratelimit-test", "cluster": "test"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "dynamic_resources": {"lds_config": {"resource_api_version": "V3",
+            "path_config_source": {"path": lds.display().to_string()}}}
+    })
+}
+
+fn lds_listener(port: u16, config: &Value) -> Value {
+    let mut b = bootstrap(vec![ratelimit_filter(config)], Backend::Direct);
+    let mut listener = b["static_resources"]["listeners"][0].take();
+    listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    listener["address"]["socket_address"]["port_value"] = json!(port);
+    json!({"resources": [listener]})
+}
+
+/// Writes `value` to `path` atomically (Envoy reacts to the rename).
+fn write_atomically(path: &Path, value: &Value) {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).unwrap();
+    f.write_all(value.to_string().as_bytes()).unwrap();
+    f.sync_all().unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn a_new_limit_takes_effect_through_lds_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("wasmesh-rl-lds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lds = dir.join("lds.json");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let limit = |n: u64| {
+        json!({"rules": [{"name": "per-key", "key": {"header": "x-k"},
+            "limit": {"requests": n, "per": "hour"}}]})
+    };
+    write_atomically(&lds, &lds_listener(port, &limit(1)));
+    let mut envoy = Envoy::new(lds_bootstrap(&lds)).concurrency(2).start();
+    let pid = envoy.pid();
+    let admitted = |key: &str| {
+        (0..6)
+            .filter(|_| get(port, "/", &[("x-k", key)]).status == 200)
+            .count()
+    };
+    assert_eq!(admitted("a"), 1);
+    let before = envoy
+        .stat("listener_manager.listener_modified")
+        .unwrap_or(0);
+    write_atomically(&lds, &lds_listener(port, &limit(4)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while envoy
+        .stat("listener_manager.listener_modified")
+        .unwrap_or(0)
+        == before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "listener not updated\n{}",
+            envoy.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The new listener warms up (its wasm plugin configures) before taking traffic.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while envoy
+        .stat("listener_manager.total_listeners_warming")
+        .unwrap_or(0)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "still warming\n{}", envoy.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(admitted("b"), 4, "new key under the new limit");
+    assert_eq!(admitted("a"), 0, "a's spent bucket carried over");
+    assert!(envoy.exited().is_none());
+    assert_eq!(envoy.pid(), pid, "same process");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Sends one request per key `from..to` (keys `k<n>`) from `threads` connections.
+fn distinct_keys(port: u16, from: u64, to: u64, threads: u64) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let mut conn = Connection::open(port).unwrap();
+                let mut k = from + t;
+                while k < to {
+                    let key = format!("k{k}");
+                    let r = conn.request("GET", "/", &[("x-k", &key)]).unwrap();
+                    // Keys sharing a busy slot may be limited together (documented).
+                    assert!(matches!(r.status, 200 | 429), "{}", r.status);
+                    k += threads;
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn many_distinct_keys_stay_within_the_slot_table_bound() {
+    let _g = heavy();
+    // The issue's 1,000,000 keys (about 45 s on a 2-core machine); WASMESH_RL_KEYS=n for fewer.
+    let keys: u64 = std::env::var("WASMESH_RL_KEYS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let slots = 4096u64;
+    let config = json!({"rules": [{"name": "k", "key": {"header": "x-k"}, "slots": slots,
+        "limit": {"requests": 10, "per": "second"}}]});
+    let (envoy, port) = start(vec![ratelimit_filter(&config)], 2);
+    // Warm-up: enough keys to touch (nearly) every slot and every worker's lease table.
+    let warm = slots * 8;
+    distinct_keys(port, 0, warm, 4);
+    let before = rss_kib(envoy.pid());
+    let t = Instant::now();
+    distinct_keys(port, warm, warm + keys, 4);
+    let after = rss_kib(envoy.pid());
+    let growth = after.saturating_sub(before);
+    // The documented bound: 256 bytes of shared data per slot. Without a slot table each key
+    // would keep an entry (≥ 150 bytes each: 14+ MB for 100,000 keys).
+    let bound_kib = slots * 256 / 1024;
+    eprintln!(
+        "{keys} distinct keys in {:.1} s: RSS {before} KiB -> {after} KiB (+{growth} KiB, bound {bound_kib} KiB)",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        growth <= bound_kib,
+        "RSS grew {growth} KiB over {keys} new keys, bound {bound_kib} KiB"
+    );
+}
