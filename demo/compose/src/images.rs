@@ -35,8 +35,9 @@ pub fn build_static_binaries() -> anyhow::Result<()> {
         .env("CARGO_TARGET_DIR", static_target_dir())
         .env("RUSTFLAGS", flags.trim())
         .args(["build", "--release", "--target", TARGET])
-        .args(["-p", "demo-services", "--bin", "demo-services"])
-        .args(["-p", "healthcheck"]);
+        // `--bin` filters every selected package, so both binaries are named.
+        .args(["-p", "demo-services", "-p", "healthcheck"])
+        .args(["--bin", "demo-services", "--bin", "healthcheck"]);
     exec(&mut cmd).context(
         "static build failed (glibc's static libraries come with Debian's libc6-dev: \
          apt-get install libc6-dev)",
