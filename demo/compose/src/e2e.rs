@@ -20,7 +20,7 @@ use sdk::ir::Mesh;
 use sdk::translate::Layout;
 use serde_json::Value;
 
-use crate::{exec, images, step};
+use crate::{exec, images, interrupted, step};
 
 /// How long the containers get to become healthy after `up` returns.
 const HEALTH_LIMIT: Duration = Duration::from_secs(180);
@@ -297,6 +297,9 @@ fn wait_healthy(compose: &Compose, expected: usize) -> anyhow::Result<()> {
             println!("    {expected} containers healthy");
             return Ok(());
         }
+        if interrupted() {
+            bail!("interrupted");
+        }
         if start.elapsed() > HEALTH_LIMIT {
             bail!("not all {expected} containers healthy within {HEALTH_LIMIT:?}:\n{states}");
         }
@@ -335,7 +338,7 @@ fn json(r: &Response) -> anyhow::Result<Value> {
 fn first_full_answer(port: u16) -> anyhow::Result<(Response, Value)> {
     let start = Instant::now();
     let mut last = String::new();
-    while start.elapsed() < FIRST_ANSWER_LIMIT {
+    while start.elapsed() < FIRST_ANSWER_LIMIT && !interrupted() {
         match get(port, "/", &[("x-request-id", "chosen-by-the-client")]) {
             Ok(r) if r.status == 200 => {
                 let body = json(&r)?;

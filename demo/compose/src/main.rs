@@ -18,13 +18,29 @@ mod e2e;
 mod images;
 
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 
 const HELP: &str = "usage: compose-e2e [e2e | build | help]";
 
+/// Set by Ctrl-C / SIGTERM: the current step fails and the teardown still runs.
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Whether Ctrl-C or SIGTERM arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.get().is_some_and(|f| f.load(Ordering::SeqCst))
+}
+
 fn main() -> ExitCode {
+    let flag = INTERRUPTED.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(flag)) {
+            eprintln!("compose-e2e: cannot handle signal {signal}: {e}");
+        }
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         None | Some("e2e") => e2e::run(),
@@ -78,6 +94,9 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<String> {
 
 /// Runs one named step, printing its duration.
 pub fn step<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    if interrupted() {
+        bail!("interrupted before {name}");
+    }
     println!("==> {name}");
     let t = Instant::now();
     let r = f().with_context(|| name.to_owned());
