@@ -164,6 +164,8 @@ pub struct ServiceIr {
     pub endpoints: EndpointSource,
     /// Ingress filter stack.
     pub filters: Vec<Filter>,
+    /// The rpc network filter's configuration (protocol thrift / wasmesh-rpc).
+    pub rpc: Option<rpc::RpcConfig>,
 }
 
 /// A validated instance.
@@ -299,7 +301,7 @@ impl Check {
 
     fn filters(&mut self, at: &str, filters: &[Filter], protocol: Protocol) {
         for (i, f) in filters.iter().enumerate() {
-            if protocol == Protocol::Tcp {
+            if protocol != Protocol::Http {
                 self.err(format!("{at}[{i}]"), "HTTP filters need protocol http");
             }
             match f {
@@ -505,7 +507,7 @@ fn service(c: &mut Check, i: usize, s: &Service, by_name: &BTreeMap<&str, &Servi
         } else if d == &s.name {
             c.err(dep_at, "a service cannot depend on itself");
         } else if let Some(dep) = by_name.get(d.as_str()) {
-            if dep.protocol == Protocol::Tcp {
+            if dep.protocol != Protocol::Http {
                 // A tcp dependency gets its own loopback listener on the dependency's port.
                 if let Some(other) = used.insert(dep.port, "") {
                     let other = if other.is_empty() {
@@ -527,7 +529,7 @@ fn service(c: &mut Check, i: usize, s: &Service, by_name: &BTreeMap<&str, &Servi
         }
     }
     c.filters(&format!("{at}.filters"), &s.filters, s.protocol);
-    let mut routes: Vec<RouteIr> = if s.protocol == Protocol::Tcp && !s.routes.is_empty() {
+    let mut routes: Vec<RouteIr> = if s.protocol != Protocol::Http && !s.routes.is_empty() {
         c.err(
             format!("{at}.routes"),
             "routes need protocol http (a tcp service is reached as a whole)",
@@ -584,6 +586,10 @@ fn service(c: &mut Check, i: usize, s: &Service, by_name: &BTreeMap<&str, &Servi
         resilience: resilience(c, &format!("{at}.resilience"), &s.resilience, s.protocol),
         endpoints: s.endpoints,
         filters: s.filters.clone(),
+        rpc: crate::rpc_listener::check(s.protocol, s.rpc.as_ref()).unwrap_or_else(|e| {
+            c.err(format!("{at}.rpc"), e);
+            None
+        }),
     }
 }
 
@@ -633,7 +639,7 @@ fn retries(c: &mut Check, at: &str, rt: &Retries) -> RetriesIr {
 }
 
 fn resilience(c: &mut Check, at: &str, r: &Resilience, protocol: Protocol) -> ResilienceIr {
-    if protocol == Protocol::Tcp {
+    if protocol != Protocol::Http {
         if r.timeout.is_some() {
             c.err(
                 format!("{at}.timeout"),
@@ -682,7 +688,7 @@ fn resilience(c: &mut Check, at: &str, r: &Resilience, protocol: Protocol) -> Re
                         "http services need a health check path, e.g. /healthz",
                     );
                 }
-                (Some(_), Protocol::Tcp) => {
+                (Some(_), p) if p != Protocol::Http => {
                     c.err(
                         path_at,
                         "tcp services are checked by connecting; remove path",

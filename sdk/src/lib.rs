@@ -15,6 +15,7 @@ pub mod endpoints;
 pub mod filters;
 pub mod generate;
 pub mod ir;
+pub mod rpc_listener;
 pub mod spec;
 pub mod synthetic;
 pub mod translate;

@@ -204,6 +204,11 @@ pub enum Protocol {
     Http,
     /// Opaque TCP.
     Tcp,
+    /// Thrift (framed, binary): ingress through the wasmesh rpc network filter.
+    Thrift,
+    /// wasmesh-rpc (docs/protocol.md): ingress through the wasmesh rpc network filter.
+    #[serde(rename = "wasmesh-rpc", alias = "wasmesh_rpc")]
+    WasmeshRpc,
 }
 
 /// A service with its sidecar.
@@ -242,6 +247,10 @@ pub struct Service {
     /// HTTP filters on the sidecar's ingress listener, before the router.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
+    /// The rpc network filter's configuration (protocol thrift / wasmesh-rpc; absent: metrics
+    /// only). The filter crate's own type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc: Option<rpc::RpcConfig>,
 }
 
 /// Sidecar listener ports.

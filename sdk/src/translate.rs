@@ -300,6 +300,9 @@ fn sidecar(mesh: &Mesh, s: &ServiceIr, layout: &Layout) -> Result<Bootstrap, Emi
             vec![hcm("inbound", routes, stages)]
         }
         Protocol::Tcp => vec![tcp_proxy("inbound", &local)],
+        Protocol::Thrift | Protocol::WasmeshRpc => {
+            crate::rpc_listener::ingress_filters(s, &local, layout)?
+        }
     };
     let mut listeners = vec![listener(
         "inbound",
