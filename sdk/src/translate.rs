@@ -527,6 +527,10 @@ fn outbound_cluster(s: &ServiceIr, subset: Option<&str>, layout: &Layout) -> Clu
         c.health_checks = vec![HealthCheck {
             timeout: Some(duration(h.timeout)),
             interval: Some(duration(h.interval)),
+            // Envoy checks a cluster that has seen no traffic only every 60 s by default; the
+            // first check often times out while the proxy compiles its wasm module at start,
+            // which left every host failed (panic routing) for a minute.
+            no_traffic_interval: Some(duration(h.interval)),
             healthy_threshold: u32v(h.healthy_threshold),
             unhealthy_threshold: u32v(h.unhealthy_threshold),
             health_checker: Some(checker),

@@ -661,6 +661,25 @@ impl Proc {
     }
 }
 
+/// Hosts an Envoy (admin URL) does not consider healthy, as `cluster/host: flags`; an admin
+/// that does not answer counts as one failing entry.
+pub fn failing_hosts(admin: &str) -> Vec<String> {
+    let text = agent(Duration::from_secs(2))
+        .get(&format!("{admin}/clusters"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok());
+    let Some(text) = text else {
+        return vec![format!("{admin} not answering")];
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (host, flags) = l.split_once("::health_flags::")?;
+            (flags.trim() != "healthy").then(|| format!("{host}: {flags}"))
+        })
+        .collect()
+}
+
 /// Sends SIGTERM to `pid`.
 pub fn terminate(pid: u32) {
     signal(pid, rustix::process::Signal::TERM);
@@ -870,6 +889,32 @@ pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
             },
         )?;
     }
+    // Ready also means every active health check passes: until then Envoy routes in panic
+    // mode, ignoring health and outlier ejection.
+    let admins: Vec<String> = std::iter::once(plan.front_admin_url())
+        .chain(
+            plan.instances
+                .iter()
+                .map(|i| format!("http://{}:{}", i.ip, i.admin_port)),
+        )
+        .collect();
+    progress.step("every active health check passing", || {
+        let deadline = Instant::now() + opts.ready_timeout;
+        loop {
+            let failing: Vec<String> = admins.iter().flat_map(|a| failing_hosts(a)).collect();
+            if failing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(UpError::NotReady {
+                    name: format!("health checks ({})", failing.join(", ")),
+                    after: opts.ready_timeout,
+                    log: run_dir.join("logs"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })?;
     running.ready_after = progress.elapsed();
     running.save_state()?;
     running.supervise();
@@ -1077,6 +1122,19 @@ impl Running {
         self.plan.instances.push(inst.clone());
         self.save_state()?;
         Ok(inst)
+    }
+
+    /// Stops one process for good (no restart): for tests and demos of failure handling.
+    /// Returns whether it was found.
+    pub fn halt(&self, name: &str) -> bool {
+        let mut g = lock(&self.shared);
+        let Some(pos) = g.procs.iter().position(|p| p.state.name == name) else {
+            return false;
+        };
+        let mut p = g.procs.remove(pos);
+        drop(g);
+        p.stop(Duration::from_secs(5));
+        true
     }
 
     fn supervise(&mut self) {

@@ -1,0 +1,574 @@
+//! End-to-end tests of the demo mesh as local processes (`wasmesh up`'s library,
+//! [`sdk::up`]): real Envoys with the wasm module, the demo services, the supervisor.
+//!
+//! Each test runs its own mesh on its own loopback /24 (127.<100 + pid % 100>.<k>.0), so tests
+//! run in parallel with each other and with other test binaries. Counts over many requests are
+//! checked against binomial bounds (mean +- 4.5 standard deviations: a false failure about once
+//! in 150,000 runs).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use demo_services::{Answer, Body};
+use sdk::up::{self, Options, Progress, Running};
+
+fn repo() -> PathBuf {
+    toolchain::repo_root()
+}
+
+/// Starts the mesh of `spec` on 127.<100 + pid % 100>.<k>.0/24, front proxy on `.1`.
+fn start(spec: &Path, k: u8) -> Running {
+    let envoy = toolchain::envoy_bin().expect("envoy");
+    let wasm = toolchain::wasm_module().expect("wasm module");
+    let services = up::services_bin().expect("demo-services");
+    let mut opts = Options::new(spec.to_path_buf(), envoy, wasm, services);
+    let second = 100 + u8::try_from(std::process::id() % 100).unwrap();
+    opts.net = [127, second, k];
+    opts.front_bind = std::net::Ipv4Addr::new(127, second, k, 1);
+    opts.run_dir = std::env::temp_dir().join(format!("wasmesh-e2e-{}-{k}", std::process::id()));
+    up::start(opts, &Progress::new(true)).unwrap_or_else(|e| panic!("mesh did not start: {e}"))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .into()
+}
+
+/// GET `url` with `headers`: (status, body text, response headers).
+fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<(String, String)>) {
+    let mut req = agent.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    match req.call() {
+        Ok(mut r) => {
+            let hs = r
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            let status = r.status().as_u16();
+            let body = r.body_mut().read_to_string().unwrap_or_default();
+            (status, body, hs)
+        }
+        Err(e) => (0, e.to_string(), Vec::new()),
+    }
+}
+
+fn answer(body: &str) -> Answer {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not a service answer ({e}): {body}"))
+}
+
+fn called<'a>(a: &'a Answer, to: &str) -> &'a Answer {
+    let call = a
+        .calls
+        .iter()
+        .find(|c| c.to == to)
+        .unwrap_or_else(|| panic!("no call to {to}: {a:?}"));
+    match &call.answer {
+        Some(Body::Answer(b)) => b,
+        other => panic!("call to {to} answered {:?}: {other:?}", call.status),
+    }
+}
+
+/// Binomial bounds: mean +- 4.5 sd, as (low, high) counts.
+fn bounds(n: u32, p: f64) -> (u32, u32) {
+    let mean = f64::from(n) * p;
+    let sd = (mean * (1.0 - p)).sqrt();
+    let low = (mean - 4.5 * sd).floor().max(0.0);
+    let high = (mean + 4.5 * sd).ceil();
+    (low as u32, high as u32)
+}
+
+fn stat(admin: &str, name: &str) -> u64 {
+    let (_, text, _) = get(&agent(), &format!("{admin}/stats?filter=^{name}$"), &[]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok()
+}
+
+/// The demo spec's story: full path, routing, faults, endpoint files, and the supervisor.
+#[test]
+fn demo_mesh_routes_traces_faults_endpoints_and_restarts() {
+    let mut mesh = start(&repo().join("demo/mesh.yaml"), 1);
+    let plan = mesh.plan().clone();
+    let public = plan.front_url("public").unwrap();
+    let internal = plan.front_url("internal").unwrap();
+    let a = agent();
+
+    // Full path: A, B and C saw one request id and one trace id; the client got the request id.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, body, headers) = get(&a, &format!("{public}/"), &[("traceparent", tp)]);
+    assert_eq!(status, 200, "{body}");
+    let root = answer(&body);
+    assert_eq!(root.service, "a");
+    let rid = root
+        .received
+        .request_id
+        .clone()
+        .expect("A got a request id");
+    assert_eq!(rid.len(), 36, "UUID request id: {rid}");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "x-request-id" && v == &rid)
+    );
+    assert!(
+        !headers.iter().any(|(k, _)| k == "x-app-version"),
+        "front proxy strips x-app-version"
+    );
+    for who in [&root, called(&root, "b"), called(&root, "c")] {
+        assert_eq!(
+            who.received.request_id.as_deref(),
+            Some(rid.as_str()),
+            "{who:?}"
+        );
+        assert_eq!(
+            who.received.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{who:?}"
+        );
+    }
+    assert_ne!(
+        root.received.traceparent.as_deref(),
+        Some(tp),
+        "new span id"
+    );
+    assert_eq!(
+        root.received
+            .mesh_headers
+            .get("x-served-by")
+            .map(String::as_str),
+        Some("a inbound")
+    );
+    // Without a traceparent the front proxy starts a trace, and everyone continues it.
+    let (_, body, _) = get(&a, &format!("{public}/"), &[]);
+    let root = answer(&body);
+    let trace = root.received.trace_id.clone().expect("trace started");
+    assert_eq!(called(&root, "b").received.trace_id.as_ref(), Some(&trace));
+    assert_eq!(called(&root, "c").received.trace_id.as_ref(), Some(&trace));
+
+    // Header route: x-canary: true -> only B v2; the 90/10 split otherwise.
+    let n = 200;
+    for _ in 0..n {
+        let (s, body, _) = get(&a, &format!("{public}/b"), &[("x-canary", "true")]);
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(answer(&body).version.as_deref(), Some("v2"));
+    }
+    let mut v2 = 0;
+    for _ in 0..n {
+        let (s, body, _) = get(&a, &format!("{public}/b"), &[]);
+        assert_eq!(s, 200, "{body}");
+        if answer(&body).version.as_deref() == Some("v2") {
+            v2 += 1;
+        }
+    }
+    let (lo, hi) = bounds(n, 0.10);
+    assert!(
+        (lo..=hi).contains(&v2),
+        "front 90/10 split: {v2} of {n} to v2, bounds {lo}..={hi}"
+    );
+    // A's sidecar: 80/20 split to B, and x-version: v2 (forwarded by A) picks v2.
+    let mut v2 = 0;
+    for _ in 0..n {
+        let (s, body, _) = get(&a, &format!("{internal}/"), &[]);
+        assert_eq!(s, 200, "{body}");
+        if called(&answer(&body), "b").version.as_deref() == Some("v2") {
+            v2 += 1;
+        }
+    }
+    let (lo, hi) = bounds(n, 0.20);
+    assert!(
+        (lo..=hi).contains(&v2),
+        "A's 80/20 split: {v2} of {n} to v2, bounds {lo}..={hi}"
+    );
+    for _ in 0..20 {
+        let (_, body, _) = get(&a, &format!("{internal}/"), &[("x-version", "v2")]);
+        assert_eq!(called(&answer(&body), "b").version.as_deref(), Some("v2"));
+    }
+
+    // Faults on /c: 1% aborted with 503, 5% delayed 100 ms, over 1000 requests on 4 threads.
+    let aborted = Arc::new(AtomicU64::new(0));
+    let delayed = Arc::new(AtomicU64::new(0));
+    let other = Arc::new(AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (aborted, delayed, other) = (&aborted, &delayed, &other);
+            let url = format!("{public}/c");
+            s.spawn(move || {
+                let a = agent();
+                for _ in 0..250 {
+                    let t = Instant::now();
+                    let (status, _, _) = get(&a, &url, &[]);
+                    match status {
+                        200 => {}
+                        503 => {
+                            aborted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            other.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if t.elapsed() >= Duration::from_millis(95) {
+                        delayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let (aborted, delayed) = (
+        aborted.load(Ordering::Relaxed),
+        delayed.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        other.load(Ordering::Relaxed),
+        0,
+        "only 200 and injected 503 on /c"
+    );
+    let (lo, hi) = bounds(1000, 0.01);
+    assert!(
+        (u64::from(lo.max(1))..=u64::from(hi)).contains(&aborted),
+        "aborts {aborted}"
+    );
+    let admin = plan.front_admin_url();
+    assert_eq!(
+        stat(&admin, "http.front_public.fault.aborts_injected"),
+        aborted
+    );
+    let (lo, hi) = bounds(1000, 0.05);
+    // A delayed request may also be aborted, and a slow machine may add a few.
+    assert!(
+        (u64::from(lo)..=u64::from(hi) + 10).contains(&delayed),
+        "delayed {delayed}, bounds {lo}..={hi}"
+    );
+    let injected = stat(&admin, "http.front_public.fault.delays_injected");
+    assert!(
+        injected <= delayed,
+        "Envoy injected {injected} delays, clients saw {delayed}"
+    );
+
+    // A malformed endpoint file: Envoy keeps the last good endpoints of C.
+    let dir = mesh.options().run_dir.join("endpoints");
+    let a_admin = {
+        let i = plan.instance("a").unwrap();
+        format!("http://{}:{}", i.ip, i.admin_port)
+    };
+    let rejected_before = stat(&a_admin, "cluster.outbound|c.update_rejected")
+        + stat(&a_admin, "cluster.outbound|c.update_failure");
+    sdk::endpoints::write_atomic(&dir.join("outbound_c.yaml"), b"resources: [ {{ not yaml")
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            stat(&a_admin, "cluster.outbound|c.update_rejected")
+                + stat(&a_admin, "cluster.outbound|c.update_failure")
+                > rejected_before
+        }),
+        "Envoy saw the malformed file"
+    );
+    for _ in 0..20 {
+        let (s, body, _) = get(&a, &format!("{internal}/"), &[]);
+        assert_eq!(s, 200);
+        assert_eq!(called(&answer(&body), "c").instance, "c-1", "{body}");
+    }
+
+    // Add an instance of C with `wasmesh endpoints set` under load: no restart, no failure.
+    let c2 = mesh.add_instance("c").unwrap();
+    let c1 = plan.instance("c-1").unwrap();
+    let pids_before = (mesh.pid("front-proxy"), mesh.pid("a-sidecar"));
+    let stop = AtomicBool::new(false);
+    let failures = AtomicU64::new(0);
+    let seen_c2 = AtomicU64::new(0);
+    let total = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let a = agent();
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body, _) = get(&a, &format!("{internal}/"), &[]);
+                total.fetch_add(1, Ordering::Relaxed);
+                let c = (status == 200)
+                    .then(|| serde_json::from_str::<Answer>(&body).ok())
+                    .flatten()
+                    .and_then(|r| {
+                        r.calls
+                            .iter()
+                            .find(|c| c.to == "c")
+                            .filter(|c| c.status == Some(200))
+                            .and_then(|c| match &c.answer {
+                                Some(Body::Answer(b)) => Some(b.instance.clone()),
+                                _ => None,
+                            })
+                    });
+                match c {
+                    Some(inst) if inst == c2.name => {
+                        seen_c2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(_) => {}
+                    None => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmesh"))
+            .args(["endpoints", "set", "outbound|c"])
+            .arg(format!("{}:{}", c1.ip, c1.ingress_port))
+            .arg(format!("{}:{}", c2.ip, c2.ingress_port))
+            .arg("--dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let reached = wait_for(Duration::from_secs(15), || {
+            seen_c2.load(Ordering::Relaxed) >= 5
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        assert!(reached, "traffic never reached {}", c2.name);
+    });
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "failed requests while adding {} ({} total)",
+        c2.name,
+        total.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        (mesh.pid("front-proxy"), mesh.pid("a-sidecar")),
+        pids_before,
+        "no restart"
+    );
+
+    // Kill A's sidecar: the supervisor restarts it and requests recover.
+    let old = mesh.pid("a-sidecar").unwrap();
+    up::kill(old);
+    let killed = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            get(&a, &format!("{public}/"), &[]).0 == 200
+                && mesh.pid("a-sidecar").is_some_and(|p| p != 0 && p != old)
+        }),
+        "no recovery after killing a-sidecar"
+    );
+    let state = mesh.procs();
+    let sc = state.iter().find(|p| p.name == "a-sidecar").unwrap();
+    assert!(sc.restarts >= 1);
+    eprintln!(
+        "a-sidecar killed: requests recovered after {:?}",
+        killed.elapsed()
+    );
+    mesh.stop();
+}
+
+/// Two instances of B v1 under steady load; one dies: outlier detection ejects it and the
+/// errors stop within 2 s.
+#[test]
+fn outlier_detection_ejects_a_dead_instance_of_b_within_2s() {
+    let spec_text = std::fs::read_to_string(repo().join("demo/mesh.yaml")).unwrap();
+    let one = "      - { address: b, labels: { version: v1 } }\n";
+    assert!(
+        spec_text.contains(one),
+        "demo spec changed; update this test"
+    );
+    let spec_text = spec_text.replace(
+        one,
+        &format!("{one}      - {{ address: b-2, labels: {{ version: v1 }} }}\n"),
+    );
+    let spec =
+        std::env::temp_dir().join(format!("wasmesh-e2e-outlier-{}.yaml", std::process::id()));
+    std::fs::write(&spec, spec_text).unwrap();
+    let mesh = start(&spec, 2);
+    let plan = mesh.plan().clone();
+    let url = format!("{}/b", plan.front_url("internal").unwrap());
+    let admin = plan.front_admin_url();
+    let stop = AtomicBool::new(false);
+    let errors = std::sync::Mutex::new(Vec::<(Duration, u16, String)>::new());
+    let served = std::sync::Mutex::new(Vec::<(Duration, String)>::new());
+    let t0 = Instant::now();
+    let mut killed_at = Duration::ZERO;
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let a = agent();
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, body, _) = get(&a, &url, &[]);
+                    let at = t0.elapsed();
+                    if status == 200 {
+                        served.lock().unwrap().push((at, answer(&body).instance));
+                    } else {
+                        errors.lock().unwrap().push((at, status, body));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+        killed_at = t0.elapsed();
+        assert!(mesh.halt("b-2"));
+        assert!(mesh.halt("b-2-sidecar"));
+        std::thread::sleep(Duration::from_millis(4000));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let served = served.into_inner().unwrap();
+    let errors = errors.into_inner().unwrap();
+    assert!(
+        served.iter().any(|(at, i)| *at < killed_at && i == "b-2"),
+        "b-2 served before it died"
+    );
+    let ejections = stat(
+        &admin,
+        "cluster.outbound|b|v1.outlier_detection.ejections_enforced_total",
+    );
+    assert!(ejections >= 1, "b-2 was ejected");
+    let after = killed_at + Duration::from_secs(2);
+    let late: Vec<_> = errors.iter().filter(|(t, _, _)| *t > after).collect();
+    assert!(
+        late.is_empty(),
+        "errors more than 2 s after the kill: {late:?} (kill at {killed_at:?})"
+    );
+    assert!(
+        served.iter().filter(|(at, _)| *at > after).count() > 100,
+        "steady load after the kill"
+    );
+    eprintln!(
+        "outlier: {} errors seen by clients (retries hide most), {} requests served, ejections {ejections}",
+        errors.len(),
+        served.len()
+    );
+}
+
+/// Bounded soak: a fixed request rate through the front proxy to A (which calls B and C): no
+/// errors, and each Envoy's RSS grows less than 5% after warm-up. Rate and length are set by
+/// WASMESH_SOAK_RPS (default 100) and WASMESH_SOAK_SECS (default 20); p99 is printed.
+#[test]
+fn soak_no_errors_and_bounded_envoy_rss() {
+    let rps: u64 = std::env::var("WASMESH_SOAK_RPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let secs: u64 = std::env::var("WASMESH_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mesh = start(&repo().join("demo/mesh.yaml"), 3);
+    let url = format!("{}/", mesh.plan().front_url("public").unwrap());
+    let envoys: Vec<(String, u32)> = mesh
+        .procs()
+        .into_iter()
+        .filter(|p| p.kind != up::Kind::App)
+        .map(|p| (p.name, p.pid))
+        .collect();
+    let threads = 4u64;
+    let run = |duration: Duration| -> (Vec<Duration>, u64) {
+        let lat = std::sync::Mutex::new(Vec::new());
+        let errs = AtomicU64::new(0);
+        let interval = Duration::from_secs_f64(threads as f64 / rps as f64);
+        std::thread::scope(|s| {
+            for k in 0..threads {
+                let (lat, errs, url) = (&lat, &errs, &url);
+                s.spawn(move || {
+                    let a = agent();
+                    let start = Instant::now() + interval.mul_f64(k as f64 / threads as f64);
+                    let mut next = start;
+                    let mut mine = Vec::new();
+                    while next < start + duration {
+                        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let t = Instant::now();
+                        let (status, _, _) = get(&a, url, &[]);
+                        mine.push(t.elapsed());
+                        if status != 200 {
+                            errs.fetch_add(1, Ordering::Relaxed);
+                        }
+                        next += interval;
+                    }
+                    lat.lock().unwrap().extend(mine);
+                });
+            }
+        });
+        (lat.into_inner().unwrap(), errs.load(Ordering::Relaxed))
+    };
+    // Warm-up, then the measured run.
+    let warm = (secs / 4).max(3);
+    let (_, warm_errs) = run(Duration::from_secs(warm));
+    let rss0: Vec<u64> = envoys.iter().map(|(_, pid)| rss_kb(*pid)).collect();
+    let cpu0: Vec<u64> = envoys.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
+    let t = Instant::now();
+    let (mut lat, errs) = run(Duration::from_secs(secs));
+    let wall = t.elapsed();
+    let rss1: Vec<u64> = envoys.iter().map(|(_, pid)| rss_kb(*pid)).collect();
+    let cpu1: Vec<u64> = envoys.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let achieved = lat.len() as f64 / wall.as_secs_f64();
+    eprintln!(
+        "soak: {} requests in {wall:.1?} ({achieved:.0}/s, target {rps}/s), errors {errs}, p50 {:?} p99 {:?} max {:?}",
+        lat.len(),
+        pct(0.50),
+        pct(0.99),
+        lat.last().unwrap()
+    );
+    for (i, (name, _)) in envoys.iter().enumerate() {
+        let cpu = (cpu1[i] - cpu0[i]) as f64 / 100.0 / wall.as_secs_f64() * 100.0;
+        eprintln!(
+            "soak: {name:<14} RSS {} -> {} KiB ({:+.1}%), CPU {cpu:.1}% of a core",
+            rss0[i],
+            rss1[i],
+            (rss1[i] as f64 - rss0[i] as f64) / rss0[i] as f64 * 100.0
+        );
+    }
+    assert_eq!(warm_errs + errs, 0, "errors during the soak");
+    assert!(
+        achieved > rps as f64 * 0.8,
+        "rate held: {achieved:.0}/s of {rps}/s"
+    );
+    for (i, (name, _)) in envoys.iter().enumerate() {
+        assert!(
+            rss1[i] * 100 < rss0[i] * 105,
+            "{name} RSS grew from {} to {} KiB",
+            rss0[i],
+            rss1[i]
+        );
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime in clock ticks (100 per second on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
