@@ -50,7 +50,7 @@ fn full_config() -> Value {
             "name": "corp",
             "issuer": "https://issuer.example",
             "audiences": ["api"],
-            "jwks": {"local": t::jwks().to_string()},
+            "jwks": {"local": t::jwks()},
             "claims_to_headers": [{"claim": "scope", "header": "x-scope"}],
         }],
         "api_keys": {"consumers": [

@@ -127,6 +127,23 @@ impl Translate for headers::HeadersConfig {
     }
 }
 
+impl Translate for auth::AuthConfig {
+    const KIND: &'static str = "authn";
+    fn http_filter(
+        &self,
+        layout: &Layout,
+        proxy: &str,
+        index: usize,
+    ) -> Result<HttpFilter, EmitError> {
+        let json = serde_json::to_string(self).map_err(|e| EmitError::FilterConfig {
+            filter: Self::KIND,
+            detail: e.to_string(),
+        })?;
+        // Root id `auth` in the module; the plugin name (also its stats scope) `<proxy>.auth.<i>`.
+        Ok(wasm("auth", format!("{proxy}.auth.{index}"), json, layout))
+    }
+}
+
 fn stage<T: Translate>(
     t: &T,
     layout: &Layout,
@@ -151,6 +168,7 @@ pub fn http_stages(
         .map(|(i, f)| match f {
             // One arm per filter kind: its config type's `Translate` impl.
             Filter::Headers(cfg) => stage(cfg, layout, proxy, i),
+            Filter::Auth(cfg) => stage(cfg, layout, proxy, i),
         })
         .collect()
 }
@@ -204,7 +222,10 @@ mod tests {
 
     #[test]
     fn every_translator_has_a_row_in_the_order_table() {
-        let kinds = [<headers::HeadersConfig as Translate>::KIND];
+        let kinds = [
+            <headers::HeadersConfig as Translate>::KIND,
+            <auth::AuthConfig as Translate>::KIND,
+        ];
         assert!(
             kinds
                 .iter()

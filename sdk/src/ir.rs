@@ -310,6 +310,11 @@ impl Check {
                         self.err(format!("{at}[{i}].headers"), e.to_string());
                     }
                 }
+                Filter::Auth(cfg) => {
+                    if let Err(e) = auth::compile(cfg) {
+                        self.err(format!("{at}[{i}].auth"), e.to_string());
+                    }
+                }
             }
         }
     }

@@ -6,6 +6,7 @@ use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 
+mod auth_cli;
 mod up_cli;
 use sdk::generate;
 use sdk::translate::Layout;
@@ -20,6 +21,8 @@ Examples:
   wasmesh endpoints set 'outbound|b' 172.28.0.21:15006 172.28.0.22:15006
   wasmesh up                             the demo mesh as local processes until Ctrl-C
   wasmesh up --detach; wasmesh status; wasmesh down
+  echo -n 's3cret' | wasmesh auth-hash   Basic password hash for the auth filter
+  echo -n 'my-key' | wasmesh auth-hash --api-key
 
 A spec with problems is refused as a whole: every problem is listed with its place in the spec
 (services[1].dependencies[0]: unknown service \"ghost\"). Nothing is written then.
@@ -82,6 +85,9 @@ enum Cmd {
         #[arg(long, default_value = "target/wasmesh-up")]
         run_dir: PathBuf,
     },
+    /// Hash a Basic password or an API key for the auth filter's configuration (the secret is
+    /// read from stdin, never from the command line).
+    AuthHash(auth_cli::AuthHashArgs),
     /// Update endpoint files of a running mesh; Envoy picks them up without a restart.
     Endpoints {
         #[command(subcommand)]
@@ -136,6 +142,7 @@ fn main() -> ExitCode {
         Cmd::Gen { spec, out } => gen_cmd(&spec, &out),
         Cmd::Validate { spec } => validate_cmd(&spec),
         Cmd::Up(args) => up_cli::up_cmd(&args),
+        Cmd::AuthHash(args) => auth_cli::auth_hash_cmd(&args),
         Cmd::Down { run_dir } => sdk::up::down(&run_dir)
             .map(|s| println!("stopped mesh {:?} ({} processes)", s.plan.mesh, s.procs.len()))
             .map_err(|e| e.to_string()),

@@ -193,6 +193,8 @@ pub struct FaultAbort {
 pub enum Filter {
     /// The wasmesh headers filter.
     Headers(headers::HeadersConfig),
+    /// The wasmesh auth filter: JWT, API keys, Basic, rules, authorization, identity.
+    Auth(auth::AuthConfig),
 }
 
 /// Application protocol of a service.

@@ -106,8 +106,9 @@ fn default_cache() -> usize {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum JwksSource {
-    /// An inline JWKS document (the JSON object with `keys`), as a string.
-    Local(String),
+    /// An inline JWKS: the JSON object with `keys` (in YAML, a mapping), or that object as a
+    /// JSON string.
+    Local(serde_json::Value),
 }
 
 /// Where a credential is looked for.

@@ -263,8 +263,8 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
             ));
         }
         let keys = match &p.jwks {
-            crate::config::JwksSource::Local(text) => {
-                jwk::parse_jwks(text.as_bytes()).map_err(|e| ConfigError::Jwks {
+            crate::config::JwksSource::Local(doc) => {
+                jwk::parse_jwks_value(doc).map_err(|e| ConfigError::Jwks {
                     path: format!("{at}.jwks.local"),
                     error: e,
                 })?

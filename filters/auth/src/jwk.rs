@@ -151,6 +151,14 @@ pub fn parse_jwks(text: &[u8]) -> Result<Vec<Key>, JwksError> {
     Ok(keys)
 }
 
+/// Parses a JWKS given as a JSON value: the object itself, or a string holding it.
+pub fn parse_jwks_value(doc: &serde_json::Value) -> Result<Vec<Key>, JwksError> {
+    match doc {
+        serde_json::Value::String(text) => parse_jwks(text.as_bytes()),
+        other => parse_jwks(other.to_string().as_bytes()),
+    }
+}
+
 fn b64(s: Option<&str>) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s?).ok()
 }
