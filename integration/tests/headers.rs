@@ -350,3 +350,50 @@ fn proxies_without_any_filter() {
         "Envoy's own request id is off"
     );
 }
+
+/// The value of the Prometheus sample whose name ends with `suffix`, once it reaches `want`
+/// (counters are batched in the VM and flushed every second), or the last value seen.
+fn prometheus_counter(envoy: &RunningEnvoy, suffix: &str, want: u64) -> Option<u64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = envoy.admin_get("/stats/prometheus").text();
+        let value = text.lines().find_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            let name = name.split('{').next()?;
+            name.ends_with(suffix)
+                .then(|| value.trim().parse::<u64>().ok())?
+        });
+        if value == Some(want) || std::time::Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn header_stage_stats_at_prometheus() {
+    let (_u, envoy, port) = proxy(json!({"request_id": {}, "trace_context": {}}));
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for headers in [
+        vec![],
+        vec![("x-request-id", "client"), ("traceparent", valid)],
+        vec![("traceparent", "00-not-a-traceparent")],
+    ] {
+        assert_eq!(get(port, "/", &headers).status, 200);
+    }
+    // The plugin is named `headers` in the test bootstrap.
+    for (counter, want) in [
+        ("wasmesh_headers_headers_request_id_generated", 2),
+        ("wasmesh_headers_headers_request_id_kept", 1),
+        ("wasmesh_headers_headers_trace_continued", 1),
+        ("wasmesh_headers_headers_trace_started", 2),
+        ("wasmesh_headers_headers_traceparent_malformed", 1),
+    ] {
+        assert_eq!(
+            prometheus_counter(&envoy, counter, want),
+            Some(want),
+            "{counter} in\n{}",
+            envoy.admin_get("/stats/prometheus").text()
+        );
+    }
+}

@@ -1,11 +1,13 @@
-//! `cargo xtask bench`: what the headers filter costs per request inside Envoy.
+//! `cargo xtask bench`: what the wasmesh filters cost per request inside Envoy, each next to a
+//! straightforward single-purpose proxy-wasm filter doing the same job (`bench/peers`).
 //!
-//! Envoy 1.40 with one worker serves a direct response. Each variant runs under
-//! `valgrind --tool=callgrind`; after a warm-up the counters are zeroed (`callgrind_control -z`),
-//! an exact number of requests is sent on one keep-alive connection, and the counters are dumped
-//! (`callgrind_control -d`): instructions per request = total / requests, over all Envoy threads.
-//! Instruction counts repeat to ~0.1 %, unlike timings. Requests/s and RSS come from separate runs
-//! without valgrind, as a sanity check.
+//! One Envoy 1.40 with one worker runs under `valgrind --tool=callgrind` with one listener per
+//! variant, every route a direct response. Variant by variant: warm-up requests, counters zeroed
+//! (`callgrind_control -z`), an exact number of requests on one keep-alive connection, counters
+//! dumped (`callgrind_control -d`): instructions per request = dump total / requests, over all
+//! Envoy threads. All variants share one process, so V8 compiles each module once (minutes under
+//! valgrind) and every delta is taken against the `none` listener of the same run. Instruction
+//! counts repeat to ~0.1 %, unlike timings. Requests/s come from a second Envoy without valgrind.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,22 +30,94 @@ pub fn job_config() -> Value {
     })
 }
 
+/// A job measured as wasmesh headers filter and as its peer.
+pub struct Job {
+    /// Short name (listener names derive from it).
+    pub name: &'static str,
+    /// What the job does.
+    pub what: &'static str,
+    /// The headers filter's configuration for the job.
+    pub config: Value,
+    /// The peer's root id in `bench_peers.wasm`.
+    pub peer: &'static str,
+}
+
+/// The jobs, each with its straightforward peer.
+pub fn jobs() -> Vec<Job> {
+    let ten: Vec<Value> = (0..10)
+        .map(|i| json!({"ops": [{"set": {"name": format!("x-bench-{i}"), "value": format!("v{i}")}}]}))
+        .collect();
+    vec![
+        Job {
+            name: "one-each-way",
+            what: "set one request header and one response header",
+            config: json!({
+                "request_headers": [{"ops": [{"set": {"name": "x-mesh", "value": "wasmesh"}}]}],
+                "response_headers": [{"ops": [{"set": {"name": "x-served", "value": "wasmesh"}}]}]
+            }),
+            peer: "one_each_way",
+        },
+        Job {
+            name: "headers-job",
+            what: "request id (keep) + traceparent + two sets",
+            config: job_config(),
+            peer: "job",
+        },
+        Job {
+            name: "ten-sets",
+            what: "ten rules, each setting one request header",
+            config: json!({ "request_headers": ten }),
+            peer: "ten_sets",
+        },
+        // demo/mesh.yaml, front_proxy listener `public`.
+        Job {
+            name: "front-proxy",
+            what: "demo front proxy: request id (replace, echoed) + traceparent + remove x-app-version from the response",
+            config: json!({
+                "request_id": {"incoming": "replace", "echo_in_response": true},
+                "trace_context": {},
+                "response_headers": [{"ops": [{"remove": {"name": "x-app-version"}}]}]
+            }),
+            peer: "front_proxy",
+        },
+        // demo/mesh.yaml, service `a`'s sidecar.
+        Job {
+            name: "sidecar",
+            what: "demo sidecar (service a): request id (keep) + set x-served-by: a ${route_name}",
+            config: json!({
+                "request_id": {},
+                "request_headers": [{"ops": [{"set": {"name": "x-served-by", "value": "a ${route_name}"}}]}]
+            }),
+            peer: "sidecar",
+        },
+    ]
+}
+
 struct Variant {
-    name: &'static str,
-    what: &'static str,
+    name: String,
+    what: String,
     filters: Vec<Value>,
 }
 
-fn variants(wasm: &Path) -> Vec<Variant> {
-    vec![
+fn peer_filter(peers: &Path, root_id: &str) -> Value {
+    let mut f = wasm_filter(peers, root_id, &json!({}));
+    if let Some(vm) = f.pointer_mut("/typed_config/config/vm_config/vm_id") {
+        *vm = json!("bench-peers");
+    }
+    f
+}
+
+fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
+    let mut v = vec![
         Variant {
-            name: "none",
-            what: "no extra filter (router only)",
+            name: "none".into(),
+            what: "no extra filter (router only)".into(),
             filters: vec![],
         },
         Variant {
-            name: "native",
-            what: "native header_mutation: the same four headers from Envoy formatters",
+            name: "native".into(),
+            what: "native header_mutation: the headers job's four headers from Envoy formatters"
+                .into(),
             filters: vec![header_mutation(&[
                 ("x-request-id", "%STREAM_ID%", "ADD_IF_ABSENT"),
                 (
@@ -60,16 +134,45 @@ fn variants(wasm: &Path) -> Vec<Variant> {
             ])],
         },
         Variant {
-            name: "wasm-empty",
-            what: "wasmesh headers filter, empty configuration (the wasm floor)",
+            name: "wasm-empty".into(),
+            what: "wasmesh headers filter, empty configuration (the wasm floor)".into(),
             filters: vec![wasm_filter(wasm, "headers", &json!({}))],
         },
-        Variant {
-            name: "wasm-headers",
-            what: "wasmesh headers filter: request id + traceparent + two set operations",
-            filters: vec![wasm_filter(wasm, "headers", &job_config())],
-        },
-    ]
+    ];
+    for job in jobs() {
+        if !only.is_empty() && !only.iter().any(|o| o == job.name) {
+            continue;
+        }
+        v.push(Variant {
+            name: format!("{}.wasmesh", job.name),
+            what: job.what.into(),
+            filters: vec![wasm_filter(wasm, "headers", &job.config)],
+        });
+        v.push(Variant {
+            name: format!("{}.peer", job.name),
+            what: format!("peer `{}`", job.peer),
+            filters: vec![peer_filter(peers, job.peer)],
+        });
+    }
+    v
+}
+
+/// One bootstrap with a listener per variant, named after it.
+fn multi_bootstrap(variants: &[Variant]) -> Value {
+    let mut listeners = Vec::new();
+    for v in variants {
+        let mut b = bootstrap(v.filters.clone(), Backend::Direct);
+        if let Some(l) = b.pointer_mut("/static_resources/listeners/0") {
+            l["name"] = json!(v.name);
+            if let Some(p) = l.pointer_mut("/filter_chains/0/filters/0/typed_config/stat_prefix") {
+                *p = json!(v.name.replace('.', "_"));
+            }
+            listeners.push(l.take());
+        }
+    }
+    let mut b = bootstrap(vec![], Backend::Direct);
+    b["static_resources"]["listeners"] = Value::Array(listeners);
+    b
 }
 
 const REQUEST: &[(&str, &str)] = &[("host", "bench.local"), ("user-agent", "wasmesh-bench")];
@@ -102,36 +205,48 @@ fn callgrind_control(flag: &str, pid: u32) -> Result<(), String> {
     }
 }
 
-/// Instructions per request for one variant.
+/// Instructions per request for every variant, in order, from one Envoy under callgrind.
 fn instructions(
-    variant: &Variant,
+    variants: &[Variant],
     out: &Path,
     warmup: usize,
     requests: usize,
-) -> Result<f64, String> {
-    let file = out.join(format!("callgrind.{}.%p", variant.name));
+) -> Result<Vec<f64>, String> {
+    let file = out.join("callgrind.%p");
     let file_arg = format!("--callgrind-out-file={}", file.display());
-    let envoy = Envoy::new(bootstrap(variant.filters.clone(), Backend::Direct))
+    let started = Instant::now();
+    let envoy = Envoy::new(multi_bootstrap(variants))
         .wrapper(&["valgrind", "--tool=callgrind", &file_arg])
-        // V8 compiling the module under valgrind is slow; loaded machines need minutes.
-        .ready_within(std::time::Duration::from_secs(600))
+        // V8 compiling the modules under valgrind is slow; loaded machines need minutes.
+        .ready_within(std::time::Duration::from_secs(1800))
         .log_level("warning")
         .try_start()?;
-    let port = envoy.listener_port("ingress");
+    eprintln!(
+        "bench: Envoy under callgrind ready after {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     let pid = envoy.pid();
-    let mut conn = Connection::open(port).map_err(|e| e.to_string())?;
-    send(&mut conn, warmup)?;
-    callgrind_control("-z", pid)?;
-    send(&mut conn, requests)?;
-    callgrind_control("-d", pid)?;
-    let dump = out.join(format!("callgrind.{}.{pid}.1", variant.name));
-    let text = std::fs::read_to_string(&dump).map_err(|e| format!("{}: {e}", dump.display()))?;
+    let mut result = Vec::new();
+    for (i, v) in variants.iter().enumerate() {
+        let port = envoy.listener_port(&v.name);
+        let mut conn = Connection::open(port).map_err(|e| e.to_string())?;
+        send(&mut conn, warmup)?;
+        callgrind_control("-z", pid)?;
+        send(&mut conn, requests)?;
+        callgrind_control("-d", pid)?;
+        let dump = out.join(format!("callgrind.{pid}.{}", i + 1));
+        let text =
+            std::fs::read_to_string(&dump).map_err(|e| format!("{}: {e}", dump.display()))?;
+        let total: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("summary: ")?.trim().parse().ok())
+            .ok_or_else(|| format!("no summary line in {}", dump.display()))?;
+        let ir = total as f64 / requests as f64;
+        eprintln!("bench: {} {:.0} instructions/request", v.name, ir);
+        result.push(ir);
+    }
     drop(envoy);
-    let total: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("summary: ")?.trim().parse().ok())
-        .ok_or_else(|| format!("no summary line in {}", dump.display()))?;
-    Ok(total as f64 / requests as f64)
+    Ok(result)
 }
 
 fn rss_kib(envoy: &RunningEnvoy) -> u64 {
@@ -150,90 +265,177 @@ fn rss_kib(envoy: &RunningEnvoy) -> u64 {
         .unwrap_or(0)
 }
 
-/// Requests/s over `connections` keep-alive connections, and RSS afterwards.
-fn throughput(variant: &Variant, seconds: f64, connections: usize) -> Result<(f64, u64), String> {
-    let envoy = Envoy::new(bootstrap(variant.filters.clone(), Backend::Direct))
+/// Requests/s per variant over `connections` keep-alive connections (one Envoy, no valgrind),
+/// and the process RSS afterwards.
+fn throughput(
+    variants: &[Variant],
+    seconds: f64,
+    connections: usize,
+) -> Result<(Vec<f64>, u64), String> {
+    let envoy = Envoy::new(multi_bootstrap(variants))
         .log_level("warning")
         .try_start()?;
-    let port = envoy.listener_port("ingress");
-    let mut c = Connection::open(port).map_err(|e| e.to_string())?;
-    send(&mut c, 2000)?;
-    let start = Instant::now();
-    let handles: Vec<_> = (0..connections)
-        .map(|_| {
-            std::thread::spawn(move || -> Result<usize, String> {
-                let mut conn = Connection::open(port).map_err(|e| e.to_string())?;
-                let mut n = 0;
-                while start.elapsed().as_secs_f64() < seconds {
-                    send(&mut conn, 100)?;
-                    n += 100;
-                }
-                Ok(n)
+    let mut rates = Vec::new();
+    for v in variants {
+        let port = envoy.listener_port(&v.name);
+        let mut c = Connection::open(port).map_err(|e| e.to_string())?;
+        send(&mut c, 2000)?;
+        let start = Instant::now();
+        let handles: Vec<_> = (0..connections)
+            .map(|_| {
+                std::thread::spawn(move || -> Result<usize, String> {
+                    let mut conn = Connection::open(port).map_err(|e| e.to_string())?;
+                    let mut n = 0;
+                    while start.elapsed().as_secs_f64() < seconds {
+                        send(&mut conn, 100)?;
+                        n += 100;
+                    }
+                    Ok(n)
+                })
             })
-        })
-        .collect();
-    let mut total = 0;
-    for h in handles {
-        total += h.join().map_err(|_| "load thread panicked".to_owned())??;
+            .collect();
+        let mut total = 0;
+        for h in handles {
+            total += h.join().map_err(|_| "load thread panicked".to_owned())??;
+        }
+        rates.push(total as f64 / start.elapsed().as_secs_f64());
     }
-    let rps = total as f64 / start.elapsed().as_secs_f64();
-    Ok((rps, rss_kib(&envoy)))
+    Ok((rates, rss_kib(&envoy)))
 }
 
 /// Options of `cargo xtask bench`.
 pub struct Options {
-    /// Requests counted under callgrind.
+    /// Requests counted under callgrind, per variant.
     pub requests: usize,
-    /// Requests sent before counting.
+    /// Requests sent before counting, per variant.
     pub warmup: usize,
-    /// Seconds of load per variant for requests/s.
+    /// Seconds of load per variant for requests/s (0: skip).
     pub seconds: f64,
     /// Where callgrind dumps go.
     pub out: PathBuf,
+    /// Jobs to run (empty: all).
+    pub only: Vec<String>,
 }
 
-/// Runs every variant and prints a Markdown table.
+/// Builds `bench_peers.wasm` next to the wasmesh module (same target dir and profile).
+fn peers_module() -> Result<PathBuf, String> {
+    toolchain::ensure_wasm_target().map_err(|e| e.to_string())?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let dir = toolchain::wasm_target_dir();
+    let status = Command::new(cargo)
+        .current_dir(toolchain::repo_root())
+        .env("CARGO_TARGET_DIR", &dir)
+        .args(["build", "--quiet", "-p", "bench-peers"])
+        .args(["--target", toolchain::WASM_TARGET, "--profile", "wasm"])
+        .status()
+        .map_err(|e| format!("cargo build -p bench-peers: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build -p bench-peers: {status}"));
+    }
+    Ok(dir
+        .join(toolchain::WASM_TARGET)
+        .join("wasm")
+        .join("bench_peers.wasm"))
+}
+
+/// Runs every variant and prints Markdown tables.
 pub fn run(opts: &Options) -> Result<(), String> {
     let wasm = toolchain::wasm_module().map_err(|e| e.to_string())?;
+    let peers = peers_module()?;
     toolchain::envoy_bin().map_err(|e| e.to_string())?;
     if Command::new("valgrind").arg("--version").output().is_err() {
         return Err("valgrind is not installed (apt-get install valgrind)".into());
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| e.to_string())?;
     let size = std::fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
-    let variants = variants(&wasm);
-    let mut rows = Vec::new();
-    for v in &variants {
-        eprintln!(
-            "bench: {} under callgrind ({} + {} requests)",
-            v.name, opts.warmup, opts.requests
-        );
-        let ir = instructions(v, &opts.out, opts.warmup, opts.requests)?;
-        eprintln!("bench: {} load for {} s", v.name, opts.seconds);
-        let (rps, rss) = throughput(v, opts.seconds, 2)?;
-        rows.push((v, ir, rps, rss));
-    }
-    let base = rows.first().map_or(0.0, |r| r.1);
-    println!(
-        "| variant | instructions/request | delta over none | requests/s (2 conns) | Envoy RSS (MiB) |"
+    let peers_size = std::fs::metadata(&peers).map_err(|e| e.to_string())?.len();
+    let variants = variants(&wasm, &peers, &opts.only);
+    eprintln!(
+        "bench: {} variants under callgrind ({} + {} requests each)",
+        variants.len(),
+        opts.warmup,
+        opts.requests
     );
-    println!("|---|---:|---:|---:|---:|");
-    for (v, ir, rps, rss) in &rows {
+    let irs = instructions(&variants, &opts.out, opts.warmup, opts.requests)?;
+    let (rates, rss) = if opts.seconds > 0.0 {
+        eprintln!("bench: load, {} s per variant", opts.seconds);
+        throughput(&variants, opts.seconds, 2)?
+    } else {
+        (vec![], 0)
+    };
+    let base = irs.first().copied().unwrap_or(0.0);
+    println!("| variant | instructions/request | delta over none | requests/s (2 conns) |");
+    println!("|---|---:|---:|---:|");
+    for (i, (v, ir)) in variants.iter().zip(&irs).enumerate() {
+        let rps = rates.get(i).map_or("-".to_owned(), |r| format!("{r:.0}"));
         println!(
-            "| {} ({}) | {:.0} | {:+.0} | {:.0} | {:.1} |",
+            "| {} ({}) | {:.0} | {:+.0} | {} |",
             v.name,
             v.what,
             ir,
             ir - base,
-            rps,
-            *rss as f64 / 1024.0
+            rps
         );
     }
     println!();
+    println!("| job | wasmesh delta | peer delta | ratio (target <= 1.10) |");
+    println!("|---|---:|---:|---:|");
+    let delta = |name: &str| {
+        variants
+            .iter()
+            .zip(&irs)
+            .find(|(v, _)| v.name == name)
+            .map(|(_, ir)| ir - base)
+    };
+    for job in jobs() {
+        let (Some(w), Some(p)) = (
+            delta(&format!("{}.wasmesh", job.name)),
+            delta(&format!("{}.peer", job.name)),
+        ) else {
+            continue;
+        };
+        println!("| {} | {:+.0} | {:+.0} | {:.3} |", job.name, w, p, w / p);
+    }
+    println!();
     println!("wasm module: {} ({} bytes)", wasm.display(), size);
+    println!("peers module: {} ({} bytes)", peers.display(), peers_size);
+    if rss > 0 {
+        println!(
+            "Envoy RSS with every variant loaded: {:.1} MiB",
+            rss as f64 / 1024.0
+        );
+    }
     println!(
-        "requests counted: {} after {} warm-up, Envoy --concurrency 1, direct response",
+        "requests counted: {} per variant after {} warm-up, one Envoy, --concurrency 1, direct response",
         opts.requests, opts.warmup
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_config_compiles_and_every_listener_is_unique() {
+        for job in jobs() {
+            let cfg = headers::HeadersConfig::from_json(job.config.to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{}: {e}", job.name));
+            headers::compile(&cfg).unwrap_or_else(|e| panic!("{}: {e}", job.name));
+        }
+        let v = variants(Path::new("m.wasm"), Path::new("p.wasm"), &[]);
+        let b = multi_bootstrap(&v);
+        let names: Vec<&str> = b["static_resources"]["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 3 + 2 * jobs().len());
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len());
+        assert_eq!(names[0], "none");
+    }
 }

@@ -14,8 +14,11 @@ Commands:
   demo      Build the filter, install Envoy 1.40 if needed, and run Envoy with the headers
             filter on 127.0.0.1:10000 in front of an echo service. Prints curl commands.
   bench     Instructions per request (valgrind/callgrind) for: no filter, native
-            header_mutation, the wasm floor, and the headers filter; plus requests/s and RSS.
-            Options: --requests N (2000) --warmup N (1000) --seconds S (5) --out DIR (target/bench)
+            header_mutation, the wasm floor, and each job as the headers filter and as a
+            straightforward peer filter (bench/peers), all in one Envoy; plus requests/s.
+            Options: --requests N (2000) --warmup N (1000) --seconds S (5; 0 skips)
+            --out DIR (target/bench) --only JOB[,JOB] (one-each-way, headers-job, ten-sets,
+            front-proxy, sidecar)
   wasm      Build wasmesh_module.wasm and print its path and size.
   envoy     Install the pinned Envoy if needed and print its path.
 
@@ -57,6 +60,7 @@ fn bench_options(args: &[String]) -> Result<bench::Options, String> {
         warmup: 1000,
         seconds: 5.0,
         out: toolchain::repo_root().join("target").join("bench"),
+        only: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -67,6 +71,7 @@ fn bench_options(args: &[String]) -> Result<bench::Options, String> {
             "--warmup" => o.warmup = value.parse().map_err(|_| bad())?,
             "--seconds" => o.seconds = value.parse().map_err(|_| bad())?,
             "--out" => o.out = PathBuf::from(value),
+            "--only" => o.only = value.split(',').map(str::to_owned).collect(),
             _ => return Err(format!("unknown option {flag}\n\n{HELP}")),
         }
     }

@@ -89,6 +89,63 @@ fn all_zero(s: &str) -> bool {
     s.bytes().all(|b| b == b'0')
 }
 
+/// Most list members a `tracestate` may carry (W3C Trace Context level 1, 3.3.1.1).
+const TRACESTATE_MAX_MEMBERS: usize = 32;
+/// Longest `tracestate` key.
+const TRACESTATE_MAX_KEY: usize = 256;
+/// Longest `tracestate` value.
+const TRACESTATE_MAX_VALUE: usize = 256;
+
+/// Whether the `tracestate` header values (all of them, in order, as one combined list) are a
+/// valid list: members `key=value` separated by commas with optional spaces and tabs, empty
+/// members allowed, at most 32 members; key `[0-9a-z][_0-9a-z-*/@]{0,255}`, value up to 256
+/// printable ASCII characters except `,` and `=`, not ending in a space.
+pub(crate) fn tracestate_is_valid<'a>(values: impl IntoIterator<Item = &'a str>) -> bool {
+    let mut members = 0usize;
+    for value in values {
+        for member in value.split(',') {
+            let member = member.trim_matches([' ', '\t']);
+            if member.is_empty() {
+                continue;
+            }
+            members += 1;
+            if members > TRACESTATE_MAX_MEMBERS {
+                return false;
+            }
+            let Some((key, val)) = member.split_once('=') else {
+                return false;
+            };
+            if !tracestate_key_ok(key) || !tracestate_value_ok(val) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn tracestate_key_ok(key: &str) -> bool {
+    let b = key.as_bytes();
+    match b.split_first() {
+        Some((first, rest)) => {
+            b.len() <= TRACESTATE_MAX_KEY
+                && matches!(first, b'0'..=b'9' | b'a'..=b'z')
+                && rest.iter().all(
+                    |c| matches!(c, b'0'..=b'9' | b'a'..=b'z' | b'_' | b'-' | b'*' | b'/' | b'@'),
+                )
+        }
+        None => false,
+    }
+}
+
+fn tracestate_value_ok(val: &str) -> bool {
+    let b = val.as_bytes();
+    !b.is_empty()
+        && b.len() <= TRACESTATE_MAX_VALUE
+        && b.iter()
+            .all(|c| (0x20..=0x7e).contains(c) && *c != b',' && *c != b'=')
+        && b.last() != Some(&b' ')
+}
+
 /// Formats a version-00 `traceparent`.
 pub(crate) fn format_traceparent(trace_id: &str, span_id: &str, flags: &str) -> String {
     let mut s = String::with_capacity(55);

@@ -10,14 +10,19 @@
 pub mod config;
 mod filter;
 mod ids;
+mod local;
 mod matcher;
 mod names;
+mod stats;
 mod template;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod w3c_tests;
 
 pub use config::HeadersConfig;
 pub use filter::{Compiled, Stream, compile};
+pub use stats::{Counter, Stats};
 
 use thiserror::Error;
 

@@ -415,17 +415,38 @@ fn reads_one_header_when_one_is_needed() {
     run(&f, &mut h);
     assert_eq!(h.host_calls, 1, "one single-header read, no write");
     assert_eq!(h.request.get("x-request-id"), Some("kept"));
+}
 
+#[test]
+fn remove_needs_no_read() {
+    // A blind remove (one call) does what a read and a conditional remove would, cheaper.
     let f = filter(r#"{"request_headers":[{"ops":[{"remove":{"name":"x-secret"}}]}]}"#);
     let mut h = get_req();
+    let before = h.request.clone();
     run(&f, &mut h);
-    assert_eq!(h.host_calls, 1, "absent: read, nothing to remove");
+    assert_eq!(h.host_calls, 1, "absent: one blind remove, no read");
+    assert_eq!(h.request, before);
     h.request.add("x-secret", "1".into());
     h.request.add("x-secret", "2".into());
     h.host_calls = 0;
     run(&f, &mut h);
     assert!(!h.request.contains("x-secret"));
-    assert_eq!(h.host_calls, 2);
+    assert_eq!(h.host_calls, 1);
+
+    // Removed, then set again in the same phase: one replace, still no read.
+    let f = filter(
+        r#"{"request_headers":[{"ops":[{"remove":{"name":"x-a"}},{"set":{"name":"x-a","value":"new"}}]}]}"#,
+    );
+    let mut h = get_req();
+    h.request.add("x-a", "old".into());
+    h.request.add("x-a", "older".into());
+    run(&f, &mut h);
+    assert_eq!(h.host_calls, 1);
+    assert_eq!(
+        h.request.pairs.iter().filter(|(k, _)| k == "x-a").count(),
+        1
+    );
+    assert_eq!(h.request.get("x-a"), Some("new"));
 }
 
 #[test]
@@ -442,4 +463,219 @@ fn append_reads_the_whole_map_and_keeps_existing_values() {
         .map(|(_, v)| v.as_str())
         .collect();
     assert_eq!(multi, ["a", "b"]);
+}
+
+#[test]
+fn response_phase_plans_its_reads_like_the_request_phase() {
+    // The demo front proxy: echo + remove. No response read: one replace, one blind remove.
+    let f = filter(
+        r#"{"request_id":{"incoming":"replace","echo_in_response":true},
+            "response_headers":[{"ops":[{"remove":{"name":"x-app-version"}}]}]}"#,
+    );
+    let mut h = get_req().with_response(&[
+        (":status", "200"),
+        ("x-request-id", "upstream-id"),
+        ("x-app-version", "1.2"),
+        ("x-app-version", "1.3"),
+    ]);
+    let mut s = run(&f, &mut h);
+    let before = h.host_calls;
+    f.on_response_headers(&mut h, &mut s);
+    assert_eq!(h.host_calls - before, 2, "replace + remove, no read");
+    assert_eq!(
+        h.response.get("x-request-id"),
+        h.request.get("x-request-id")
+    );
+    assert_eq!(
+        h.response
+            .pairs
+            .iter()
+            .filter(|(k, _)| k == "x-request-id")
+            .count(),
+        1
+    );
+    assert!(!h.response.contains("x-app-version"));
+
+    // A plain set: one write.
+    let f = filter(r#"{"response_headers":[{"ops":[{"set":{"name":"server","value":"mesh"}}]}]}"#);
+    let mut h = get_req().with_response(&[(":status", "200"), ("server", "envoy")]);
+    let mut s = run(&f, &mut h);
+    assert_eq!(h.host_calls, 0, "request phase needs nothing");
+    f.on_response_headers(&mut h, &mut s);
+    assert_eq!(h.host_calls, 1);
+    assert_eq!(h.response.get("server"), Some("mesh"));
+
+    // add_if_absent reads the one header it tests.
+    let f = filter(
+        r#"{"response_headers":[{"ops":[{"add_if_absent":{"name":"cache-control","value":"no-store"}}]}]}"#,
+    );
+    for (given, want, calls) in [(None, "no-store", 2), (Some("max-age=1"), "max-age=1", 1)] {
+        let mut h = get_req().with_response(&[(":status", "200")]);
+        if let Some(g) = given {
+            h.response.add("cache-control", g.into());
+        }
+        let mut s = run(&f, &mut h);
+        let before = h.host_calls;
+        f.on_response_headers(&mut h, &mut s);
+        assert_eq!(h.host_calls - before, calls, "{given:?}");
+        assert_eq!(h.response.get("cache-control"), Some(want));
+    }
+
+    // append and rename need the whole map and keep every value.
+    let f = filter(
+        r#"{"response_headers":[{"ops":[{"append":{"name":"vary","value":"x-a"}},{"rename":{"from":"x-old","to":"x-new"}}]}]}"#,
+    );
+    let mut h = get_req().with_response(&[
+        (":status", "200"),
+        ("vary", "accept"),
+        ("x-old", "1"),
+        ("x-old", "2"),
+    ]);
+    let mut s = run(&f, &mut h);
+    f.on_response_headers(&mut h, &mut s);
+    let all = |m: &filter_core::HeaderMap, n: &str| -> Vec<String> {
+        m.pairs
+            .iter()
+            .filter(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(all(&h.response, "vary"), ["accept", "x-a"]);
+    assert_eq!(all(&h.response, "x-new"), ["1", "2"]);
+    assert!(!h.response.contains("x-old"));
+}
+
+#[test]
+fn many_writes_to_a_map_read_whole_become_one_whole_map_write() {
+    // `append` makes the phase read the whole map; eight more sets on a small map cost less as
+    // one whole-map write than as eight single writes (probe table estimate).
+    let mut ops = vec![r#"{"append":{"name":"x-multi","value":"b"}}"#.to_owned()];
+    for i in 0..8 {
+        ops.push(format!(r#"{{"set":{{"name":"x-s{i}","value":"v{i}"}}}}"#));
+    }
+    let f = filter(&format!(
+        r#"{{"request_headers":[{{"ops":[{}]}}]}}"#,
+        ops.join(",")
+    ));
+    let mut h = get_req();
+    h.request.add("x-multi", "a".into());
+    run(&f, &mut h);
+    assert_eq!(h.host_calls, 2, "one read, one whole-map write");
+    assert_eq!(h.request.get(":path"), Some("/api/users?x=1"));
+    for i in 0..8 {
+        assert_eq!(
+            h.request.get(&format!("x-s{i}")),
+            Some(format!("v{i}").as_str())
+        );
+    }
+    let multi: Vec<_> = h
+        .request
+        .pairs
+        .iter()
+        .filter(|(k, _)| k == "x-multi")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(multi, ["a", "b"]);
+
+    // Two writes: single calls stay cheaper.
+    let f = filter(
+        r#"{"request_headers":[{"ops":[{"append":{"name":"x-multi","value":"b"}},{"set":{"name":"x-one","value":"1"}}]}]}"#,
+    );
+    let mut h = get_req();
+    run(&f, &mut h);
+    assert_eq!(h.host_calls, 1 + 2);
+}
+
+#[test]
+fn stats_count_locally_and_flush_once_per_counter() {
+    use crate::Counter;
+    let f = filter(r#"{"request_id":{},"trace_context":{}}"#);
+    let mut h = MockHost::new();
+    f.define_stats(&mut h, "public").unwrap();
+    let names: Vec<&str> = h.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "wasmesh.headers.public.request_id.generated",
+            "wasmesh.headers.public.request_id.kept",
+            "wasmesh.headers.public.trace.continued",
+            "wasmesh.headers.public.trace.started",
+            "wasmesh.headers.public.traceparent.malformed",
+        ]
+    );
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let requests: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("x-request-id", "client"), ("traceparent", valid)],
+        &[("traceparent", "00-bogus")],
+        &[("x-request-id", ""), ("traceparent", valid)],
+    ];
+    let calls_before = h.host_calls;
+    for extra in requests {
+        let mut req = get_req();
+        for (k, v) in extra {
+            req.request.add(k, (*v).into());
+        }
+        h.request = req.request;
+        let mut s = Stream::default();
+        f.on_request_headers(&mut h, &mut s);
+    }
+    assert_eq!(f.stats().pending(Counter::IdsGenerated), 3);
+    assert_eq!(f.stats().pending(Counter::IdsKept), 1);
+    assert_eq!(f.stats().pending(Counter::TracesContinued), 2);
+    assert_eq!(f.stats().pending(Counter::TracesStarted), 2);
+    assert_eq!(f.stats().pending(Counter::TraceparentMalformed), 1);
+    assert_eq!(
+        h.metric("wasmesh.headers.public.request_id.generated"),
+        Some(0)
+    );
+    let per_request = h.host_calls - calls_before;
+    h.host_calls = 0;
+    f.stats().flush(&mut h);
+    assert_eq!(h.host_calls, 5, "one increment per non-zero counter");
+    assert_eq!(
+        h.metric("wasmesh.headers.public.request_id.generated"),
+        Some(3)
+    );
+    assert_eq!(h.metric("wasmesh.headers.public.request_id.kept"), Some(1));
+    assert_eq!(h.metric("wasmesh.headers.public.trace.continued"), Some(2));
+    assert_eq!(h.metric("wasmesh.headers.public.trace.started"), Some(2));
+    assert_eq!(
+        h.metric("wasmesh.headers.public.traceparent.malformed"),
+        Some(1)
+    );
+    assert_eq!(f.stats().pending(Counter::IdsGenerated), 0);
+    h.host_calls = 0;
+    f.stats().flush(&mut h);
+    assert_eq!(h.host_calls, 0, "nothing pending, nothing sent");
+    // Counting itself made no host call: 4 reads + 7 header writes (ids 3, traceparent 4).
+    assert_eq!(per_request, 4 + 7);
+
+    // Only the enabled features' counters are defined.
+    let f = filter(r#"{"request_id":{}}"#);
+    let mut h = MockHost::new();
+    f.define_stats(&mut h, "s").unwrap();
+    assert_eq!(h.metrics.len(), 2);
+    let f = filter(r#"{}"#);
+    f.define_stats(&mut h, "t").unwrap();
+    assert_eq!(h.metrics.len(), 2);
+}
+
+#[test]
+fn ten_rules_each_setting_a_header_cost_ten_writes() {
+    let rules: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"ops":[{{"set":{{"name":"x-bench-{i}","value":"v{i}"}}}}]}}"#))
+        .collect();
+    let f = filter(&format!(r#"{{"request_headers":[{}]}}"#, rules.join(",")));
+    let mut h = get_req();
+    let mut s = run(&f, &mut h);
+    assert_eq!(h.host_calls, 10);
+    f.on_response_headers(&mut h, &mut s);
+    assert_eq!(h.host_calls, 10);
+    for i in 0..10 {
+        assert_eq!(
+            h.request.get(&format!("x-bench-{i}")),
+            Some(format!("v{i}").as_str())
+        );
+    }
 }

@@ -2,8 +2,10 @@
 //! [`Decision`] onto a proxy-wasm `Action`.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use filter_core::{Decision, Host};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
@@ -21,6 +23,32 @@ pub fn to_action<H: Host>(host: &mut H, decision: Decision) -> Action {
             Action::Pause
         }
     }
+}
+
+/// How often the headers filter's batched counters reach Envoy's stats.
+pub const HEADERS_STATS_FLUSH_PERIOD: Duration = Duration::from_secs(1);
+
+/// Defines the headers filter's counters under the plugin's name (once, at configure time) and
+/// starts the root's tick that flushes them. Requests only count locally, so the counters cost
+/// no host call per request. Failures are logged, never fatal: the filter works without stats.
+pub fn start_headers_stats(filter: &headers::Compiled) {
+    let scope = hostcalls::get_property(vec!["plugin_name"])
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| "headers".to_owned());
+    if let Err(e) = filter.define_stats(&mut ProxyWasmHost, &scope) {
+        log::warn!("wasmesh headers: stats unavailable: {e}");
+        return;
+    }
+    if let Err(e) = hostcalls::set_tick_period(HEADERS_STATS_FLUSH_PERIOD) {
+        log::warn!("wasmesh headers: no tick, stats not flushed: {e:?}");
+    }
+}
+
+/// Sends the headers filter's batched counts to Envoy (from the root's tick).
+pub fn flush_headers_stats(filter: &headers::Compiled) {
+    filter.stats().flush(&mut ProxyWasmHost);
 }
 
 /// The headers filter on one HTTP stream.

@@ -105,6 +105,9 @@ impl RootContext for Root {
                 if matches!(filter, Filter::RateLimit(_)) {
                     self.set_tick_period(crate::ratelimit::STATS_FLUSH_PERIOD);
                 }
+                if let Filter::Headers(f) = &filter {
+                    crate::http::start_headers_stats(f);
+                }
                 if let Filter::Auth(f) = &filter {
                     crate::auth::start_stats(f);
                 }
@@ -133,6 +136,9 @@ impl RootContext for Root {
         }
         if let Some(Filter::RateLimit(f)) = &self.filter {
             crate::ratelimit::flush_stats(f);
+        }
+        if let Some(Filter::Headers(f)) = &self.filter {
+            crate::http::flush_headers_stats(f);
         }
     }
 

@@ -1,0 +1,294 @@
+//! Bench only: the straightforward peers `cargo xtask bench` measures the wasmesh filters against.
+//!
+//! Each root id is a minimal single-purpose proxy-wasm filter written the obvious way with the
+//! Rust SDK: it reads what its job needs (one header with `get_http_request_header`, or the map
+//! with `get_http_request_headers` when it needs several), writes with `set_http_*_header`
+//! (replace, the semantics of wasmesh's `set`), and has no configuration, no abstraction layer
+//! and no stats. The jobs and their wasmesh configurations are listed in `xtask/src/bench.rs`.
+//!
+//! Root ids:
+//! - `one_each_way`: set `x-mesh: wasmesh` on the request and `x-served: wasmesh` on the response.
+//! - `job`: the headers job: keep-or-generate `x-request-id`, continue or start `traceparent`
+//!   (dropping `tracestate` when starting), set `x-mesh: wasmesh` and
+//!   `x-route: <method> <path>`.
+//! - `ten_sets`: set `x-bench-0` .. `x-bench-9` to `v0` .. `v9`.
+//! - `front_proxy`: the demo front proxy's `public` listener: always generate `x-request-id` and
+//!   echo it on the response, continue or start `traceparent`, remove `x-app-version` from the
+//!   response.
+//! - `sidecar`: the demo service `a`'s sidecar: keep-or-generate `x-request-id`, set
+//!   `x-served-by: a <route name>`.
+
+#![forbid(unsafe_code)]
+
+use std::cell::Cell;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+thread_local! {
+    static RNG: Cell<u64> = const { Cell::new(0x9e37_79b9_7f4a_7c15) };
+}
+
+/// 64 random bits (xorshift64*, seeded once per VM).
+fn random() -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+fn seed() {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut b = [0u8; 8];
+        if getrandom::fill(&mut b).is_ok() {
+            RNG.with(|r| r.set(u64::from_le_bytes(b) | 1));
+        }
+    }
+}
+
+fn hex(out: &mut String, bits: u64, digits: u32) {
+    for i in (0..digits).rev() {
+        let n = ((bits >> (i * 4)) & 0xf) as u8;
+        out.push(char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 }));
+    }
+}
+
+fn uuid() -> String {
+    let (a, b) = (random(), random());
+    let a = (a & !0xf000) | 0x4000;
+    let b = (b & !(0xc << 60)) | (0x8 << 60);
+    let mut s = String::with_capacity(36);
+    hex(&mut s, a >> 32, 8);
+    s.push('-');
+    hex(&mut s, a >> 16, 4);
+    s.push('-');
+    hex(&mut s, a, 4);
+    s.push('-');
+    hex(&mut s, b >> 48, 4);
+    s.push('-');
+    hex(&mut s, b, 12);
+    s
+}
+
+/// `(trace id, flags)` of a valid version-00 style `traceparent`.
+fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
+    let b = v.as_bytes();
+    let hex_ok = |r: std::ops::Range<usize>| {
+        v.get(r)
+            .is_some_and(|s| s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+    };
+    let ok = v.len() == 55
+        && b.get(2) == Some(&b'-')
+        && b.get(35) == Some(&b'-')
+        && b.get(52) == Some(&b'-')
+        && hex_ok(0..2)
+        && hex_ok(3..35)
+        && hex_ok(36..52)
+        && hex_ok(53..55)
+        && v.get(0..2) != Some("ff")
+        && v.get(3..35) != Some("00000000000000000000000000000000")
+        && v.get(36..52) != Some("0000000000000000");
+    if ok {
+        Some((v.get(3..35)?, v.get(53..55)?))
+    } else {
+        None
+    }
+}
+
+/// A `traceparent` continuing `found` or starting a new sampled trace; true when new.
+fn traceparent(found: Option<&str>) -> (String, bool) {
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    let new = match found.and_then(parse_traceparent) {
+        Some((trace, flags)) => {
+            s.push_str(trace);
+            s.push('-');
+            hex(&mut s, random().max(1), 16);
+            s.push('-');
+            s.push_str(flags);
+            false
+        }
+        None => {
+            hex(&mut s, random(), 16);
+            hex(&mut s, random().max(1), 16);
+            s.push('-');
+            hex(&mut s, random().max(1), 16);
+            s.push_str("-01");
+            true
+        }
+    };
+    (s, new)
+}
+
+fn get<'a>(map: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    map.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[derive(Clone, Copy)]
+enum Job {
+    OneEachWay,
+    Headers,
+    TenSets,
+    FrontProxy,
+    Sidecar,
+}
+
+struct Root(Option<Job>);
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _: usize) -> bool {
+        seed();
+        true
+    }
+
+    fn on_configure(&mut self, _: usize) -> bool {
+        let id = self
+            .get_property(vec!["plugin_root_id"])
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        self.0 = match id.as_str() {
+            "one_each_way" => Some(Job::OneEachWay),
+            "job" => Some(Job::Headers),
+            "ten_sets" => Some(Job::TenSets),
+            "front_proxy" => Some(Job::FrontProxy),
+            "sidecar" => Some(Job::Sidecar),
+            _ => None,
+        };
+        self.0.is_some()
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Peer {
+            job: self.0?,
+            request_id: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Peer {
+    job: Job,
+    request_id: Option<String>,
+}
+
+impl Context for Peer {}
+
+const TEN: [(&str, &str); 10] = [
+    ("x-bench-0", "v0"),
+    ("x-bench-1", "v1"),
+    ("x-bench-2", "v2"),
+    ("x-bench-3", "v3"),
+    ("x-bench-4", "v4"),
+    ("x-bench-5", "v5"),
+    ("x-bench-6", "v6"),
+    ("x-bench-7", "v7"),
+    ("x-bench-8", "v8"),
+    ("x-bench-9", "v9"),
+];
+
+impl HttpContext for Peer {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        match self.job {
+            Job::OneEachWay => self.set_http_request_header("x-mesh", Some("wasmesh")),
+            Job::Headers => {
+                let map = self.get_http_request_headers();
+                if get(&map, "x-request-id").is_none_or(str::is_empty) {
+                    self.set_http_request_header("x-request-id", Some(&uuid()));
+                }
+                let (tp, new) = traceparent(get(&map, "traceparent"));
+                if new && get(&map, "tracestate").is_some() {
+                    self.set_http_request_header("tracestate", None);
+                }
+                self.set_http_request_header("traceparent", Some(&tp));
+                self.set_http_request_header("x-mesh", Some("wasmesh"));
+                let method = get(&map, ":method").unwrap_or("");
+                let path = get(&map, ":path").unwrap_or("");
+                let path = path.split(['?', '#']).next().unwrap_or("");
+                self.set_http_request_header("x-route", Some(&format!("{method} {path}")));
+            }
+            Job::TenSets => {
+                for (k, v) in TEN {
+                    self.set_http_request_header(k, Some(v));
+                }
+            }
+            Job::FrontProxy => {
+                let map = self.get_http_request_headers();
+                let id = uuid();
+                self.set_http_request_header("x-request-id", Some(&id));
+                self.request_id = Some(id);
+                let (tp, new) = traceparent(get(&map, "traceparent"));
+                if new && get(&map, "tracestate").is_some() {
+                    self.set_http_request_header("tracestate", None);
+                }
+                self.set_http_request_header("traceparent", Some(&tp));
+            }
+            Job::Sidecar => {
+                if self
+                    .get_http_request_header("x-request-id")
+                    .is_none_or(|v| v.is_empty())
+                {
+                    self.set_http_request_header("x-request-id", Some(&uuid()));
+                }
+                let route = self
+                    .get_property(vec!["xds", "route_name"])
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_default();
+                self.set_http_request_header("x-served-by", Some(&format!("a {route}")));
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        match self.job {
+            Job::OneEachWay => self.set_http_response_header("x-served", Some("wasmesh")),
+            Job::FrontProxy => {
+                if let Some(id) = &self.request_id {
+                    self.set_http_response_header("x-request-id", Some(id));
+                }
+                self.set_http_response_header("x-app-version", None);
+            }
+            Job::Headers | Job::TenSets | Job::Sidecar => {}
+        }
+        Action::Continue
+    }
+}
+
+/// The module entry point: installs the root context factory.
+mod entry {
+    use super::*;
+
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(LogLevel::Warn);
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root(None)) });
+    }}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_the_right_shape() {
+        let u = uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(u.as_bytes()[14], b'4');
+        let (tp, new) = traceparent(None);
+        assert!(new);
+        assert!(parse_traceparent(&tp).is_some(), "{tp}");
+        let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let (tp, new) = traceparent(Some(given));
+        assert!(!new);
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-00"));
+    }
+}
