@@ -964,3 +964,32 @@ fn configuration_errors_name_field_and_value() {
         r#"{"protocol":"wasmesh_rpc"}"#
     );
 }
+
+#[test]
+fn documented_frames_match_the_codec() {
+    // docs/protocol.md, "Annotated example".
+    let request = Frame {
+        kind: types::REQUEST,
+        flags: 0,
+        status: 0,
+        request_id: 42,
+        headers: vec![
+            ("service".into(), "Orders".into()),
+            ("method".into(), "Get".into()),
+            ("caller".into(), "web".into()),
+            ("trace-id".into(), "4bf92f35".into()),
+        ],
+        payload: br#"{"id":7}"#.to_vec(),
+    };
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let bytes = request.encode().unwrap();
+    assert_eq!(
+        hex(&bytes),
+        "574d01010000003f00000008000000000000002a00077365727669636500064f726465727300066d6574686f640003476574000663616c6c65720003776562000874726163652d6964000834626639326633357b226964223a377d"
+    );
+    let req = WasmeshRpc.decode(&bytes).unwrap();
+    assert_eq!(
+        hex(&WasmeshRpc.error_reply(&req, LocalError::Denied)),
+        "574d01040002002f00000000000000000000002a000d6572726f722d6d657373616765001e7761736d6573683a2063616c6c2064656e69656420627920706f6c696379"
+    );
+}
