@@ -59,7 +59,8 @@ struct Load {
     ok: u64,
     limited: u64,
     other: u64,
-    /// From the first request sent to the last one sent, seconds.
+    /// From the first request sent to the last one sent, seconds (the bucket is created by the
+    /// first request, so thread and connection start-up do not count).
     window: f64,
 }
 
@@ -74,7 +75,7 @@ fn load(
 ) -> Load {
     let t0 = Instant::now();
     let deadline = t0 + window;
-    let results: Vec<(Load, Instant)> = std::thread::scope(|s| {
+    let results: Vec<(Load, Option<Instant>, Instant)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
                 s.spawn(move || {
@@ -83,6 +84,7 @@ fn load(
                     let mut next = t0
                         + per_thread_interval
                             .map_or(Duration::ZERO, |p| p * u32::try_from(i).unwrap() / 4);
+                    let mut first = None;
                     let mut last = t0;
                     loop {
                         let now = Instant::now();
@@ -97,6 +99,7 @@ fn load(
                             next += p;
                         }
                         last = Instant::now();
+                        first.get_or_insert(last);
                         let r = conn.request("GET", "/", headers).unwrap();
                         l.sent += 1;
                         match r.status {
@@ -105,7 +108,7 @@ fn load(
                             _ => l.other += 1,
                         }
                     }
-                    (l, last)
+                    (l, first, last)
                 })
             })
             .collect();
@@ -113,29 +116,44 @@ fn load(
     });
     let mut total = Load::default();
     let mut last = t0;
-    for (l, t) in results {
+    let mut first = deadline;
+    for (l, f, t) in results {
+        first = first.min(f.unwrap_or(deadline));
         total.sent += l.sent;
         total.ok += l.ok;
         total.limited += l.limited;
         total.other += l.other;
         last = last.max(t);
     }
-    total.window = (last - t0).as_secs_f64();
+    total.window = last.saturating_duration_since(first).as_secs_f64();
     total
 }
 
 const RATE: u64 = 1000;
 const BURST: u64 = 1000;
-const WINDOW: Duration = Duration::from_secs(4);
+const WINDOW: Duration = Duration::from_secs(2);
 
 fn wasm_config() -> Value {
     json!({"rules": [{"name": "all", "key": {"constant": "all"},
         "limit": {"requests": RATE, "per": "second", "burst": BURST}}]})
 }
 
-/// One accuracy run: admitted / (rate × window + burst).
-fn accuracy(filter: Value, concurrency: u32, paced: bool) -> (f64, Load) {
-    let (_envoy, port) = start(vec![filter], concurrency);
+/// An Envoy with two listeners and the same limit: `ingress` through the wasmesh filter,
+/// `native` through Envoy's `local_ratelimit`.
+fn side_by_side(concurrency: u32) -> RunningEnvoy {
+    let mut b = bootstrap(vec![ratelimit_filter(&wasm_config())], Backend::Direct);
+    let listeners = b["static_resources"]["listeners"].as_array_mut().unwrap();
+    let mut native = listeners[0].clone();
+    native["name"] = json!("native");
+    let hcm = &mut native["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["stat_prefix"] = json!("native");
+    hcm["http_filters"][0] = native_filter(RATE, BURST);
+    listeners.push(native);
+    Envoy::new(b).concurrency(concurrency).start()
+}
+
+/// One accuracy run on `port`: admitted / (rate × window + burst).
+fn accuracy(port: u16, paced: bool) -> (f64, Load) {
     // Paced: 4 threads × 500/s = 2 × the limit. Saturation: 6 threads as fast as they can.
     let (threads, interval) = if paced {
         (4, Some(Duration::from_millis(2)))
@@ -153,13 +171,19 @@ fn accuracy_at_1_2_and_4_workers_next_to_native_local_ratelimit() {
     let _g = heavy();
     let mut report = String::new();
     let mut failures = Vec::new();
-    for paced in [false, true] {
-        for concurrency in [1, 2, 4] {
-            let (ours, l) = accuracy(ratelimit_filter(&wasm_config()), concurrency, paced);
-            let (native, n) = accuracy(native_filter(RATE, BURST), concurrency, paced);
+    for concurrency in [1, 2, 4] {
+        let envoy = side_by_side(concurrency);
+        for paced in [false, true] {
+            if paced {
+                // Idle for longer than burst / rate and the lease time-to-live: both buckets
+                // are full again and every lease has gone back.
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            let (ours, l) = accuracy(envoy.listener_port("ingress"), paced);
+            let (native, n) = accuracy(envoy.listener_port("native"), paced);
             let mode = if paced { "fixed 2x rate" } else { "saturation" };
             let line = format!(
-                "{mode:>13} concurrency {concurrency}: wasmesh {ours:.4} ({} ok of {} sent in {:.3} s), native {native:.4} ({} ok of {} sent in {:.3} s)\n",
+                "{mode:>13} concurrency {concurrency}: wasmesh {ours:.4} ({} ok of {} sent in {:.4} s), native {native:.4} ({} ok of {} sent in {:.4} s)\n",
                 l.ok, l.sent, l.window, n.ok, n.sent, n.window
             );
             eprint!("{line}");
@@ -176,6 +200,21 @@ fn accuracy_at_1_2_and_4_workers_next_to_native_local_ratelimit() {
     let out = toolchain::repo_root().join("target/ratelimit-accuracy.txt");
     let _ = std::fs::write(&out, &report);
     assert!(failures.is_empty(), "{failures:#?}\n{report}");
+}
+
+#[test]
+fn invalid_configuration_is_refused_naming_the_field() {
+    let config = json!({"rules": [{"name": "r", "key": {"constant": "c"},
+        "limit": {"requests": 0, "per": "second"}}]});
+    let log =
+        integration::envoy::validate(&bootstrap(vec![ratelimit_filter(&config)], Backend::Direct))
+            .expect_err("Envoy must refuse the configuration");
+    assert!(
+        log.contains(
+            "ratelimit: invalid configuration: rules[0].limit: requests must be at least 1"
+        ),
+        "{log}"
+    );
 }
 
 #[test]

@@ -19,7 +19,7 @@
 //! Per rule a direct-mapped table of at most 1,024 lease entries (one for a constant key). A key
 //! that maps to an entry held by another key evicts it and gives its unused tokens back to its
 //! shared bucket first. An entry also remembers until when its shared bucket is known to be
-//! empty, so limited requests make no host call until a lease's worth of tokens has accrued.
+//! empty, so limited requests make no host call until the next whole token is due.
 //!
 //! # Shared state (bounded)
 //!
@@ -121,10 +121,8 @@ struct Entry {
     used: bool,
     hash: u64,
     lease: Lease,
-    /// The shared bucket is known to be short of a lease until then.
+    /// The shared bucket is known to be empty until then.
     empty_until: u64,
-    /// When the shared bucket will hold its next whole token (for `Retry-After`).
-    next_token_at: u64,
     /// Whole tokens the shared bucket held after the last exchange.
     shared_left: u64,
     /// Nanoseconds until the shared bucket was full, as of the last exchange.
@@ -571,7 +569,7 @@ impl Compiled {
                 return (
                     idx,
                     Standing::Empty {
-                        retry_ns: e.next_token_at.saturating_sub(now),
+                        retry_ns: e.empty_until - now,
                     },
                 );
             }
@@ -603,9 +601,8 @@ impl Compiled {
                     e.empty_until = 0;
                     (idx, Standing::Token)
                 } else {
-                    // Wait for a lease's worth before asking again; tell clients the next token.
-                    e.empty_until = now.saturating_add(x.wait_lease_ns);
-                    e.next_token_at = now.saturating_add(x.wait_one_ns);
+                    // Ask again when the next token is due (other workers may take it first).
+                    e.empty_until = now.saturating_add(x.wait_one_ns);
                     (
                         idx,
                         Standing::Empty {
@@ -678,7 +675,6 @@ impl Compiled {
                 got,
                 left: slot.bucket.tokens(&rule.limit, now),
                 wait_one_ns: slot.bucket.wait_ns(&rule.limit, 1),
-                wait_lease_ns: slot.bucket.wait_ns(&rule.limit, rule.lease.max(1)),
                 full_in_ns: slot.bucket.full_in_ns(&rule.limit),
                 shared,
             };
@@ -764,7 +760,6 @@ struct Exchanged {
     got: u64,
     left: u64,
     wait_one_ns: u64,
-    wait_lease_ns: u64,
     full_in_ns: u64,
     shared: bool,
 }
