@@ -245,3 +245,23 @@ pub fn basic(user: &str, password: &str) -> String {
     use base64::engine::general_purpose::STANDARD;
     format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
 }
+
+/// A JWKS entry for the RFC 8037 Ed25519 key marked `use: "enc"` (kid `enc`): not for
+/// signatures (RFC 7517 §4.2).
+pub fn enc_use_key() -> Value {
+    json!({"kty": "OKP", "crv": "Ed25519", "kid": "enc", "use": "enc", "x": ED_X})
+}
+
+/// A token whose header says `ES256` but whose signature is ECDSA over P-384 (SHA-256 digest),
+/// naming the P-384 key: Envoy's native filter accepts it when the key has no `alg`.
+pub fn es256_with_p384(claims: &Value) -> String {
+    use p384::ecdsa::signature::hazmat::PrehashSigner;
+    let input = format!(
+        "{}.{}",
+        b64u(br#"{"alg":"ES256","kid":"ec384"}"#),
+        b64u(claims.to_string().as_bytes())
+    );
+    let digest = Sha256::digest(input.as_bytes());
+    let s: p384::ecdsa::Signature = p384_signing().sign_prehash(&digest).unwrap();
+    format!("{input}.{}", b64u(&s.to_bytes()))
+}
