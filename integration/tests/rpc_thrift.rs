@@ -20,6 +20,7 @@ fn thrift_through_envoy_with_apache_thrift_python_peers() {
     let config = json!({
         "protocol": "thrift",
         "acl": {"rules": [{"action": "deny", "service": "Admin", "method": "reset"}]},
+        "limits": [{"service": "Calc", "method": "logged", "rate": 1, "period_ms": 60000}],
         "routes": [{"service": "Admin", "cluster": "admin"}],
         "default_cluster": "calc"
     });
@@ -61,18 +62,27 @@ fn thrift_through_envoy_with_apache_thrift_python_peers() {
     );
     assert_eq!(r["add"], 2);
 
+    let r = thrift_client(&peers, port, "limited");
+    assert_eq!(
+        r["limited"],
+        json!({"type": 6, "message": "wasmesh: rate limit exceeded"}),
+        "the second Calc.logged within a minute is over the limit"
+    );
+    assert_eq!(r["add"], 7);
+
     let r = thrift_client(&peers, port, "malformed");
     assert_eq!(r["malformed_read"], 0, "the bad connection is closed (EOF)");
     assert_eq!(r["other_connection"], 3);
 
     let text = envoy.admin_get("/stats/prometheus").text();
     let get = |n: &str| prom(&text, n).unwrap_or_else(|| panic!("no {n} in\n{text}"));
-    assert_eq!(get("rpc_thrift_Calc_add_requests"), 1004);
-    assert_eq!(get("rpc_thrift_Calc_add_responses_ok"), 1004);
+    assert_eq!(get("rpc_thrift_Calc_add_requests"), 1005);
+    assert_eq!(get("rpc_thrift_Calc_add_responses_ok"), 1005);
     assert_eq!(get("rpc_thrift_Calc_div_responses_exception"), 1);
     assert_eq!(get("rpc_thrift_Calc_log_oneway"), 1);
     assert_eq!(get("rpc_thrift_Admin_reset_denied"), 1);
-    assert_eq!(get("rpc_thrift_local_replies"), 1);
+    assert_eq!(get("rpc_thrift_local_replies"), 2);
+    assert_eq!(get("rpc_thrift_Calc_logged_limited"), 1);
     assert_eq!(get("rpc_thrift_malformed_frames"), 1);
     assert!(text.contains("rpc_thrift_Calc_add_latency_ms_bucket"));
 }

@@ -28,6 +28,7 @@ fn wasmesh_rpc_through_envoy_with_real_client_and_servers() {
             {"action": "deny", "service": "Users", "method": "Delete"}
         ]},
         "set_metadata": [{"key": "via", "value": "wasmesh"}],
+        "limits": [{"service": "Orders", "method": "Rare", "rate": 1, "period_ms": 60000}],
         "routes": [{"service": "Users", "cluster": "users"}],
         "default_cluster": "orders"
     });
@@ -64,6 +65,15 @@ fn wasmesh_rpc_through_envoy_with_real_client_and_servers() {
     let r = c.call(&Call::new("Orders", "fail", b"")).unwrap();
     assert_eq!(r.status, status::APPLICATION_ERROR);
     c.send_oneway(&Call::new("Orders", "Log", b"x")).unwrap();
+    // Rate limit: one Orders.Rare per minute; the second gets an over-limit error frame.
+    let r = c.call(&Call::new("Orders", "Rare", b"1")).unwrap();
+    assert_eq!((r.kind, r.status), (types::RESPONSE, status::OK));
+    let r = c.call(&Call::new("Orders", "Rare", b"2")).unwrap();
+    assert_eq!((r.kind, r.status), (types::ERROR, status::OVER_LIMIT));
+    assert_eq!(
+        header(&r, "error-message"),
+        Some("wasmesh: rate limit exceeded")
+    );
 
     // 1,000 pipelined calls, answered in order.
     let calls: Vec<Call> = (0..1000)
@@ -149,7 +159,8 @@ fn wasmesh_rpc_through_envoy_with_real_client_and_servers() {
     assert_eq!(get("rpc_wasmesh_rpc_Orders_Log_oneway"), 1);
     assert_eq!(get("rpc_wasmesh_rpc_Users_Delete_denied"), 1);
     assert_eq!(get("rpc_wasmesh_rpc_malformed_frames"), 1);
-    assert_eq!(get("rpc_wasmesh_rpc_local_replies"), 2);
+    assert_eq!(get("rpc_wasmesh_rpc_local_replies"), 3);
+    assert_eq!(get("rpc_wasmesh_rpc_Orders_Rare_limited"), 1);
     assert!(
         text.contains("rpc_wasmesh_rpc_Orders_Put_latency_ms_bucket"),
         "latency histogram"

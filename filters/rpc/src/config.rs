@@ -72,6 +72,17 @@ pub struct RpcConfig {
     /// Upstream cluster by the service named in the connection's first request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// Rate limits, on token buckets in Envoy shared data (exact across worker threads). The
+    /// first rule matching a request applies; over the limit, the request gets the protocol's
+    /// error reply (or, with `on_deny: close`, the connection closes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitRule>,
+    /// Distinct limit keys each worker tracks (default 1024); further keys share one bucket.
+    #[serde(
+        default = "default_max_limit_keys",
+        skip_serializing_if = "is_default_max_limit_keys"
+    )]
+    pub max_limit_keys: u32,
     /// Cluster for services no route names. With neither routes nor a default cluster the
     /// filter leaves cluster selection to `tcp_proxy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +110,12 @@ fn default_max_pending() -> u32 {
 fn is_default_max_pending(v: &u32) -> bool {
     *v == 1024
 }
+fn default_max_limit_keys() -> u32 {
+    1024
+}
+fn is_default_max_limit_keys(v: &u32) -> bool {
+    *v == 1024
+}
 fn default_max_stat_keys() -> u32 {
     256
 }
@@ -120,6 +137,8 @@ impl RpcConfig {
             on_deny: DenyMode::default(),
             set_metadata: Vec::new(),
             routes: Vec::new(),
+            limits: Vec::new(),
+            max_limit_keys: default_max_limit_keys(),
             default_cluster: None,
         }
     }
@@ -203,4 +222,59 @@ pub struct Route {
     pub service: String,
     /// Envoy cluster.
     pub cluster: String,
+}
+
+/// A rate limit. An absent matcher field or `"*"` matches anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRule {
+    /// Caller to match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// Service to match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Method to match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// What gets its own bucket (default: service, method and caller together; empty: one
+    /// bucket for every matching call).
+    #[serde(default = "default_key", skip_serializing_if = "is_default_key")]
+    pub key: Vec<KeyPart>,
+    /// Tokens (calls) per period.
+    pub rate: u64,
+    /// Period in milliseconds (default 1000).
+    #[serde(
+        default = "default_period_ms",
+        skip_serializing_if = "is_default_period_ms"
+    )]
+    pub period_ms: u64,
+    /// Bucket capacity (default: `rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+/// A part of a limit key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPart {
+    /// The service.
+    Service,
+    /// The method.
+    Method,
+    /// The caller.
+    Caller,
+}
+
+fn default_key() -> Vec<KeyPart> {
+    vec![KeyPart::Service, KeyPart::Method, KeyPart::Caller]
+}
+fn is_default_key(v: &[KeyPart]) -> bool {
+    v == default_key().as_slice()
+}
+fn default_period_ms() -> u64 {
+    1000
+}
+fn is_default_period_ms(v: &u64) -> bool {
+    *v == 1000
 }

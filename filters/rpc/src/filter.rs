@@ -8,14 +8,15 @@
 //! order, on the same connection, from the only callback that may write to it.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::SystemTime;
 
-use filter_core::MetricKind;
+use filter_core::{HostError, MetricKind};
+use ratelimit::bucket::{Bucket, Limit, Take};
 
 use crate::ConfigError;
 use crate::codec::{Codec, CodecError, DecodeError, Decoder};
-use crate::config::{AclAction, DenyMode, MAX_MAX_FRAME, Protocol, RpcConfig};
+use crate::config::{AclAction, DenyMode, KeyPart, MAX_MAX_FRAME, Protocol, RpcConfig};
 use crate::host::{Direction, L4Host};
 use crate::message::{LocalError, Message, MessageType, ResponseStatus, keys};
 use crate::thrift::Thrift;
@@ -48,6 +49,17 @@ impl Rule {
     }
 }
 
+/// A compiled rate limit.
+#[derive(Debug, Clone)]
+struct LimitRule {
+    matcher: Rule,
+    key: Vec<KeyPart>,
+    limit: Limit,
+}
+
+/// How many times a bucket update is retried when another worker wrote it in between.
+const CAS_RETRIES: usize = 8;
+
 /// Metric ids of one service/method pair.
 #[derive(Debug, Clone, Copy)]
 struct KeyIds {
@@ -57,6 +69,7 @@ struct KeyIds {
     exception: u32,
     error: u32,
     denied: u32,
+    limited: u32,
     rx_bytes: u32,
     tx_bytes: u32,
     latency_ms: u32,
@@ -70,6 +83,7 @@ struct ConnIds {
     denied_closed: u32,
     local_replies: u32,
     untracked: u32,
+    limit_errors: u32,
 }
 
 /// Metrics, defined lazily per service/method and bounded by `max_stat_keys`.
@@ -108,6 +122,9 @@ pub struct Compiled {
     set_metadata: Vec<(String, String)>,
     routes: HashMap<String, String>,
     default_cluster: Option<String>,
+    limits: Vec<LimitRule>,
+    max_limit_keys: usize,
+    limit_keys: RefCell<HashSet<String>>,
     stats: RefCell<Stats>,
 }
 
@@ -192,6 +209,27 @@ pub fn compile(config: &RpcConfig) -> Result<Compiled, ConfigError> {
             ));
         }
     }
+    let mut limits = Vec::new();
+    for (i, l) in config.limits.iter().enumerate() {
+        let period_ns = l.period_ms.saturating_mul(1_000_000);
+        let limit = Limit::new(l.rate, period_ns, l.burst.unwrap_or(l.rate)).map_err(|e| {
+            invalid(
+                format!("limits[{i}]"),
+                e.to_string(),
+                "rate, period_ms and burst must be at least 1",
+            )
+        })?;
+        limits.push(LimitRule {
+            matcher: Rule {
+                action: AclAction::Deny,
+                caller: l.caller.clone().filter(|s| s != "*"),
+                service: l.service.clone().filter(|s| s != "*"),
+                method: l.method.clone().filter(|s| s != "*"),
+            },
+            key: l.key.clone(),
+            limit,
+        });
+    }
     if config.default_cluster.as_deref() == Some("") {
         return Err(invalid("default_cluster", "", "must not be empty"));
     }
@@ -224,6 +262,9 @@ pub fn compile(config: &RpcConfig) -> Result<Compiled, ConfigError> {
             .collect(),
         routes,
         default_cluster: config.default_cluster.clone(),
+        limits,
+        max_limit_keys: config.max_limit_keys as usize,
+        limit_keys: RefCell::new(HashSet::new()),
         stats: RefCell::new(Stats::default()),
     })
 }
@@ -298,6 +339,7 @@ impl Compiled {
                     denied_closed: c("denied_closed")?,
                     local_replies: c("local_replies")?,
                     untracked: c("untracked_requests")?,
+                    limit_errors: c("limit_errors")?,
                 })
             })();
             stats.conn = ids.ok();
@@ -329,6 +371,7 @@ impl Compiled {
                 exception: def(MetricKind::Counter, "responses.exception")?,
                 error: def(MetricKind::Counter, "responses.error")?,
                 denied: def(MetricKind::Counter, "denied")?,
+                limited: def(MetricKind::Counter, "limited")?,
                 rx_bytes: def(MetricKind::Counter, "request_bytes")?,
                 tx_bytes: def(MetricKind::Counter, "response_bytes")?,
                 latency_ms: def(MetricKind::Histogram, "latency_ms")?,
@@ -356,6 +399,75 @@ impl Compiled {
                 action == AclAction::Allow
             }
         }
+    }
+
+    /// Takes a token for `m` from the first matching limit's shared bucket; `false` when the
+    /// bucket is empty. Host failures fail open (counted in `limit_errors`).
+    fn within_limits<H: L4Host>(&self, host: &mut H, m: &Message) -> bool {
+        let Some((i, rule)) = self
+            .limits
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matcher.matches(m))
+        else {
+            return true;
+        };
+        let mut key = format!("wasmesh.rpc.{}.limit.{i}", self.prefix);
+        for part in &rule.key {
+            key.push('\u{1f}');
+            key.push_str(match part {
+                KeyPart::Service => &m.service,
+                KeyPart::Method => &m.method,
+                KeyPart::Caller => &m.caller,
+            });
+        }
+        {
+            let mut known = self.limit_keys.borrow_mut();
+            if !known.contains(&key) {
+                if known.len() >= self.max_limit_keys {
+                    key = format!("wasmesh.rpc.{}.limit.{i}.overflow", self.prefix);
+                } else {
+                    known.insert(key.clone());
+                }
+            }
+        }
+        let now_ns = host
+            .now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        for _ in 0..CAS_RETRIES {
+            let (value, cas) = match host.shared_data(&key) {
+                Ok(v) => v,
+                Err(e) => return self.limit_error(host, &e),
+            };
+            let mut bucket = value
+                .as_deref()
+                .and_then(Bucket::decode)
+                .unwrap_or_else(|| Bucket::full(&rule.limit, now_ns));
+            let allowed = matches!(
+                bucket.try_take(&rule.limit, now_ns, 1),
+                Take::Allowed { .. }
+            );
+            if !allowed {
+                return false;
+            }
+            match host.set_shared_data(&key, &bucket.encode(), cas) {
+                Ok(()) => return true,
+                Err(HostError::CasMismatch(_)) => {}
+                Err(e) => return self.limit_error(host, &e),
+            }
+        }
+        self.limit_error(host, &HostError::CasMismatch(key))
+    }
+
+    fn limit_error<H: L4Host>(&self, host: &mut H, e: &HostError) -> bool {
+        if let Some(c) = self.conn_ids(host) {
+            let _ = host.increment_metric(c.limit_errors, 1);
+        }
+        host.warn(&format!(
+            "rpc: rate limit bucket not updated, call allowed: {e}"
+        ));
+        true
     }
 
     fn fail<H: L4Host>(
@@ -448,10 +560,21 @@ impl Compiled {
                 let _ = host.increment_metric(counter, 1);
                 let _ = host.increment_metric(ids.rx_bytes, frame.len() as i64);
             }
-            if !self.allowed(&msg) {
+            let refusal = if !self.allowed(&msg) {
+                Some(LocalError::Denied)
+            } else if !self.within_limits(host, &msg) {
+                Some(LocalError::OverLimit)
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
                 changed = true;
                 if let Some(ids) = ids {
-                    let _ = host.increment_metric(ids.denied, 1);
+                    let counter = match refusal {
+                        LocalError::Denied => ids.denied,
+                        LocalError::OverLimit => ids.limited,
+                    };
+                    let _ = host.increment_metric(counter, 1);
                 }
                 if msg.kind == MessageType::Oneway {
                     continue; // nobody waits for an answer: dropping it is the reply
@@ -467,7 +590,7 @@ impl Compiled {
                         out.extend_from_slice(&p);
                         conn.pending.push_back(Pending::Probe {
                             id: msg.request_id,
-                            reply: self.codec.error_reply(&msg, LocalError::Denied),
+                            reply: self.codec.error_reply(&msg, refusal),
                         });
                     }
                     None => {
@@ -475,8 +598,11 @@ impl Compiled {
                             let _ = host.increment_metric(c.denied_closed, 1);
                         }
                         host.warn(&format!(
-                            "rpc: closing connection: call {}.{} by {:?} denied",
-                            msg.service, msg.method, msg.caller
+                            "rpc: closing connection: call {}.{} by {:?} refused: {}",
+                            msg.service,
+                            msg.method,
+                            msg.caller,
+                            refusal.text()
                         ));
                         conn.closed = true;
                         host.close();

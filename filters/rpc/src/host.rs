@@ -37,6 +37,16 @@ pub trait L4Host {
     fn record_metric(&mut self, id: u32, value: u64) -> Result<(), HostError>;
     /// Logs a warning.
     fn warn(&mut self, message: &str);
+    /// Reads a shared-data value (shared by every worker of the VM id) and its CAS token.
+    fn shared_data(&mut self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), HostError>;
+    /// Writes a shared-data value; with `cas`, fails with [`HostError::CasMismatch`] when the
+    /// value changed since the read that returned that token.
+    fn set_shared_data(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), HostError>;
 }
 
 /// In-memory [`L4Host`] for tests: the current chunk per direction, the bytes forwarded, filter
@@ -65,6 +75,10 @@ pub mod mock {
         pub logs: Vec<String>,
         /// Current time.
         pub clock: SystemTime,
+        /// Shared data: key -> (value, cas).
+        pub shared: HashMap<String, (Vec<u8>, u32)>,
+        /// Fail the next this-many CAS writes (simulating another worker's write in between).
+        pub cas_conflicts: u32,
     }
 
     impl Default for MockL4Host {
@@ -76,6 +90,8 @@ pub mod mock {
                 metrics: Vec::new(),
                 logs: Vec::new(),
                 clock: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                shared: HashMap::new(),
+                cas_conflicts: 0,
             }
         }
     }
@@ -151,6 +167,36 @@ pub mod mock {
 
         fn warn(&mut self, message: &str) {
             self.logs.push(message.to_owned());
+        }
+
+        fn shared_data(&mut self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), HostError> {
+            Ok(match self.shared.get(key) {
+                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+                None => (None, None),
+            })
+        }
+
+        fn set_shared_data(
+            &mut self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), HostError> {
+            let current = self.shared.get(key).map_or(0, |(_, c)| *c);
+            if self.cas_conflicts > 0 && cas.is_some() {
+                // Another worker wrote in between: the token moves on, the value stays.
+                self.cas_conflicts -= 1;
+                if let Some((_, c)) = self.shared.get_mut(key) {
+                    *c += 1;
+                }
+                return Err(HostError::CasMismatch(key.to_owned()));
+            }
+            if cas.is_some_and(|c| c != current) {
+                return Err(HostError::CasMismatch(key.to_owned()));
+            }
+            self.shared
+                .insert(key.to_owned(), (value.to_vec(), current + 1));
+            Ok(())
         }
     }
 }

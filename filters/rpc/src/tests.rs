@@ -993,3 +993,153 @@ fn documented_frames_match_the_codec() {
         "574d01040002002f00000000000000000000002a000d6572726f722d6d657373616765001e7761736d6573683a2063616c6c2064656e69656420627920706f6c696379"
     );
 }
+
+#[test]
+fn rate_limits_answer_over_limit_calls_in_protocol_and_refill() {
+    use crate::config::{KeyPart, LimitRule};
+    let mut cfg = wm_config();
+    cfg.limits = vec![LimitRule {
+        caller: None,
+        service: Some("S".into()),
+        method: None,
+        key: vec![KeyPart::Caller],
+        rate: 2,
+        period_ms: 1000,
+        burst: None,
+    }];
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let stream: Vec<u8> = (0..3).flat_map(|i| req(i, "S", "m", "a")).collect();
+    let (_, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &stream);
+    let got = Decoder::new(1 << 20).decode_all(&WasmeshRpc, &fwd).unwrap();
+    assert_eq!(got[0].0.kind, MessageType::Request);
+    assert_eq!(got[1].0.kind, MessageType::Request);
+    assert_eq!(
+        got[2].0.kind,
+        MessageType::Heartbeat,
+        "third call over the limit"
+    );
+    assert_eq!(h.counter("rpc.wasmesh_rpc.S.m.limited"), 1);
+    // Another caller has its own bucket; another service is not limited.
+    let (_, fwd) = pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Downstream,
+        &[req(3, "S", "m", "b"), req(4, "T", "m", "a")].concat(),
+    );
+    assert_eq!(
+        Decoder::new(1 << 20)
+            .decode_all(&WasmeshRpc, &fwd)
+            .unwrap()
+            .iter()
+            .filter(|f| f.0.kind == MessageType::Request)
+            .count(),
+        2
+    );
+    // The probe's answer becomes an over-limit error frame.
+    let hb = Frame {
+        kind: types::HEARTBEAT,
+        flags: wasmesh_rpc::FLAG_REPLY,
+        status: 0,
+        request_id: 2,
+        headers: vec![],
+        payload: vec![],
+    }
+    .encode()
+    .unwrap();
+    let (_, back) = pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Upstream,
+        &[resp(0, 0), resp(1, 0), hb].concat(),
+    );
+    let last = Decoder::new(1 << 20)
+        .decode_all(&WasmeshRpc, &back)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let err = Frame::decode(&last.1).unwrap();
+    assert_eq!(
+        (err.kind, err.status, err.request_id),
+        (types::ERROR, status::OVER_LIMIT, 2)
+    );
+    // Half a second later one token is back (2 per second).
+    h.clock += Duration::from_millis(500);
+    let (_, fwd) = pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Downstream,
+        &[req(5, "S", "m", "a"), req(6, "S", "m", "a")].concat(),
+    );
+    let kinds: Vec<MessageType> = Decoder::new(1 << 20)
+        .decode_all(&WasmeshRpc, &fwd)
+        .unwrap()
+        .iter()
+        .map(|f| f.0.kind)
+        .collect();
+    assert_eq!(kinds, [MessageType::Request, MessageType::Heartbeat]);
+}
+
+#[test]
+fn limit_buckets_survive_cas_races_and_bad_limits_are_refused() {
+    use crate::config::{KeyPart, LimitRule};
+    let rule = LimitRule {
+        caller: None,
+        service: None,
+        method: None,
+        key: vec![],
+        rate: 3,
+        period_ms: 60_000,
+        burst: None,
+    };
+    let mut cfg = wm_config();
+    cfg.limits = vec![rule.clone()];
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Downstream,
+        &req(1, "S", "m", "a"),
+    );
+    // Two other workers win the next two writes: the update is retried, tokens stay exact.
+    h.cas_conflicts = 2;
+    let stream: Vec<u8> = (2..5).flat_map(|i| req(i, "X", "y", "z")).collect();
+    let (_, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &stream);
+    let kinds: Vec<MessageType> = Decoder::new(1 << 20)
+        .decode_all(&WasmeshRpc, &fwd)
+        .unwrap()
+        .iter()
+        .map(|f| f.0.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            MessageType::Request,
+            MessageType::Request,
+            MessageType::Heartbeat
+        ],
+        "one bucket for all: 3 tokens"
+    );
+    assert_eq!(h.counter("rpc.wasmesh_rpc.limit_errors"), 0);
+    let mut bad = wm_config();
+    bad.limits = vec![LimitRule {
+        rate: 0,
+        key: vec![KeyPart::Service],
+        ..rule
+    }];
+    assert!(
+        compile(&bad)
+            .unwrap_err()
+            .to_string()
+            .starts_with("limits[0]"),
+        "{:?}",
+        compile(&bad).unwrap_err()
+    );
+}

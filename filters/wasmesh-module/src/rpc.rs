@@ -96,6 +96,22 @@ impl L4Host for ProxyWasmL4Host {
     fn warn(&mut self, message: &str) {
         log::warn!("wasmesh {message}");
     }
+
+    fn shared_data(&mut self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), HostError> {
+        hostcalls::get_shared_data(key).map_err(|s| err("get_shared_data", s))
+    }
+
+    fn set_shared_data(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), HostError> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(|s| match s {
+            Status::CasMismatch => HostError::CasMismatch(key.to_owned()),
+            other => err("set_shared_data", other),
+        })
+    }
 }
 
 /// The rpc filter on one connection.

@@ -136,6 +136,11 @@ def scenario(port, name):
         out["server"] = admin.whoami()
         out["add"] = calc.add(1, 1)
         trans.close()
+    elif name == "limited":
+        trans, calc, admin = connect(port)
+        out["limited"] = app_error(calc.logged)
+        out["add"] = calc.add(3, 4)
+        trans.close()
     elif name == "malformed":
         bad = socket.create_connection(("127.0.0.1", port), timeout=10)
         bad.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
