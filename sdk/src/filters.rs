@@ -144,6 +144,27 @@ impl Translate for auth::AuthConfig {
     }
 }
 
+impl Translate for ratelimit::RateLimitConfig {
+    const KIND: &'static str = "ratelimit";
+    fn http_filter(
+        &self,
+        layout: &Layout,
+        proxy: &str,
+        index: usize,
+    ) -> Result<HttpFilter, EmitError> {
+        let json = serde_json::to_string(self).map_err(|e| EmitError::FilterConfig {
+            filter: Self::KIND,
+            detail: e.to_string(),
+        })?;
+        Ok(wasm(
+            Self::KIND,
+            format!("{proxy}.{}.{index}", Self::KIND),
+            json,
+            layout,
+        ))
+    }
+}
+
 fn stage<T: Translate>(
     t: &T,
     layout: &Layout,
@@ -169,6 +190,7 @@ pub fn http_stages(
             // One arm per filter kind: its config type's `Translate` impl.
             Filter::Headers(cfg) => stage(cfg, layout, proxy, i),
             Filter::Auth(cfg) => stage(cfg, layout, proxy, i),
+            Filter::RateLimit(cfg) => stage(cfg, layout, proxy, i),
         })
         .collect()
 }
@@ -225,6 +247,7 @@ mod tests {
         let kinds = [
             <headers::HeadersConfig as Translate>::KIND,
             <auth::AuthConfig as Translate>::KIND,
+            <ratelimit::RateLimitConfig as Translate>::KIND,
         ];
         assert!(
             kinds

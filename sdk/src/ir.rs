@@ -315,6 +315,11 @@ impl Check {
                         self.err(format!("{at}[{i}].auth"), e.to_string());
                     }
                 }
+                Filter::RateLimit(cfg) => {
+                    if let Err(e) = ratelimit::compile(cfg) {
+                        self.err(format!("{at}[{i}].ratelimit"), e.to_string());
+                    }
+                }
             }
         }
     }

@@ -195,6 +195,9 @@ pub enum Filter {
     Headers(headers::HeadersConfig),
     /// The wasmesh auth filter: JWT, API keys, Basic, rules, authorization, identity.
     Auth(auth::AuthConfig),
+    /// The wasmesh rate-limit filter: token buckets per key, exact across workers.
+    #[serde(rename = "ratelimit")]
+    RateLimit(ratelimit::RateLimitConfig),
 }
 
 /// Application protocol of a service.
