@@ -138,6 +138,11 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
             what: "wasmesh headers filter, empty configuration (the wasm floor)".into(),
             filters: vec![wasm_filter(wasm, "headers", &json!({}))],
         },
+        Variant {
+            name: "peer-empty".into(),
+            what: "peer `empty`: a plain Rust proxy-wasm filter doing nothing".into(),
+            filters: vec![peer_filter(peers, "empty")],
+        },
     ];
     for job in jobs() {
         if !only.is_empty() && !only.iter().any(|o| o == job.name) {
@@ -431,7 +436,7 @@ mod tests {
             .iter()
             .map(|l| l["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names.len(), 3 + 2 * jobs().len());
+        assert_eq!(names.len(), 4 + 2 * jobs().len());
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();

@@ -7,6 +7,7 @@
 //! and no stats. The jobs and their wasmesh configurations are listed in `xtask/src/bench.rs`.
 //!
 //! Root ids:
+//! - `empty`: does nothing (the proxy-wasm floor of a plain Rust filter).
 //! - `one_each_way`: set `x-mesh: wasmesh` on the request and `x-served: wasmesh` on the response.
 //! - `job`: the headers job: keep-or-generate `x-request-id`, continue or start `traceparent`
 //!   (dropping `tracestate` when starting), set `x-mesh: wasmesh` and
@@ -131,6 +132,7 @@ fn get<'a>(map: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[derive(Clone, Copy)]
 enum Job {
+    Empty,
     OneEachWay,
     Headers,
     TenSets,
@@ -154,6 +156,7 @@ impl RootContext for Root {
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();
         self.0 = match id.as_str() {
+            "empty" => Some(Job::Empty),
             "one_each_way" => Some(Job::OneEachWay),
             "job" => Some(Job::Headers),
             "ten_sets" => Some(Job::TenSets),
@@ -199,6 +202,7 @@ const TEN: [(&str, &str); 10] = [
 impl HttpContext for Peer {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         match self.job {
+            Job::Empty => {}
             Job::OneEachWay => self.set_http_request_header("x-mesh", Some("wasmesh")),
             Job::Headers => {
                 let map = self.get_http_request_headers();
@@ -258,7 +262,7 @@ impl HttpContext for Peer {
                 }
                 self.set_http_response_header("x-app-version", None);
             }
-            Job::Headers | Job::TenSets | Job::Sidecar => {}
+            Job::Empty | Job::Headers | Job::TenSets | Job::Sidecar => {}
         }
         Action::Continue
     }

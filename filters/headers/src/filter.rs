@@ -8,6 +8,8 @@
 //! plain `set` or the request-id echo costs one write. The response phase makes no host call at
 //! all unless a response rule matched or the request id is echoed.
 
+use std::borrow::Cow;
+
 use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError};
 
 use crate::ConfigError;
@@ -160,9 +162,14 @@ enum Op {
         name: String,
         value: Template,
         keep_empty: bool,
+        /// Nothing in the phase reads this header back (decided at configure time): the write
+        /// goes straight to the write list, skipping the local map.
+        direct: bool,
     },
     Remove {
         name: String,
+        /// As for `Value`.
+        direct: bool,
     },
     Rename {
         from: String,
@@ -226,6 +233,10 @@ pub fn compile(config: &HeadersConfig) -> Result<Compiled, ConfigError> {
     for rule in &response_rules {
         response_needs.target(rule);
     }
+    let mut request_rules = request_rules;
+    let mut response_rules = response_rules;
+    mark_direct(&mut request_rules, &needs);
+    mark_direct(&mut response_rules, &response_needs);
     Ok(Compiled {
         reads: needs.plan(),
         response_reads: response_needs.plan(),
@@ -235,6 +246,28 @@ pub fn compile(config: &HeadersConfig) -> Result<Compiled, ConfigError> {
         request_rules,
         response_rules,
     })
+}
+
+/// Marks the `set` and `remove` operations whose header nothing in the phase reads back (no
+/// condition, template, `add_if_absent`, request id or trace context, and the map is not read
+/// whole): those write without touching the local map.
+fn mark_direct(rules: &mut [CompiledRule], needs: &Needs) {
+    let read_back =
+        |name: &str| needs.all || needs.names.len() > 1 || needs.names.iter().any(|n| n == name);
+    for rule in rules {
+        for op in &mut rule.ops {
+            match op {
+                Op::Value {
+                    kind: ValueKind::Set,
+                    name,
+                    direct,
+                    ..
+                }
+                | Op::Remove { name, direct } => *direct = !read_back(name),
+                Op::Value { .. } | Op::Rename { .. } => {}
+            }
+        }
+    }
 }
 
 fn compile_rules(rules: &[Rule], field: &str) -> Result<Vec<CompiledRule>, ConfigError> {
@@ -287,6 +320,7 @@ fn compile_op(op: &HeaderOp, at: &str) -> Result<Op, ConfigError> {
                 name: name(&v.name, &format!("{field}.name"))?,
                 value: value(&v.value, field)?,
                 keep_empty: v.keep_empty,
+                direct: false,
             })
         };
     Ok(match op {
@@ -295,6 +329,7 @@ fn compile_op(op: &HeaderOp, at: &str) -> Result<Op, ConfigError> {
         HeaderOp::AddIfAbsent(v) => op_value(ValueKind::AddIfAbsent, "add_if_absent", v)?,
         HeaderOp::Remove(r) => Op::Remove {
             name: name(&r.name, "remove.name")?,
+            direct: false,
         },
         HeaderOp::Rename(r) => Op::Rename {
             from: name(&r.from, "rename.from")?,
@@ -371,8 +406,9 @@ impl Compiled {
         &self.stats
     }
 
-    /// Defines the filter's counters under `scope`; once, at configure time.
-    pub fn define_stats<H: Host>(&self, host: &mut H, scope: &str) -> Result<(), HostError> {
+    /// Defines the filter's counters under `scope`; once, at configure time. Whether any was
+    /// defined (see [`Stats::define`]).
+    pub fn define_stats<H: Host>(&self, host: &mut H, scope: &str) -> Result<bool, HostError> {
         self.stats.define(host, scope)
     }
 
@@ -533,6 +569,8 @@ enum Before {
 struct Touched<'p, 'a> {
     reads: &'p ReadPlan,
     names: Vec<(&'a str, Before)>,
+    /// Final values of headers written directly (`None`: removed), never mirrored in the map.
+    direct: Vec<(&'a str, Option<Cow<'a, str>>)>,
 }
 
 impl<'p, 'a> Touched<'p, 'a> {
@@ -540,12 +578,33 @@ impl<'p, 'a> Touched<'p, 'a> {
         Self {
             reads,
             names: Vec::new(),
+            direct: Vec::new(),
         }
+    }
+
+    /// Records the final value of a header nothing reads back; false when the header is already
+    /// tracked through the map (then the caller writes the map).
+    fn direct(&mut self, name: &'a str, value: Option<Cow<'a, str>>) -> bool {
+        if self.names.iter().any(|(t, _)| *t == name) {
+            return false;
+        }
+        match self.direct.iter_mut().find(|(t, _)| *t == name) {
+            Some((_, v)) => *v = value,
+            None => self.direct.push((name, value)),
+        }
+        true
     }
 
     /// Records that `name` is about to be written, given the local `map` before the write.
     fn touch(&mut self, name: &'a str, map: &HeaderMap) {
         if self.names.iter().any(|(t, _)| *t == name) {
+            return;
+        }
+        if let Some(i) = self.direct.iter().position(|(t, _)| *t == name) {
+            // Written directly before; from now on tracked through the map. (Cannot happen
+            // with the configure-time marking; kept correct anyway.)
+            self.direct.remove(i);
+            self.names.push((name, Before::Unknown));
             return;
         }
         let before = if map.lcontains(name) {
@@ -561,6 +620,12 @@ impl<'p, 'a> Touched<'p, 'a> {
     /// Writes back only the headers that changed, by single host calls or (when the whole map
     /// was read and the estimate says it is cheaper) one whole-map write.
     fn write_back<H: Host>(&self, host: &mut H, kind: HeaderMapKind, map: &HeaderMap) {
+        for (name, value) in &self.direct {
+            let _ = match value {
+                Some(v) => host.replace_header(kind, name, v),
+                None => host.remove_header(kind, name),
+            };
+        }
         if *self.reads == ReadPlan::All && self.names.len() > 1 && {
             let mut replaced = false;
             let single: u32 = self
@@ -673,7 +738,20 @@ fn apply<'a, H: Host>(
             name,
             value,
             keep_empty,
+            direct,
         } => {
+            if *direct {
+                let v = match value.as_literal() {
+                    Some(lit) => Cow::Borrowed(lit),
+                    None => Cow::Owned(render(value, map)),
+                };
+                if v.is_empty() && !*keep_empty {
+                    return;
+                }
+                if touched.direct(name, Some(v)) {
+                    return;
+                }
+            }
             if *kind == ValueKind::AddIfAbsent && map.lcontains(name) {
                 return;
             }
@@ -687,7 +765,10 @@ fn apply<'a, H: Host>(
                 ValueKind::Set | ValueKind::AddIfAbsent => map.lset(name, v),
             }
         }
-        Op::Remove { name } => {
+        Op::Remove { name, direct } => {
+            if *direct && touched.direct(name, None) {
+                return;
+            }
             // Unread: remove blindly (cheaper than reading first, same result).
             if map.lcontains(name) || !touched.reads.knows(name) {
                 touched.touch(name, map);

@@ -79,18 +79,22 @@ impl Stats {
     }
 
     /// Defines the counters the configuration uses as `wasmesh.headers.<scope>.<counter>`
-    /// (Envoy adds its `wasmcustom` prefix). Call once, at configure time.
-    pub fn define<H: Host>(&self, host: &mut H, scope: &str) -> Result<(), HostError> {
+    /// (Envoy adds its `wasmcustom` prefix). Call once, at configure time. Returns whether any
+    /// counter was defined (none when neither request ids nor trace context are configured:
+    /// then there is nothing to flush).
+    pub fn define<H: Host>(&self, host: &mut H, scope: &str) -> Result<bool, HostError> {
+        let mut any = false;
         for c in Counter::ALL {
             if c.enabled(self.request_id, self.trace) {
                 let name = format!("wasmesh.headers.{scope}.{}", c.name());
                 let id = host.define_metric(MetricKind::Counter, &name)?;
                 if let Some(slot) = self.ids.get(c.index()) {
                     slot.set(Some(id));
+                    any = true;
                 }
             }
         }
-        Ok(())
+        Ok(any)
     }
 
     /// Counts one event (no host call).

@@ -679,3 +679,42 @@ fn ten_rules_each_setting_a_header_cost_ten_writes() {
         );
     }
 }
+
+#[test]
+fn headers_nothing_reads_back_are_written_once_with_their_final_value() {
+    // Set, set again, remove, set: one replace with the last value, no read, no local copy.
+    let f = filter(
+        r#"{"request_headers":[
+            {"ops":[{"set":{"name":"x-a","value":"1"}},{"set":{"name":"x-a","value":"2"}}]},
+            {"ops":[{"set":{"name":"x-b","value":"1"}},{"remove":{"name":"x-b"}}]},
+            {"ops":[{"remove":{"name":"x-c"}},{"set":{"name":"x-c","value":"3"}}]}
+        ]}"#,
+    );
+    let mut h = get_req();
+    h.request.add("x-b", "old".into());
+    h.request.add("x-c", "old".into());
+    h.request.add("x-c", "older".into());
+    run(&f, &mut h);
+    assert_eq!(h.host_calls, 3, "one write per header");
+    assert_eq!(h.request.get("x-a"), Some("2"));
+    assert!(!h.request.contains("x-b"));
+    let c: Vec<_> = h
+        .request
+        .pairs
+        .iter()
+        .filter(|(k, _)| k == "x-c")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(c, ["3"]);
+
+    // A header a later condition reads is still tracked through the local copy.
+    let f = filter(
+        r#"{"request_headers":[
+            {"ops":[{"set":{"name":"x-a","value":"1"}}]},
+            {"when":{"headers":[{"name":"x-a","equals":"1"}]},"ops":[{"set":{"name":"x-seen","value":"yes"}}]}
+        ]}"#,
+    );
+    let mut h = get_req();
+    run(&f, &mut h);
+    assert_eq!(h.request.get("x-seen"), Some("yes"));
+}

@@ -37,9 +37,14 @@ pub fn start_headers_stats(filter: &headers::Compiled) {
         .flatten()
         .and_then(|b| String::from_utf8(b).ok())
         .unwrap_or_else(|| "headers".to_owned());
-    if let Err(e) = filter.define_stats(&mut ProxyWasmHost, &scope) {
-        log::warn!("wasmesh headers: stats unavailable: {e}");
-        return;
+    match filter.define_stats(&mut ProxyWasmHost, &scope) {
+        Ok(true) => {}
+        // Nothing counted: no tick needed.
+        Ok(false) => return,
+        Err(e) => {
+            log::warn!("wasmesh headers: stats unavailable: {e}");
+            return;
+        }
     }
     if let Err(e) = hostcalls::set_tick_period(HEADERS_STATS_FLUSH_PERIOD) {
         log::warn!("wasmesh headers: no tick, stats not flushed: {e:?}");
