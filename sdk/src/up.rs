@@ -536,6 +536,10 @@ pub struct State {
     pub ready: bool,
     /// Milliseconds from the start of `up` to the first successful request.
     pub ready_after_ms: Option<u64>,
+    /// Milliseconds from the start of `up` to the first request answered 200 through the front
+    /// proxy (the "time to ready"; health checks may still be converging then).
+    #[serde(default)]
+    pub first_request_ms: Option<u64>,
     /// The layout.
     pub plan: Plan,
     /// Processes in start order.
@@ -763,6 +767,7 @@ pub struct Running {
     stop: Arc<AtomicBool>,
     supervisor: Option<JoinHandle<()>>,
     ready_after: Duration,
+    first_request_after: Duration,
     extra: u16,
 }
 
@@ -802,7 +807,9 @@ fn envoy_command(opts: &Options, config: &Path, log_level: &str) -> Vec<String> 
 /// waits until the first request through the front proxy's first listener answers 200.
 /// Progress goes to `progress`.
 pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
-    let (mesh, _) = generate::generate(&opts.spec, &Layout::container())?;
+    let text = std::fs::read_to_string(&opts.spec).map_err(io(&opts.spec))?;
+    let spec = generate::parse_spec(&text, &opts.spec.display().to_string())?;
+    let mesh = Mesh::from_spec(&spec).map_err(GenerateError::from)?;
     let plan = plan(&mesh, &opts)?;
     let run_dir = opts.run_dir.clone();
     for sub in ["configs", "endpoints", "logs"] {
@@ -826,6 +833,7 @@ pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
         stop: Arc::new(AtomicBool::new(false)),
         supervisor: None,
         ready_after: Duration::ZERO,
+        first_request_after: Duration::ZERO,
         extra: 0,
     };
     for inst in &plan.instances {
@@ -889,6 +897,7 @@ pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
             },
         )?;
     }
+    running.first_request_after = progress.elapsed();
     // Ready also means every active health check passes: until then Envoy routes in panic
     // mode, ignoring health and outlier ejection.
     let admins: Vec<String> = std::iter::once(plan.front_admin_url())
@@ -936,9 +945,14 @@ impl Running {
         &self.opts
     }
 
-    /// From the start of `up` to the first successful request.
+    /// From the start of `up` to every active health check passing.
     pub fn ready_after(&self) -> Duration {
         self.ready_after
+    }
+
+    /// From the start of `up` to the first request answered 200 through the front proxy.
+    pub fn first_request_after(&self) -> Duration {
+        self.first_request_after
     }
 
     /// Processes as `state.json` records them.
@@ -964,6 +978,7 @@ impl Running {
             supervisor_pid: std::process::id(),
             ready: true,
             ready_after_ms: u64::try_from(self.ready_after.as_millis()).ok(),
+            first_request_ms: u64::try_from(self.first_request_after.as_millis()).ok(),
             plan: self.plan.clone(),
             procs: self.procs(),
         }
@@ -1143,6 +1158,7 @@ impl Running {
         let run_dir = self.opts.run_dir.clone();
         let plan = self.plan.clone();
         let ready_after = self.ready_after;
+        let first_request = self.first_request_after;
         let timeout = self.opts.ready_timeout;
         self.supervisor = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
@@ -1198,6 +1214,7 @@ impl Running {
                         supervisor_pid: std::process::id(),
                         ready: true,
                         ready_after_ms: u64::try_from(ready_after.as_millis()).ok(),
+                        first_request_ms: u64::try_from(first_request.as_millis()).ok(),
                         plan: plan.clone(),
                         procs: lock(&shared)
                             .procs
@@ -1215,24 +1232,39 @@ impl Running {
 
     /// Stops everything in order: the front proxy, then per instance (reverse start order) the
     /// app before its sidecar. Removes `state.json`.
-    pub fn stop(&mut self) {
+    pub fn stop(&mut self) -> Vec<String> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.supervisor.take() {
             let _ = t.join();
         }
         let mut g = lock(&self.shared);
-        // procs are in start order: sidecar, app, sidecar, app, ..., front.
-        for p in g.procs.iter_mut().rev() {
-            p.stop(Duration::from_secs(5));
+        let mut stopped = Vec::new();
+        // The front proxy first; then the rest in reverse start order, where every app comes
+        // after its sidecar, so each app stops before its sidecar.
+        let mut order: Vec<(bool, usize)> = g
+            .procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.state.kind != Kind::Front, i))
+            .collect();
+        order.sort_by_key(|(not_front, i)| (*not_front, std::cmp::Reverse(*i)));
+        for (_, i) in order {
+            if let Some(p) = g.procs.get_mut(i) {
+                if p.child.is_some() {
+                    stopped.push(p.state.name.clone());
+                }
+                p.stop(Duration::from_secs(5));
+            }
         }
         drop(g);
         let _ = std::fs::remove_file(self.opts.run_dir.join("state.json"));
+        stopped
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -1323,13 +1355,13 @@ pub fn samples(mesh: &Mesh) -> Vec<Sample> {
 pub fn summary(mesh: &Mesh, state: &State, run_dir: &Path) -> String {
     let plan = &state.plan;
     let mut s = String::new();
-    let ready = state
-        .ready_after_ms
-        .map_or("?".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
+    let secs = |ms: Option<u64>| ms.map_or("?".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
     s.push_str(&format!(
-        "\nmesh {:?} is up: {} processes, time to ready {ready} (first request through the front proxy answered 200)\n",
+        "\nmesh {:?} is up: {} processes; time to ready {} (first request through the front proxy answered 200), every health check passing at {}\n",
         plan.mesh,
-        state.procs.len()
+        state.procs.len(),
+        secs(state.first_request_ms),
+        secs(state.ready_after_ms),
     ));
     for l in &plan.listeners {
         let moved = if l.port == l.spec_port {
@@ -1435,4 +1467,131 @@ pub fn front_addr(plan: &Plan) -> Option<SocketAddr> {
     plan.listeners
         .first()
         .map(|l| SocketAddr::from((plan.front_bind, l.port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> Mesh {
+        let path = toolchain::repo_root().join("demo/mesh.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        Mesh::from_spec(&generate::parse_spec(&text, "demo/mesh.yaml").unwrap()).unwrap()
+    }
+
+    fn opts() -> Options {
+        let mut o = Options::new(
+            "demo/mesh.yaml".into(),
+            "envoy".into(),
+            "/w/wasmesh_module.wasm".into(),
+            "demo-services".into(),
+        );
+        o.net = [127, 0, 99];
+        o.run_dir = "/run/m".into();
+        o
+    }
+
+    fn sockets(v: &Value) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let mut v = v.clone();
+        each_socket(&mut v, &mut |a, p| out.push((a.clone(), *p)));
+        out
+    }
+
+    #[test]
+    fn plan_gives_each_instance_its_own_loopback_address_dependencies_first() {
+        let p = plan(&demo(), &opts()).unwrap();
+        let names: Vec<&str> = p.instances.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["b", "b-v2", "c-1", "a"]);
+        let ips: BTreeSet<Ipv4Addr> = p.instances.iter().map(|i| i.ip).collect();
+        assert_eq!(ips.len(), 4);
+        assert!(
+            p.instances
+                .iter()
+                .all(|i| i.ip.octets()[..3] == [127, 0, 99])
+        );
+        assert_eq!(p.instance("b-v2").unwrap().labels["version"], "v2");
+        assert_eq!(p.instance("c-1").unwrap().spec_endpoint.0, "172.28.0.13");
+    }
+
+    #[test]
+    fn a_taken_front_port_is_remapped() {
+        let mut o = opts();
+        o.front_bind = Ipv4Addr::new(127, 0, 99, 1);
+        let taken = TcpListener::bind((o.front_bind, 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        assert_ne!(free_port(o.front_bind, port), port);
+        drop(taken);
+        assert_eq!(free_port(o.front_bind, port), port);
+    }
+
+    #[test]
+    fn local_configs_point_only_at_local_addresses_and_leave_gen_alone() {
+        let mesh = demo();
+        let o = opts();
+        let p = plan(&mesh, &o).unwrap();
+        let configs = local_configs(&mesh, &p, &o).unwrap();
+        let names: Vec<&str> = configs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "front-proxy",
+                "a-sidecar",
+                "b-sidecar",
+                "b-v2-sidecar",
+                "c-1-sidecar"
+            ]
+        );
+        let spec_names = ["a", "b", "b-v2", "172.28.0.13", "0.0.0.0"];
+        for (name, boot) in &configs {
+            for (addr, _) in sockets(boot) {
+                assert!(!spec_names.contains(&addr.as_str()), "{name}: {addr}");
+                assert!(addr.starts_with("127.0."), "{name}: {addr}");
+            }
+            let text = boot.to_string();
+            assert!(!text.contains("STRICT_DNS"), "{name}");
+            assert!(
+                text.contains("/w/wasmesh_module.wasm") || !text.contains("wasm"),
+                "{name}"
+            );
+        }
+        let b_v2 = p.instance("b-v2").unwrap();
+        let (_, sc) = configs.iter().find(|(n, _)| n == "b-v2-sidecar").unwrap();
+        assert_eq!(sc["node"]["id"], "b-v2-sidecar");
+        let own: BTreeSet<(String, u64)> = sockets(sc).into_iter().collect();
+        let ip = b_v2.ip.to_string();
+        for port in [15000, 15006, 8000] {
+            assert!(own.contains(&(ip.clone(), port)), "{own:?}");
+        }
+        // The front proxy's listeners and admin are on front_bind; its clusters on instances.
+        let (_, front) = &configs[0];
+        assert_eq!(
+            front["admin"]["address"]["socket_address"]["address"],
+            "127.0.0.1"
+        );
+        // `wasmesh gen` output is not affected.
+        let (_, files) = generate::generate(
+            &toolchain::repo_root().join("demo/mesh.yaml"),
+            &Layout::container(),
+        )
+        .unwrap();
+        assert!(files["envoy-configs/b-sidecar.yaml"].contains("0.0.0.0"));
+    }
+
+    #[test]
+    fn samples_cover_every_front_route_with_its_match() {
+        let s = samples(&demo());
+        let canary = s
+            .iter()
+            .find(|s| s.headers.iter().any(|(k, _)| k == "x-canary"))
+            .unwrap();
+        assert_eq!(
+            (canary.listener.as_str(), canary.path.as_str()),
+            ("public", "/b")
+        );
+        assert_eq!(canary.what, "public -> b/v2");
+        assert!(s.iter().any(|s| s.what == "public -> b/v1 90%, b/v2 10%"));
+        assert!(s.iter().any(|s| s.what.contains("1% aborted 503")));
+        assert_eq!(s.len(), 6);
+    }
 }

@@ -87,8 +87,8 @@ pub fn up_cmd(args: &UpArgs) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(100));
     }
     progress.line("stopping: front proxy, then each app before its sidecar");
-    running.stop();
-    progress.line("stopped");
+    let order = running.stop();
+    progress.line(&format!("stopped {}", order.join(", ")));
     Ok(())
 }
 

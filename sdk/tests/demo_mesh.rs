@@ -6,6 +6,14 @@
 //! checked against binomial bounds (mean +- 4.5 standard deviations: a false failure about once
 //! in 150,000 runs).
 
+// Test helpers outside #[test] functions may unwrap and index; a failure is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -379,7 +387,25 @@ fn demo_mesh_routes_traces_faults_endpoints_and_restarts() {
         "a-sidecar killed: requests recovered after {:?}",
         killed.elapsed()
     );
-    mesh.stop();
+    // Stop order: the front proxy first, every app before its sidecar.
+    let order = mesh.stop();
+    assert_eq!(
+        order.first().map(String::as_str),
+        Some("front-proxy"),
+        "{order:?}"
+    );
+    for i in mesh.plan().instances.iter() {
+        let app = order.iter().position(|n| n == &i.name);
+        let sidecar = order
+            .iter()
+            .position(|n| *n == format!("{}-sidecar", i.name));
+        assert!(
+            app.is_some() && app < sidecar,
+            "{} stops before its sidecar: {order:?}",
+            i.name
+        );
+    }
+    assert!(!mesh.options().run_dir.join("state.json").exists());
 }
 
 /// Two instances of B v1 under steady load; one dies: outlier detection ejects it and the
@@ -571,4 +597,101 @@ fn cpu_ticks(pid: u32) -> u64 {
     let f: Vec<&str> = after.split_whitespace().collect();
     let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     n(11) + n(12)
+}
+
+/// The CLI: `wasmesh up --detach` prints the sample requests, which answer as described;
+/// `status` lists every process ready; `down` stops them all.
+#[test]
+fn cli_up_detach_status_down() {
+    let second = 100 + u8::try_from(std::process::id() % 100).unwrap();
+    let net = format!("127.{second}.4");
+    let front = format!("127.{second}.4.1");
+    let run_dir = std::env::temp_dir().join(format!("wasmesh-e2e-cli-{}", std::process::id()));
+    let wasmesh = env!("CARGO_BIN_EXE_wasmesh");
+    let out = std::process::Command::new(wasmesh)
+        .current_dir(repo())
+        .args([
+            "up",
+            "--detach",
+            "--net",
+            &net,
+            "--front-bind",
+            &front,
+            "--run-dir",
+        ])
+        .arg(&run_dir)
+        .env("WASMESH_SERVICES_BIN", up::services_bin().unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("mesh \"demo\" is up: 9 processes"),
+        "{stdout}"
+    );
+    // Every printed sample request answers 200 (503 only where the route injects aborts).
+    let a = agent();
+    let mut tried = 0;
+    for line in stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("curl -s "))
+    {
+        let (cmd, what) = line.split_once('#').unwrap();
+        let mut words = cmd.split_whitespace().skip(2);
+        let url = words.next().unwrap().to_owned();
+        let rest: Vec<&str> = cmd.split(" -H '").skip(1).collect();
+        let headers: Vec<(&str, &str)> = rest
+            .iter()
+            .map(|h| h.trim().trim_end_matches('\'').split_once(": ").unwrap())
+            .collect();
+        let (status, body, _) = get(&a, &url, &headers);
+        let ok = status == 200 || (status == 503 && what.contains("aborted 503"));
+        assert!(ok, "{line}: {status} {body}");
+        if status == 200 {
+            let answer = answer(&body);
+            // `public -> b/v2` is answered by B v2, `-> a` by A, and so on.
+            let target = what.split("->").nth(1).unwrap().trim();
+            assert!(target.starts_with(&answer.service), "{line}: {answer:?}");
+            if target.starts_with("b/v2;") || target == "b/v2" {
+                assert_eq!(answer.version.as_deref(), Some("v2"));
+            }
+        }
+        tried += 1;
+    }
+    assert_eq!(tried, 6, "{stdout}");
+    let status = std::process::Command::new(wasmesh)
+        .args(["status", "--run-dir"])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.status.success(), "{text}");
+    assert_eq!(text.matches(" ready ").count(), 9, "{text}");
+    let state = up::read_state(&run_dir).unwrap();
+    let down = std::process::Command::new(wasmesh)
+        .args(["down", "--run-dir"])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(down.status.success(), "{down:?}");
+    assert!(!up::alive(state.supervisor_pid));
+    for p in &state.procs {
+        assert!(
+            !up::alive(p.pid),
+            "{} (pid {}) still running",
+            p.name,
+            p.pid
+        );
+    }
+    let again = std::process::Command::new(wasmesh)
+        .args(["status", "--run-dir"])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
 }
