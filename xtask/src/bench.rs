@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+#[path = "bench_ratelimit.rs"]
+mod bench_ratelimit;
+
 use integration::bootstrap::{Backend, bootstrap, header_mutation, wasm_filter};
 use integration::client::Connection;
 use integration::envoy::{Envoy, RunningEnvoy};
@@ -158,6 +161,15 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
             what: format!("peer `{}`", job.peer),
             filters: vec![peer_filter(peers, job.peer)],
         });
+    }
+    if only.is_empty() || only.iter().any(|o| o == bench_ratelimit::JOB) {
+        for (name, what, filters) in bench_ratelimit::variants(wasm) {
+            v.push(Variant {
+                name,
+                what,
+                filters,
+            });
+        }
     }
     v
 }
@@ -436,7 +448,7 @@ mod tests {
             .iter()
             .map(|l| l["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names.len(), 4 + 2 * jobs().len());
+        assert_eq!(names.len(), 4 + 2 * jobs().len() + 3);
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();
