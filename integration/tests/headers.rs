@@ -351,17 +351,16 @@ fn proxies_without_any_filter() {
     );
 }
 
-/// The value of the Prometheus sample whose name ends with `suffix`, once it reaches `want`
-/// (counters are batched in the VM and flushed every second), or the last value seen.
-fn prometheus_counter(envoy: &RunningEnvoy, suffix: &str, want: u64) -> Option<u64> {
+/// The value of the Prometheus sample `metric`, once it reaches `want` (counters are batched in
+/// the VM and flushed every second), or the last value seen.
+fn prometheus_counter(envoy: &RunningEnvoy, metric: &str, want: u64) -> Option<u64> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let text = envoy.admin_get("/stats/prometheus").text();
         let value = text.lines().find_map(|l| {
             let (name, value) = l.split_once(' ')?;
             let name = name.split('{').next()?;
-            name.ends_with(suffix)
-                .then(|| value.trim().parse::<u64>().ok())?
+            (name == metric).then(|| value.trim().parse::<u64>().ok())?
         });
         if value == Some(want) || std::time::Instant::now() > deadline {
             return value;
@@ -396,4 +395,9 @@ fn header_stage_stats_at_prometheus() {
             envoy.admin_get("/stats/prometheus").text()
         );
     }
+    // The same counter in /stats, under Envoy's prefix for wasm-defined metrics.
+    assert_eq!(
+        envoy.stat("wasmcustom.wasmesh.headers.headers.request_id.generated"),
+        Some(2)
+    );
 }
