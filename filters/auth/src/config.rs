@@ -109,6 +109,46 @@ pub enum JwksSource {
     /// An inline JWKS: the JSON object with `keys` (in YAML, a mapping), or that object as a
     /// JSON string.
     Local(serde_json::Value),
+    /// A JWKS fetched through an Envoy cluster by the plugin's root context.
+    Remote(RemoteJwks),
+}
+
+/// A remote JWKS endpoint, fetched with `GET` through an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwks {
+    /// The Envoy cluster that reaches the JWKS server.
+    pub cluster: String,
+    /// Request path, e.g. `/.well-known/jwks.json`.
+    pub path: String,
+    /// `:authority` sent. Default: the cluster name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// How long fetched keys are used, in seconds (refreshed at 80% of it). Default 300.
+    #[serde(default = "default_cache_seconds")]
+    pub cache_seconds: u64,
+    /// Fetch timeout in milliseconds. Default 2000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Largest JWKS response accepted, in bytes. Default 65536.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// At most one refetch per this many seconds because of an unknown `kid`. Default 30.
+    #[serde(default = "default_kid_refetch")]
+    pub unknown_kid_refetch_seconds: u64,
+}
+
+fn default_cache_seconds() -> u64 {
+    300
+}
+fn default_timeout_ms() -> u64 {
+    2000
+}
+fn default_max_bytes() -> usize {
+    65_536
+}
+fn default_kid_refetch() -> u64 {
+    30
 }
 
 /// Where a credential is looked for.

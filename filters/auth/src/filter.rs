@@ -23,6 +23,7 @@ use crate::credentials::{self, KeyTable, PasswordHash, VerifiedSet};
 use crate::error::Reject;
 use crate::jwk::{self, Key};
 use crate::jws;
+use crate::remote::{Fetched, Remote, State as RemoteState};
 
 /// An authentication method a rule may require.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +70,10 @@ struct Provider {
     name: String,
     issuer: Option<String>,
     audiences: Vec<String>,
-    keys: Vec<Key>,
+    /// Local keys (empty for a remote provider).
+    keys: Rc<Vec<Key>>,
+    /// Remote JWKS source and this worker's fetch state.
+    remote: Option<(Remote, RefCell<RemoteState>)>,
     from: Vec<Source>,
     forward_token: bool,
     claims_to_headers: Vec<(Vec<String>, String)>,
@@ -160,6 +164,8 @@ struct Stats {
 
 const ALLOWED: usize = 0;
 const CACHE_HITS: usize = 1;
+const JWKS_OK: usize = 2;
+const JWKS_FAILED: usize = 3;
 /// Slot of the first denial counter.
 const DENIED: usize = 4;
 const STAT_SLOTS: usize = DENIED + Reject::ALL.len();
@@ -262,12 +268,56 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
                 "empty or duplicate name",
             ));
         }
-        let keys = match &p.jwks {
+        let (keys, remote) = match &p.jwks {
             crate::config::JwksSource::Local(doc) => {
-                jwk::parse_jwks_value(doc).map_err(|e| ConfigError::Jwks {
+                let keys = jwk::parse_jwks_value(doc).map_err(|e| ConfigError::Jwks {
                     path: format!("{at}.jwks.local"),
                     error: e,
-                })?
+                })?;
+                (Rc::new(keys), None)
+            }
+            crate::config::JwksSource::Remote(r) => {
+                let at = format!("{at}.jwks.remote");
+                if r.cluster.is_empty() {
+                    return Err(invalid(format!("{at}.cluster"), "", "must not be empty"));
+                }
+                if !r.path.starts_with('/') {
+                    return Err(invalid(format!("{at}.path"), &r.path, "must start with /"));
+                }
+                if !(1..=86_400).contains(&r.cache_seconds) {
+                    return Err(invalid(
+                        format!("{at}.cache_seconds"),
+                        r.cache_seconds.to_string(),
+                        "must be in 1..=86400",
+                    ));
+                }
+                if !(1..=60_000).contains(&r.timeout_ms) {
+                    return Err(invalid(
+                        format!("{at}.timeout_ms"),
+                        r.timeout_ms.to_string(),
+                        "must be in 1..=60000",
+                    ));
+                }
+                if !(1..=1_048_576).contains(&r.max_bytes) {
+                    return Err(invalid(
+                        format!("{at}.max_bytes"),
+                        r.max_bytes.to_string(),
+                        "must be in 1..=1048576",
+                    ));
+                }
+                let remote = Remote {
+                    cluster: r.cluster.clone(),
+                    path: r.path.clone(),
+                    authority: r.authority.clone().unwrap_or_else(|| r.cluster.clone()),
+                    cache_seconds: r.cache_seconds,
+                    timeout: std::time::Duration::from_millis(r.timeout_ms),
+                    max_bytes: r.max_bytes,
+                    kid_refetch: r.unknown_kid_refetch_seconds,
+                };
+                (
+                    Rc::new(Vec::new()),
+                    Some((remote, RefCell::new(RemoteState::default()))),
+                )
             }
         };
         let claims_to_headers = p
@@ -294,6 +344,7 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
             issuer: p.issuer.clone(),
             audiences: p.audiences.clone(),
             keys,
+            remote,
             from: compile_sources(&p.from, Source::Bearer, &format!("{at}.from"))?,
             forward_token: p.forward_token,
             claims_to_headers,
@@ -676,8 +727,15 @@ impl Provider {
             return Ok((claims, true));
         }
         let parsed = jws::parse(token, self.max_token)?;
-        let candidates: Vec<&Key> = self
-            .keys
+        let keys = match &self.remote {
+            None => Rc::clone(&self.keys),
+            Some((r, state)) => state
+                .try_borrow()
+                .ok()
+                .and_then(|s| s.keys(r, now))
+                .ok_or(Reject::KeysUnavailable)?,
+        };
+        let candidates: Vec<&Key> = keys
             .iter()
             .filter(|k| k.accepts(parsed.alg, parsed.kid.as_deref()))
             .collect();
@@ -685,7 +743,13 @@ impl Provider {
             let kid_known = parsed
                 .kid
                 .as_deref()
-                .is_none_or(|kid| self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+                .is_none_or(|kid| keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+            if !kid_known
+                && let Some((_, state)) = &self.remote
+                && let Ok(mut state) = state.try_borrow_mut()
+            {
+                state.want_kid_refetch();
+            }
             return Err(if kid_known {
                 Reject::AlgNotAllowed
             } else {
@@ -847,6 +911,73 @@ impl Compiled {
             let n = pending.replace(0);
             if n != 0 {
                 let _ = host.increment_metric(*id, n);
+            }
+        }
+    }
+
+    /// Periodic work from the root context: starts due remote JWKS fetches (initial fetch,
+    /// refresh at 80% of the cache time, unknown-`kid` refetch, retry after backoff).
+    pub fn tick<H: Host>(&self, host: &mut H) {
+        let now = unix(host.now());
+        for p in &self.providers {
+            let Some((r, state)) = &p.remote else {
+                continue;
+            };
+            let Ok(mut state) = state.try_borrow_mut() else {
+                continue;
+            };
+            if !state.due(r, now) {
+                continue;
+            }
+            let headers = [
+                (":method", "GET"),
+                (":path", r.path.as_str()),
+                (":authority", r.authority.as_str()),
+                ("accept", "application/json"),
+            ];
+            match host.http_call(&r.cluster, &headers, None, r.timeout) {
+                Ok(token) => state.started(token, now),
+                Err(_) => {
+                    state.start_failed(now);
+                    self.stats.bump(JWKS_FAILED);
+                }
+            }
+        }
+    }
+
+    /// Whether `token` is one of this filter's JWKS fetches.
+    pub fn owns_call(&self, token: u32) -> bool {
+        self.providers.iter().any(|p| {
+            p.remote
+                .as_ref()
+                .is_some_and(|(_, s)| s.try_borrow().is_ok_and(|s| s.owns(token)))
+        })
+    }
+
+    /// A JWKS fetch completed: `status` is `None` on timeout or reset; `read_body` is called
+    /// only when the size is within the cap.
+    pub fn on_jwks_response<H: Host>(
+        &self,
+        host: &mut H,
+        token: u32,
+        status: Option<u16>,
+        body_size: usize,
+        read_body: impl FnOnce() -> Option<Vec<u8>>,
+    ) {
+        let now = unix(host.now());
+        for p in &self.providers {
+            let Some((r, state)) = &p.remote else {
+                continue;
+            };
+            let Ok(mut state) = state.try_borrow_mut() else {
+                continue;
+            };
+            if state.owns(token) {
+                match state.completed(r, now, status, body_size, read_body) {
+                    Fetched::Ok => self.stats.bump(JWKS_OK),
+                    Fetched::Failed => self.stats.bump(JWKS_FAILED),
+                }
+                return;
             }
         }
     }

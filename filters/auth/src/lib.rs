@@ -15,6 +15,7 @@ pub mod error;
 mod filter;
 pub mod jwk;
 pub mod jws;
+mod remote;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]

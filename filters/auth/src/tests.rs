@@ -783,3 +783,125 @@ fn reject_codes_are_distinct() {
     codes.dedup();
     assert_eq!(codes.len(), Reject::ALL.len());
 }
+
+// ---- remote JWKS ----
+
+fn remote_cfg() -> Value {
+    json!({"jwt_providers": [{
+        "name": "corp",
+        "issuer": "https://issuer.example",
+        "audiences": ["api"],
+        "jwks": {"remote": {"cluster": "jwks", "path": "/keys", "authority": "idp.example",
+                            "cache_seconds": 300, "timeout_ms": 1500, "max_bytes": 4096}},
+    }]})
+}
+
+fn respond(f: &Compiled, h: &mut MockHost, call: usize, status: Option<u16>, body: &str) -> bool {
+    let token = h.calls[call].token;
+    let mut read = false;
+    f.on_jwks_response(h, token, status, body.len(), || {
+        read = true;
+        Some(body.as_bytes().to_vec())
+    });
+    read
+}
+
+#[test]
+fn remote_jwks_fetched_by_tick_used_refreshed_and_failing_closed() {
+    let f = filter(remote_cfg());
+    let mut h = host(&[]);
+    f.define_metrics(&mut h, "r").unwrap();
+    let token = t::sign(Alg::Es256, &claims());
+    let auth = bearer(&token);
+    // No keys yet: refused at once, never paused.
+    h.request = host(&[("authorization", &auth)]).request;
+    assert_eq!(outcome(&f, &mut h), "keys_unavailable");
+
+    f.tick(&mut h);
+    assert_eq!(h.calls.len(), 1);
+    let call = h.calls[0].clone();
+    assert_eq!(call.upstream, "jwks");
+    assert!(call.headers.contains(&(":path".into(), "/keys".into())));
+    assert!(
+        call.headers
+            .contains(&(":authority".into(), "idp.example".into()))
+    );
+    assert_eq!(call.timeout, Duration::from_millis(1500));
+    f.tick(&mut h);
+    assert_eq!(h.calls.len(), 1, "one fetch in flight at a time");
+
+    let jwks = t::public_jwks().to_string();
+    assert!(respond(&f, &mut h, 0, Some(200), &jwks));
+    h.request = host(&[("authorization", &auth)]).request;
+    assert_eq!(outcome(&f, &mut h), "ok");
+    f.flush_stats(&mut h);
+    assert_eq!(h.metric("wasmesh.auth.r.jwks_fetch_ok"), Some(1));
+
+    // Refresh at 80% of 300 s; a failed refresh keeps the keys until 300 s.
+    h.advance(Duration::from_secs(239));
+    f.tick(&mut h);
+    assert_eq!(h.calls.len(), 1);
+    h.advance(Duration::from_secs(1));
+    f.tick(&mut h);
+    assert_eq!(h.calls.len(), 2);
+    respond(&f, &mut h, 1, Some(503), "down");
+    // A fresh token (the cached one would still be served): keys still usable.
+    let token2 = t::sign(Alg::Rs256, &claims_at(NOW + 240));
+    assert_eq!(jwt_outcome(&f, &token2, NOW + 240), "ok");
+    // Retry after 1 s backoff; time out (no status); next backoff 2 s.
+    h.advance(Duration::from_secs(1));
+    f.tick(&mut h);
+    assert_eq!(h.calls.len(), 3);
+    respond(&f, &mut h, 2, None, "");
+    h.advance(Duration::from_secs(1));
+    f.tick(&mut h);
+    assert_eq!(h.calls.len(), 3, "backoff doubled");
+    h.advance(Duration::from_secs(1));
+    f.tick(&mut h);
+    assert_eq!(h.calls.len(), 4);
+    // Oversized: the body is not even read.
+    let big = "x".repeat(5000);
+    assert!(!respond(&f, &mut h, 3, Some(200), &big));
+    // Past the cache time without a good refresh: fail closed.
+    let token3 = t::sign(Alg::Rs256, &claims_at(NOW + 301));
+    assert_eq!(jwt_outcome(&f, &token3, NOW + 301), "keys_unavailable");
+    f.flush_stats(&mut h);
+    assert_eq!(h.metric("wasmesh.auth.r.jwks_fetch_failed"), Some(3));
+}
+
+fn claims_at(now: u64) -> Value {
+    let mut c = claims();
+    c["iat"] = json!(now - 10);
+    c["exp"] = json!(now + 3600);
+    c
+}
+
+#[test]
+fn remote_jwks_unknown_kid_triggers_a_rate_limited_refetch() {
+    let f = filter(remote_cfg());
+    let mut h = host(&[]);
+    f.tick(&mut h);
+    // Only the Ed25519 key at first.
+    let only_ed = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": t::ED_X}]});
+    respond(&f, &mut h, 0, Some(200), &only_ed.to_string());
+    let rotated = t::sign(Alg::Es256, &claims());
+    assert_eq!(jwt_outcome(&f, &rotated, NOW), "unknown_key");
+    f.tick(&mut h);
+    assert_eq!(h.calls.len(), 2, "refetch for the unknown kid");
+    respond(&f, &mut h, 1, Some(200), &t::public_jwks().to_string());
+    assert_eq!(jwt_outcome(&f, &rotated, NOW), "ok", "rotation picked up");
+    // Another unknown kid right away: no new fetch within 30 s.
+    let unknown = t::sign_with(
+        Alg::Es256,
+        &json!({"alg": "ES256", "kid": "new"}),
+        &claims(),
+    );
+    assert_eq!(jwt_outcome(&f, &unknown, NOW), "unknown_key");
+    f.tick(&mut h);
+    assert_eq!(h.calls.len(), 2);
+    h.advance(Duration::from_secs(30));
+    f.tick(&mut h);
+    assert_eq!(h.calls.len(), 3);
+    assert!(f.owns_call(h.calls[2].token));
+    assert!(!f.owns_call(999));
+}

@@ -1,5 +1,7 @@
-//! The auth filter's glue: one HTTP context per stream over [`auth::Compiled`], and its stats
-//! (counted locally per request, flushed to Envoy from the root's tick).
+//! The auth filter's glue: one HTTP context per stream over [`auth::Compiled`]; from the root
+//! context, its stats (counted locally per request, flushed on the tick) and its remote JWKS
+//! fetches (started on configure and on the tick, answered in the root's
+//! `on_http_call_response`).
 //!
 //! The authenticated identity stays in the stream's [`auth::Stream`] ([`AuthHttp::identity`]),
 //! so a later one-pass wasmesh stage in the same context can read it without a header round
@@ -10,17 +12,20 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, BufferType, MapType};
 
 use crate::host::ProxyWasmHost;
 use crate::http::to_action;
 
-/// How often the batched counters reach Envoy's stats.
-pub const STATS_FLUSH_PERIOD: Duration = Duration::from_secs(1);
+/// The root's tick: batched counters reach Envoy's stats, due JWKS fetches start (refresh,
+/// unknown-`kid` refetch, retry after backoff).
+pub const TICK_PERIOD: Duration = Duration::from_secs(1);
 
-/// Defines the counters under the plugin's name and starts the flush tick. Failures are
-/// logged, never fatal: the filter works without stats.
-pub fn start_stats(filter: &auth::Compiled) {
+/// At configure time: defines the counters under the plugin's name, starts the tick (stats
+/// flush, remote JWKS refresh and retries) and the first remote JWKS fetches. Failures are
+/// logged, never fatal: without stats the filter still works; without a tick the first fetch
+/// still runs.
+pub fn start(filter: &auth::Compiled) {
     let scope = hostcalls::get_property(vec!["plugin_name"])
         .ok()
         .flatten()
@@ -28,16 +33,34 @@ pub fn start_stats(filter: &auth::Compiled) {
         .unwrap_or_else(|| "auth".to_owned());
     if let Err(e) = filter.define_metrics(&mut ProxyWasmHost, &scope) {
         log::warn!("wasmesh auth: stats unavailable: {e}");
-        return;
     }
-    if let Err(e) = hostcalls::set_tick_period(STATS_FLUSH_PERIOD) {
-        log::warn!("wasmesh auth: no tick, stats not flushed: {e:?}");
+    if let Err(e) = hostcalls::set_tick_period(TICK_PERIOD) {
+        log::warn!("wasmesh auth: no tick, stats not flushed, remote JWKS not refreshed: {e:?}");
     }
+    filter.tick(&mut ProxyWasmHost);
 }
 
-/// Sends the batched counts to Envoy (from the root's tick).
-pub fn flush_stats(filter: &auth::Compiled) {
+/// The root's tick: sends the batched counts, starts due JWKS fetches.
+pub fn on_tick(filter: &auth::Compiled) {
     filter.flush_stats(&mut ProxyWasmHost);
+    filter.tick(&mut ProxyWasmHost);
+}
+
+/// A root callout completed: hands a JWKS response (status, size-capped body) to the filter.
+/// A timeout or reset arrives with no headers: no status.
+pub fn on_http_call_response(filter: &auth::Compiled, token: u32, body_size: usize) {
+    if !filter.owns_call(token) {
+        return;
+    }
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse::<u16>().ok());
+    filter.on_jwks_response(&mut ProxyWasmHost, token, status, body_size, || {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+    });
 }
 
 /// The auth filter on one HTTP stream.

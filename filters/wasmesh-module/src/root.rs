@@ -56,7 +56,20 @@ pub struct Root {
     filter: Option<Filter>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        // The auth filter's JWKS fetches are the root's only callouts today.
+        if let Some(Filter::Auth(f)) = &self.filter {
+            crate::auth::on_http_call_response(f, token_id, body_size);
+        }
+    }
+}
 
 /// Parses and compiles a configuration for `root_id`.
 fn configure(root_id: &str, config: &[u8]) -> Result<Filter, RootError> {
@@ -109,7 +122,7 @@ impl RootContext for Root {
                     crate::http::start_headers_stats(f);
                 }
                 if let Filter::Auth(f) = &filter {
-                    crate::auth::start_stats(f);
+                    crate::auth::start(f);
                 }
                 self.filter = Some(filter);
                 true
@@ -132,7 +145,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(Filter::Auth(f)) = &self.filter {
-            crate::auth::flush_stats(f);
+            crate::auth::on_tick(f);
         }
         if let Some(Filter::RateLimit(f)) = &self.filter {
             crate::ratelimit::flush_stats(f);
