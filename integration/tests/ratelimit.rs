@@ -461,3 +461,30 @@ fn many_distinct_keys_stay_within_the_slot_table_bound() {
         "RSS grew {growth} KiB over {keys} new keys, bound {bound_kib} KiB"
     );
 }
+
+#[test]
+fn consumer_key_follows_the_identity_the_auth_filter_sets() {
+    // Two API keys of one consumer share its bucket; a forged x-consumer is replaced by auth.
+    let auth = json!({"api_keys": {"consumers": [{"name": "mobile", "keys_sha256": [
+        "5e78863ed1ffb9fc66b1d61634b126bf8eb20267e7996297eeeb9b19c8c0f732",
+        "580843d03d2216ff1a275d0991bad66e4d1af871171d929e9de604b7959f9bca"]}]},
+        "rules": [{"any_of": ["api_key"]}]});
+    let limit = json!({"rules": [{"name": "per-consumer", "key": {"consumer": {}},
+        "limit": {"requests": 3, "per": "hour"}}]});
+    let (_envoy, port) = start(
+        vec![
+            wasm_filter(&wasm(), "auth", &auth),
+            ratelimit_filter(&limit),
+        ],
+        2,
+    );
+    let status = |key: &str, forged: &str| {
+        get(port, "/", &[("x-api-key", key), ("x-consumer", forged)]).status
+    };
+    assert_eq!(status("my-key", "a"), 200);
+    assert_eq!(status("other-key", "b"), 200);
+    assert_eq!(status("my-key", "c"), 200);
+    assert_eq!(status("other-key", "d"), 429, "one bucket for the consumer");
+    assert_eq!(status("my-key", "e"), 429);
+    assert_eq!(status("wrong-key", "f"), 401, "auth still first");
+}
