@@ -5,9 +5,25 @@
 default:
     @just --list
 
-# Run Envoy with the headers filter on 127.0.0.1:10000 (the README's demo command).
-demo:
-    cargo xtask demo
+# Run the demo mesh as local processes until Ctrl-C (the README's demo command): `wasmesh up`.
+demo *flags:
+    cargo run -q -p sdk --bin wasmesh -- up {{flags}}
+
+# Start the demo mesh in the background (`just status`, `just down`).
+up *flags:
+    cargo run -q -p sdk --bin wasmesh -- up --detach {{flags}}
+
+# Processes of the background mesh: pid, restarts, readiness.
+status:
+    cargo run -q -p sdk --bin wasmesh -- status
+
+# Stop the background mesh (front proxy, then each app before its sidecar).
+down:
+    cargo run -q -p sdk --bin wasmesh -- down
+
+# The demo mesh end-to-end tests (routing, faults, endpoint files, supervisor, outlier, soak).
+test-demo:
+    cargo test -p sdk --test demo_mesh -- --nocapture
 
 # Run every test: unit tests and real-Envoy integration tests (the README's test command).
 test:

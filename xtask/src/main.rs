@@ -11,8 +11,9 @@ const HELP: &str = "\
 cargo xtask <command>
 
 Commands:
-  demo      Build the filter, install Envoy 1.40 if needed, and run Envoy with the headers
-            filter on 127.0.0.1:10000 in front of an echo service. Prints curl commands.
+  demo      `wasmesh up`: build what is missing and run the demo mesh (front proxy, sidecars,
+            services A, B, C) as local processes until Ctrl-C; prints sample requests.
+            Arguments go to `wasmesh up` (e.g. --detach; see `wasmesh up --help`).
   bench     Instructions per request (valgrind/callgrind) for: no filter, native
             header_mutation, the wasm floor, and each job as the headers filter and as a
             straightforward peer filter (bench/peers), all in one Envoy; plus requests/s.
