@@ -30,6 +30,11 @@ pub struct AuthConfig {
     /// Realm in `WWW-Authenticate` challenges. Default `wasmesh`.
     #[serde(default = "default_realm")]
     pub realm: String,
+    /// Signature (and Basic KDF) verifications allowed per second per worker. Beyond it, a
+    /// credential that is not cached gets 503 with `Retry-After` and no crypto runs; cached
+    /// tokens keep working. Absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_budget_per_second: Option<u32>,
 }
 
 fn default_identity_header() -> String {

@@ -39,11 +39,13 @@ pub enum Reject {
     Forbidden,
     /// No rule matches the request (403, fail closed).
     NoRule,
+    /// The per-worker verification budget is spent (503 with `Retry-After`, no crypto ran).
+    OverBudget,
 }
 
 impl Reject {
     /// Every reason, for defining one counter each.
-    pub const ALL: [Reject; 18] = [
+    pub const ALL: [Reject; 19] = [
         Self::Missing,
         Self::Malformed,
         Self::TokenTooLarge,
@@ -62,6 +64,7 @@ impl Reject {
         Self::InvalidBasic,
         Self::Forbidden,
         Self::NoRule,
+        Self::OverBudget,
     ];
 
     /// The stable error code.
@@ -85,6 +88,7 @@ impl Reject {
             Self::InvalidBasic => "invalid_basic_credentials",
             Self::Forbidden => "forbidden",
             Self::NoRule => "no_matching_rule",
+            Self::OverBudget => "verification_budget_exhausted",
         }
     }
 
@@ -92,6 +96,7 @@ impl Reject {
     pub fn status(self) -> u16 {
         match self {
             Self::Forbidden | Self::NoRule => 403,
+            Self::OverBudget => 503,
             _ => 401,
         }
     }

@@ -196,6 +196,46 @@ pub struct Compiled {
     realm: String,
     reads: ReadPlan,
     stats: Stats,
+    budget: Option<RefCell<Bucket>>,
+}
+
+/// A token bucket of verifications: `rate` per second, burst `rate`, in thousandths.
+#[derive(Debug)]
+struct Bucket {
+    rate: u128,
+    milli: u128,
+    last_ns: u128,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        let rate = u128::from(rate);
+        Self {
+            rate,
+            milli: rate * 1000,
+            last_ns: 0,
+        }
+    }
+
+    fn take(&mut self, now_ns: u128) -> bool {
+        let cap = self.rate * 1000;
+        if self.last_ns == 0 {
+            self.last_ns = now_ns;
+        }
+        let elapsed = now_ns.saturating_sub(self.last_ns);
+        // rate per second = rate * 1000 milli per 1e9 ns.
+        let refill = elapsed.saturating_mul(self.rate) / 1_000_000;
+        if refill > 0 {
+            self.milli = (self.milli + refill).min(cap);
+            self.last_ns = now_ns;
+        }
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 fn invalid(path: impl Into<String>, value: impl Into<String>, reason: &'static str) -> ConfigError {
@@ -603,6 +643,17 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
         realm: config.realm.clone(),
         reads,
         stats: Stats::default(),
+        budget: match config.verify_budget_per_second {
+            Some(0) => {
+                return Err(invalid(
+                    "verify_budget_per_second",
+                    "0",
+                    "must be at least 1 (omit it for no budget)",
+                ));
+            }
+            Some(n) => Some(RefCell::new(Bucket::new(n))),
+            None => None,
+        },
     })
 }
 
@@ -720,7 +771,12 @@ fn check_claims(p: &Provider, claims: &Value, now: u64) -> Result<Option<u64>, R
 impl Provider {
     /// Verifies `token`: cache, then parse, key lookup, claims, and finally the signature.
     /// Returns the claims and whether the cache answered.
-    fn verify(&self, token: &str, now: u64) -> Result<(Rc<Value>, bool), Reject> {
+    fn verify(
+        &self,
+        token: &str,
+        now: u64,
+        budget: &dyn Fn() -> bool,
+    ) -> Result<(Rc<Value>, bool), Reject> {
         if let Ok(mut cache) = self.cache.try_borrow_mut()
             && let Some(claims) = cache.get(token, now, self.skew)
         {
@@ -759,6 +815,9 @@ impl Provider {
         let claims: Value =
             serde_json::from_slice(&parsed.payload).map_err(|_| Reject::Malformed)?;
         let exp = check_claims(self, &claims, now)?;
+        if !budget() {
+            return Err(Reject::OverBudget);
+        }
         let ok = candidates.iter().any(|k| {
             jws::verify_signature(
                 parsed.alg,
@@ -1016,7 +1075,7 @@ impl Compiled {
         })
     }
 
-    fn try_method(&self, m: Method, map: &HeaderMap, now: u64) -> Outcome {
+    fn try_method(&self, m: Method, map: &HeaderMap, now: u64, now_ns: u128) -> Outcome {
         match m {
             Method::Jwt(i) => {
                 let Some(p) = self.providers.get(i) else {
@@ -1025,7 +1084,7 @@ impl Compiled {
                 let Some(found) = find(&p.from, map) else {
                     return Outcome::Missing;
                 };
-                match p.verify(found.value, now) {
+                match p.verify(found.value, now, &|| self.spend_budget(now_ns)) {
                     Err(r) => Outcome::Failed(r),
                     Ok((claims, hit)) => {
                         if hit {
@@ -1100,9 +1159,9 @@ impl Compiled {
                 else {
                     return Outcome::Missing;
                 };
-                match self.basic_user(b, cred) {
-                    None => Outcome::Failed(Reject::InvalidBasic),
-                    Some(u) => Outcome::Ok(
+                match self.basic_user(b, cred, now_ns) {
+                    Err(r) => Outcome::Failed(r),
+                    Ok(u) => Outcome::Ok(
                         Identity {
                             method: m,
                             consumer: u.consumer.clone(),
@@ -1117,23 +1176,44 @@ impl Compiled {
         }
     }
 
-    fn basic_user<'b>(&self, b: &'b BasicC, cred: &str) -> Option<&'b BasicUserC> {
+    fn basic_user<'b>(
+        &self,
+        b: &'b BasicC,
+        cred: &str,
+        now_ns: u128,
+    ) -> Result<&'b BasicUserC, Reject> {
         let digest = credentials::sha256(cred.as_bytes());
         if let Some(i) = b.verified.try_borrow().ok().and_then(|v| v.get(&digest)) {
-            return b.users.get(i);
+            return b.users.get(i).ok_or(Reject::InvalidBasic);
         }
-        let decoded = STANDARD.decode(cred).ok()?;
-        let text = std::str::from_utf8(&decoded).ok()?;
-        let (user, pass) = text.split_once(':')?;
-        let i = b.users.iter().position(|u| u.username == user)?;
-        let u = b.users.get(i)?;
+        let decoded = STANDARD.decode(cred).map_err(|_| Reject::InvalidBasic)?;
+        let text = std::str::from_utf8(&decoded).map_err(|_| Reject::InvalidBasic)?;
+        let (user, pass) = text.split_once(':').ok_or(Reject::InvalidBasic)?;
+        let i = b
+            .users
+            .iter()
+            .position(|u| u.username == user)
+            .ok_or(Reject::InvalidBasic)?;
+        let u = b.users.get(i).ok_or(Reject::InvalidBasic)?;
+        // The KDF is the expensive part: it draws on the verification budget.
+        if !self.spend_budget(now_ns) {
+            return Err(Reject::OverBudget);
+        }
         if !u.hash.verify(pass.as_bytes()) {
-            return None;
+            return Err(Reject::InvalidBasic);
         }
         if let Ok(mut v) = b.verified.try_borrow_mut() {
             v.insert(digest, i);
         }
-        Some(u)
+        Ok(u)
+    }
+
+    /// Takes one verification from the per-worker budget (always true without a budget).
+    fn spend_budget(&self, now_ns: u128) -> bool {
+        match &self.budget {
+            None => true,
+            Some(bucket) => bucket.try_borrow_mut().is_ok_and(|mut b| b.take(now_ns)),
+        }
     }
 
     fn challenge(&self, rule: Option<&RuleC>, reason: Reject) -> Vec<(String, String)> {
@@ -1164,6 +1244,9 @@ impl Compiled {
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         if reason.status() == 401 {
             headers.extend(self.challenge(rule, reason));
+        }
+        if reason == Reject::OverBudget {
+            headers.push(("retry-after".to_owned(), "1".to_owned()));
         }
         Decision::Reply(LocalReply {
             status: reason.status(),
@@ -1196,13 +1279,17 @@ impl Compiled {
             self.clear_outputs(host, &map);
             return Decision::Continue;
         }
-        let now = unix(host.now());
+        let clock = host.now();
+        let now = unix(clock);
+        let now_ns = clock
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let mut identity: Option<(Identity, Vec<Write>)> = None;
         let mut first_error: Option<Reject> = None;
         let mut any_present = false;
         let mut writes_all: Vec<Write> = Vec::new();
         for &m in &rule.required {
-            match self.try_method(m, &map, now) {
+            match self.try_method(m, &map, now, now_ns) {
                 Outcome::Missing => {
                     if rule.all {
                         first_error.get_or_insert(Reject::Missing);

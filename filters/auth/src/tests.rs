@@ -905,3 +905,52 @@ fn remote_jwks_unknown_kid_triggers_a_rate_limited_refetch() {
     assert!(f.owns_call(h.calls[2].token));
     assert!(!f.owns_call(999));
 }
+
+// ---- verification budget ----
+
+#[test]
+fn verification_budget_refuses_uncached_work_with_503_but_serves_cached_tokens() {
+    let mut cfg = jwt_cfg(json!({}));
+    cfg["verify_budget_per_second"] = json!(2);
+    cfg["basic"] = json!({"users": [{"username": "ops",
+        "password_hash": hash_password(b"pw", b"0123456789abcdef", 1000)}]});
+    let f = filter(cfg);
+    let good = t::sign(Alg::Es256, &claims());
+    assert_eq!(
+        jwt_outcome(&f, &good, NOW),
+        "ok",
+        "verified and cached: 1 of 2"
+    );
+    let forged = |i: u8| {
+        let t = t::sign(Alg::Rs256, &claims());
+        let (head, _) = t.rsplit_once('.').unwrap();
+        format!("{head}.{}", t::b64u(&[i; 256]))
+    };
+    assert_eq!(jwt_outcome(&f, &forged(1), NOW), "bad_signature", "2 of 2");
+    let mut h = host(&[("authorization", &bearer(&forged(2)))]);
+    let r = reply(run(&f, &mut h).0);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body, br#"{"error":"verification_budget_exhausted"}"#);
+    assert!(r.headers.contains(&("retry-after".into(), "1".into())));
+    // Cheap refusals and cached tokens cost no budget.
+    let mut expired = claims();
+    expired["exp"] = json!(NOW - 1000);
+    assert_eq!(
+        jwt_outcome(&f, &t::sign(Alg::Rs256, &expired), NOW),
+        "token_expired"
+    );
+    assert_eq!(jwt_outcome(&f, &good, NOW), "ok");
+    // Basic's KDF draws on the same budget.
+    let mut h = host(&[("authorization", &t::basic("ops", "pw"))]);
+    assert_eq!(outcome(&f, &mut h), "verification_budget_exhausted");
+    // Refilled after a second.
+    let mut h = host_at(NOW + 1, &[("authorization", &t::basic("ops", "pw"))]);
+    h.clock += Duration::from_millis(10);
+    assert_eq!(outcome(&f, &mut h), "ok");
+    let e = config_error({
+        let mut c = jwt_cfg(json!({}));
+        c["verify_budget_per_second"] = json!(0);
+        c
+    });
+    assert!(e.starts_with("verify_budget_per_second"), "{e}");
+}
