@@ -59,8 +59,9 @@ struct Load {
     ok: u64,
     limited: u64,
     other: u64,
-    /// From the first request sent to the last one sent, seconds (the bucket is created by the
-    /// first request, so thread and connection start-up do not count).
+    /// From the first response received to the last request sent, seconds: the bucket starts
+    /// when the first request reaches the filter (which on a loaded machine can be tens of
+    /// milliseconds after it was sent), and by the first response it surely has.
     window: f64,
 }
 
@@ -83,7 +84,7 @@ fn load(
                     let mut conn = Connection::open(port).unwrap();
                     let mut next = t0
                         + per_thread_interval
-                            .map_or(Duration::ZERO, |p| p * u32::try_from(i).unwrap() / 4);
+                            .map_or(Duration::ZERO, |p| p * u32::try_from(i).unwrap() / 8);
                     let mut first = None;
                     let mut last = t0;
                     loop {
@@ -99,8 +100,8 @@ fn load(
                             next += p;
                         }
                         last = Instant::now();
-                        first.get_or_insert(last);
                         let r = conn.request("GET", "/", headers).unwrap();
+                        first.get_or_insert_with(Instant::now);
                         l.sent += 1;
                         match r.status {
                             200 => l.ok += 1,
@@ -154,9 +155,9 @@ fn side_by_side(concurrency: u32) -> RunningEnvoy {
 
 /// One accuracy run on `port`: admitted / (rate × window + burst).
 fn accuracy(port: u16, paced: bool) -> (f64, Load) {
-    // Paced: 4 threads × 500/s = 2 × the limit. Saturation: 6 threads as fast as they can.
+    // Paced: 8 threads × 250/s = 2 × the limit. Saturation: 6 threads as fast as they can.
     let (threads, interval) = if paced {
-        (4, Some(Duration::from_millis(2)))
+        (8, Some(Duration::from_millis(4)))
     } else {
         (6, None)
     };
