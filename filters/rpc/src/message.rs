@@ -68,8 +68,9 @@ pub struct Message {
     pub caller: String,
     /// Outcome, for replies.
     pub status: Option<ResponseStatus>,
-    /// Key/value metadata in frame order (wasmesh-rpc: every header entry, including `service`,
-    /// `method`, `caller` and `trace-id`; Thrift binary carries none).
+    /// Further key/value metadata in frame order (wasmesh-rpc: every header entry except the
+    /// first `service`, `method` and `caller`, which live in their fields; Thrift binary carries
+    /// none).
     pub metadata: Vec<(String, String)>,
     /// Thrift: the service came from a multiplexed `Service:method` name (re-encoded the same way).
     pub service_in_name: bool,
@@ -93,17 +94,32 @@ impl Message {
         }
     }
 
-    /// The first value of metadata entry `key`.
+    /// The value of entry `key` (`service`, `method`, `caller`: their fields, when non-empty).
     pub fn get(&self, key: &str) -> Option<&str> {
+        let field = match key {
+            keys::SERVICE => Some(&self.service),
+            keys::METHOD => Some(&self.method),
+            keys::CALLER => Some(&self.caller),
+            _ => None,
+        };
+        if let Some(f) = field {
+            return Some(f.as_str()).filter(|s| !s.is_empty());
+        }
         self.metadata
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
 
-    /// Adds or overwrites metadata entry `key` (the first occurrence keeps its place; later
-    /// duplicates are dropped). Keeps `service`, `method` and `caller` in step with their entries.
+    /// Adds or overwrites entry `key` (the first occurrence keeps its place; later duplicates
+    /// are dropped). `service`, `method` and `caller` set their fields.
     pub fn set(&mut self, key: &str, value: &str) {
+        match key {
+            keys::SERVICE => return value.clone_into(&mut self.service),
+            keys::METHOD => return value.clone_into(&mut self.method),
+            keys::CALLER => return value.clone_into(&mut self.caller),
+            _ => {}
+        }
         let mut found = false;
         self.metadata.retain_mut(|(k, v)| {
             if k != key {
@@ -118,12 +134,6 @@ impl Message {
         });
         if !found {
             self.metadata.push((key.to_owned(), value.to_owned()));
-        }
-        match key {
-            keys::SERVICE => value.clone_into(&mut self.service),
-            keys::METHOD => value.clone_into(&mut self.method),
-            keys::CALLER => value.clone_into(&mut self.caller),
-            _ => {}
         }
     }
 }

@@ -101,10 +101,26 @@ impl Frame {
             flags: head.get(4).copied().unwrap_or(0),
             status: head.get(5).copied().unwrap_or(0),
             request_id: m.request_id,
-            headers: m.metadata,
+            headers: all_entries(&m),
             payload: frame.get(m.body).unwrap_or_default().to_vec(),
         })
     }
+}
+
+/// Every header entry of `m`: `service`, `method`, `caller` (when set), then the rest.
+fn all_entries(m: &Message) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(3 + m.metadata.len());
+    for (k, v) in [
+        (keys::SERVICE, &m.service),
+        (keys::METHOD, &m.method),
+        (keys::CALLER, &m.caller),
+    ] {
+        if !v.is_empty() {
+            out.push((k.to_owned(), v.clone()));
+        }
+    }
+    out.extend(m.metadata.iter().cloned());
+    out
 }
 
 fn header_block(headers: &[(String, String)]) -> Result<Vec<u8>, CodecError> {
@@ -161,21 +177,34 @@ impl Codec for WasmeshRpc {
         let block_end = HEADER_LEN + block_len;
         while r.pos < block_end {
             let kl = usize::from(r.u16()?);
-            let key = r.utf8(kl, "header key")?;
+            let key = r.take(kl)?;
             let vl = usize::from(r.u16()?);
             let value = r.utf8(vl, "header value")?;
             if r.pos > block_end {
                 return Err(CodecError::Malformed(format!(
-                    "header entry {key:?} runs past the header block ({block_len} bytes)"
+                    "header entry {:?} runs past the header block ({block_len} bytes)",
+                    String::from_utf8_lossy(key)
                 )));
             }
-            match key.as_str() {
-                keys::SERVICE if m.service.is_empty() => value.clone_into(&mut m.service),
-                keys::METHOD if m.method.is_empty() => value.clone_into(&mut m.method),
-                keys::CALLER if m.caller.is_empty() => value.clone_into(&mut m.caller),
-                _ => {}
+            // The first service/method/caller go to their fields without allocating a key.
+            let field = match key {
+                b"service" => Some(&mut m.service),
+                b"method" => Some(&mut m.method),
+                b"caller" => Some(&mut m.caller),
+                _ => None,
+            };
+            match field {
+                Some(f) if f.is_empty() && !value.is_empty() => *f = value,
+                _ => {
+                    let key = std::str::from_utf8(key).map_err(|_| {
+                        CodecError::Malformed(format!(
+                            "header key is not UTF-8: {:02x?}",
+                            key.get(..16).unwrap_or(key)
+                        ))
+                    })?;
+                    m.metadata.push((key.to_owned(), value));
+                }
             }
-            m.metadata.push((key, value));
         }
         if r.remaining() != payload_len {
             return Err(CodecError::Malformed(format!(
@@ -198,7 +227,7 @@ impl Codec for WasmeshRpc {
         let head = frame
             .get(..HEADER_LEN)
             .ok_or_else(|| CodecError::Malformed(format!("frame of {} bytes", frame.len())))?;
-        let block = header_block(&message.metadata)?;
+        let block = header_block(&all_entries(message))?;
         let block_len = u16::try_from(block.len())
             .map_err(|_| CodecError::Malformed(format!("header block of {} bytes", block.len())))?;
         let payload = frame.get(message.body.clone()).unwrap_or_default();
