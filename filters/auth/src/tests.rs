@@ -954,3 +954,49 @@ fn verification_budget_refuses_uncached_work_with_503_but_serves_cached_tokens()
     });
     assert!(e.starts_with("verify_budget_per_second"), "{e}");
 }
+
+// ---- robustness ----
+
+/// A bounded, deterministic mutation run over tokens and JWKS documents (the cargo-fuzz targets
+/// in `fuzz/` explore further): whatever the bytes, the filter decides, never panics.
+#[test]
+fn mutated_tokens_and_jwks_never_panic() {
+    let mut rng = filter_core::rng::Xoshiro256::from_seed([7; 32]);
+    let f = filter(jwt_cfg(json!({"cache_entries": 0})));
+    let seeds: Vec<String> = ALL_ALGS.iter().map(|a| t::sign(*a, &claims())).collect();
+    let jwks = t::jwks().to_string();
+    let alphabet = b".-_=+/ {}[]\":,0123456789abcdefAZeyJ\x00\xff";
+    let mutate = |s: &[u8], rng: &mut filter_core::rng::Xoshiro256| -> Vec<u8> {
+        let mut b = s.to_vec();
+        for _ in 0..=(rng.next_u64() % 4) {
+            let n = b.len().max(1);
+            let at = (rng.next_u64() as usize) % n;
+            match rng.next_u64() % 5 {
+                0 if !b.is_empty() => b[at] ^= 1 << (rng.next_u64() % 8),
+                1 if !b.is_empty() => {
+                    let end = (at + (rng.next_u64() as usize % 16)).min(b.len());
+                    b.drain(at..end);
+                }
+                2 => b.insert(
+                    at.min(b.len()),
+                    alphabet[(rng.next_u64() as usize) % alphabet.len()],
+                ),
+                3 => {
+                    let copy: Vec<u8> = b[at.min(b.len())..].iter().take(24).copied().collect();
+                    b.extend_from_slice(&copy);
+                }
+                _ => b.truncate(at),
+            }
+        }
+        b
+    };
+    for i in 0..600 {
+        let seed = &seeds[i % seeds.len()];
+        let token = String::from_utf8_lossy(&mutate(seed.as_bytes(), &mut rng)).into_owned();
+        let auth = format!("Bearer {token}");
+        let mut h = host(&[("authorization", &auth)]);
+        let _ = run(&f, &mut h);
+        let doc = mutate(jwks.as_bytes(), &mut rng);
+        let _ = crate::jwk::parse_jwks(&doc);
+    }
+}
