@@ -97,3 +97,10 @@ ci:
 # Run the pure filter crates' unit tests compiled for wasm32-wasip1, under Wasmtime.
 test-wasm32:
     cargo test -p toolchain --test pure_crates_on_wasm32 -- --nocapture
+
+# Fuzz the auth filter's token and JWKS parsing for a bounded time per target (needs the
+# nightly toolchain; installs cargo-fuzz when missing). Any panic is a failure.
+fuzz-auth seconds="60":
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+    cd filters/auth/fuzz && cargo +nightly fuzz run token -- -max_total_time={{seconds}}
+    cd filters/auth/fuzz && cargo +nightly fuzz run jwks -- -max_total_time={{seconds}}
