@@ -442,9 +442,11 @@ fn many_distinct_keys_stay_within_the_slot_table_bound() {
     let config = json!({"rules": [{"name": "k", "key": {"header": "x-k"}, "slots": slots,
         "limit": {"requests": 10, "per": "second"}}]});
     let (envoy, port) = start(vec![ratelimit_filter(&config)], 2);
+    distinct_keys(port, 0, 100, 2);
+    let fresh = rss_kib(envoy.pid());
     // Warm-up: enough keys to touch (nearly) every slot and every worker's lease table.
     let warm = slots * 8;
-    distinct_keys(port, 0, warm, 4);
+    distinct_keys(port, 100, warm, 4);
     let before = rss_kib(envoy.pid());
     let t = Instant::now();
     distinct_keys(port, warm, warm + keys, 4);
@@ -454,12 +456,19 @@ fn many_distinct_keys_stay_within_the_slot_table_bound() {
     // would keep an entry (≥ 150 bytes each: 14+ MB for 100,000 keys).
     let bound_kib = slots * 256 / 1024;
     eprintln!(
-        "{keys} distinct keys in {:.1} s: RSS {before} KiB -> {after} KiB (+{growth} KiB, bound {bound_kib} KiB)",
+        "{keys} distinct keys in {:.1} s: RSS {fresh} KiB after 100 keys, {before} KiB after {warm} (table filled), {after} KiB after {keys} more (+{growth} KiB, bound {bound_kib} KiB)",
         t.elapsed().as_secs_f64()
     );
     assert!(
         growth <= bound_kib,
         "RSS grew {growth} KiB over {keys} new keys, bound {bound_kib} KiB"
+    );
+    // Filling the table itself stays within the bound too (plus each worker's lease table,
+    // 1,024 entries, and allocator slack: 512 KiB).
+    let total = after.saturating_sub(fresh);
+    assert!(
+        total <= bound_kib + 512,
+        "RSS grew {total} KiB from the first keys, bound {bound_kib} KiB + 512 KiB"
     );
 }
 

@@ -493,3 +493,21 @@ fn config_round_trips_through_serde() {
     let f = compile(&c).unwrap();
     assert_eq!(f.slots(), vec![("r", 128)]);
 }
+
+#[test]
+fn limited_requests_make_no_host_call_until_the_next_token_is_due() {
+    let f = one_rule(json!({"name": "r", "key": {"constant": "c"},
+        "limit": {"requests": 10, "per": "second", "burst": 2}}));
+    let mut h = MockHost::new();
+    assert_eq!(admitted(&f, &mut h, 3), 2);
+    let calls = h.host_calls;
+    assert_eq!(admitted(&f, &mut h, 100), 0);
+    assert_eq!(h.host_calls, calls, "known empty: decided locally");
+    h.advance(Duration::from_millis(100));
+    assert_eq!(admitted(&f, &mut h, 1), 1);
+    assert_eq!(
+        h.host_calls,
+        calls + 2,
+        "one exchange when the token is due"
+    );
+}
