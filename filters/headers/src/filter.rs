@@ -30,6 +30,11 @@ pub struct Compiled {
     trace: Option<Trace>,
     request_rules: Vec<CompiledRule>,
     response_rules: Vec<CompiledRule>,
+    /// When every rule of the phase is unconditional and only sets literal values on or removes
+    /// headers nothing reads back: the phase's writes, final value per header (`None`: remove),
+    /// computed once. The phase then runs no rule at all per request.
+    request_static: Option<Vec<(String, Option<String>)>>,
+    response_static: Option<Vec<(String, Option<String>)>>,
     stats: Stats,
 }
 
@@ -237,23 +242,87 @@ pub fn compile(config: &HeadersConfig) -> Result<Compiled, ConfigError> {
     let mut response_rules = response_rules;
     mark_direct(&mut request_rules, &needs);
     mark_direct(&mut response_rules, &response_needs);
+    let mut reserved: Vec<&str> = Vec::new();
+    if trace.is_some() {
+        reserved.extend(["traceparent", "tracestate"]);
+    }
+    if let Some(rid) = &request_id {
+        reserved.push(&rid.header);
+    }
+    let request_static = static_writes(&request_rules, &reserved);
+    let response_static = static_writes(&response_rules, &reserved);
     Ok(Compiled {
         reads: needs.plan(),
         response_reads: response_needs.plan(),
         stats: Stats::new(request_id.is_some(), trace.is_some()),
         request_id,
         trace,
+        request_static,
+        response_static,
         request_rules,
         response_rules,
     })
 }
 
+/// The writes of a phase whose rules are all unconditional `set`s of literals and `remove`s on
+/// headers nothing reads back (and not the request id or trace headers), final value per header
+/// in first-write order; `None` otherwise or when there are no rules.
+fn static_writes(
+    rules: &[CompiledRule],
+    reserved: &[&str],
+) -> Option<Vec<(String, Option<String>)>> {
+    if rules.is_empty() {
+        return None;
+    }
+    let mut writes: Vec<(String, Option<String>)> = Vec::new();
+    let mut upsert =
+        |name: &str, value: Option<String>| match writes.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value,
+            None => writes.push((name.to_owned(), value)),
+        };
+    for rule in rules {
+        if !rule.when.is_always() {
+            return None;
+        }
+        for op in &rule.ops {
+            match op {
+                Op::Value {
+                    kind: ValueKind::Set,
+                    name,
+                    value,
+                    keep_empty,
+                    direct: true,
+                } if !reserved.contains(&name.as_str()) => {
+                    let lit = value.as_literal()?;
+                    if !lit.is_empty() || *keep_empty {
+                        upsert(name, Some(lit.to_owned()));
+                    }
+                }
+                Op::Remove { name, direct: true } if !reserved.contains(&name.as_str()) => {
+                    upsert(name, None);
+                }
+                _ => return None,
+            }
+        }
+    }
+    Some(writes)
+}
+
+/// Issues precomputed writes (host errors ignored: a header filter must not fail the request).
+fn write_static<H: Host>(host: &mut H, kind: HeaderMapKind, writes: &[(String, Option<String>)]) {
+    for (name, value) in writes {
+        let _ = match value {
+            Some(v) => host.replace_header(kind, name, v),
+            None => host.remove_header(kind, name),
+        };
+    }
+}
+
 /// Marks the `set` and `remove` operations whose header nothing in the phase reads back (no
-/// condition, template, `add_if_absent`, request id or trace context, and the map is not read
-/// whole): those write without touching the local map.
+/// condition, template, `add_if_absent`, request id or trace context; no `append` or `rename`
+/// in the phase): those write without touching the local map.
 fn mark_direct(rules: &mut [CompiledRule], needs: &Needs) {
-    let read_back =
-        |name: &str| needs.all || needs.names.len() > 1 || needs.names.iter().any(|n| n == name);
+    let read_back = |name: &str| needs.all || needs.names.iter().any(|n| n == name);
     for rule in rules {
         for op in &mut rule.ops {
             match op {
@@ -486,7 +555,12 @@ impl Compiled {
         }
 
         let mut props = Props::default();
-        for rule in &self.request_rules {
+        let rules = if self.request_static.is_some() {
+            &[][..]
+        } else {
+            &self.request_rules[..]
+        };
+        for rule in rules {
             if rule.when.matches(&map) {
                 for op in &rule.ops {
                     apply(op, &mut map, None, stream, host, &mut props, &mut touched);
@@ -495,7 +569,14 @@ impl Compiled {
         }
 
         touched.write_back(host, HeaderMapKind::Request, &map);
+        if let Some(writes) = &self.request_static {
+            write_static(host, HeaderMapKind::Request, writes);
+        }
 
+        if self.response_static.is_some() {
+            // Unconditional literal writes: nothing to match, nothing to keep.
+            return Decision::Continue;
+        }
         stream.response_rules = self
             .response_rules
             .iter()
@@ -516,6 +597,13 @@ impl Compiled {
             .request_id
             .as_ref()
             .filter(|r| r.echo && stream.request_id.is_some());
+        if let Some(writes) = &self.response_static {
+            if let (Some(rid), Some(id)) = (echo, &stream.request_id) {
+                let _ = host.replace_header(HeaderMapKind::Response, &rid.header, id);
+            }
+            write_static(host, HeaderMapKind::Response, writes);
+            return Decision::Continue;
+        }
         if echo.is_none() && stream.response_rules.is_empty() {
             return Decision::Continue;
         }
@@ -570,7 +658,7 @@ struct Touched<'p, 'a> {
     reads: &'p ReadPlan,
     names: Vec<(&'a str, Before)>,
     /// Final values of headers written directly (`None`: removed), never mirrored in the map.
-    direct: Vec<(&'a str, Option<Cow<'a, str>>)>,
+    direct: Vec<(&'a str, Before, Option<Cow<'a, str>>)>,
 }
 
 impl<'p, 'a> Touched<'p, 'a> {
@@ -584,13 +672,24 @@ impl<'p, 'a> Touched<'p, 'a> {
 
     /// Records the final value of a header nothing reads back; false when the header is already
     /// tracked through the map (then the caller writes the map).
-    fn direct(&mut self, name: &'a str, value: Option<Cow<'a, str>>) -> bool {
+    /// `map` is the phase's read (not updated for direct writes), which tells whether the
+    /// header was there when it was read whole.
+    fn direct(&mut self, name: &'a str, value: Option<Cow<'a, str>>, map: &HeaderMap) -> bool {
         if self.names.iter().any(|(t, _)| *t == name) {
             return false;
         }
-        match self.direct.iter_mut().find(|(t, _)| *t == name) {
-            Some((_, v)) => *v = value,
-            None => self.direct.push((name, value)),
+        match self.direct.iter_mut().find(|(t, _, _)| *t == name) {
+            Some((_, _, v)) => *v = value,
+            None => {
+                let before = if map.lcontains(name) {
+                    Before::Present
+                } else if self.reads.knows(name) {
+                    Before::Absent
+                } else {
+                    Before::Unknown
+                };
+                self.direct.push((name, before, value));
+            }
         }
         true
     }
@@ -600,7 +699,7 @@ impl<'p, 'a> Touched<'p, 'a> {
         if self.names.iter().any(|(t, _)| *t == name) {
             return;
         }
-        if let Some(i) = self.direct.iter().position(|(t, _)| *t == name) {
+        if let Some(i) = self.direct.iter().position(|(t, _, _)| *t == name) {
             // Written directly before; from now on tracked through the map. (Cannot happen
             // with the configure-time marking; kept correct anyway.)
             self.direct.remove(i);
@@ -620,13 +719,16 @@ impl<'p, 'a> Touched<'p, 'a> {
     /// Writes back only the headers that changed, by single host calls or (when the whole map
     /// was read and the estimate says it is cheaper) one whole-map write.
     fn write_back<H: Host>(&self, host: &mut H, kind: HeaderMapKind, map: &HeaderMap) {
-        for (name, value) in &self.direct {
-            let _ = match value {
-                Some(v) => host.replace_header(kind, name, v),
-                None => host.remove_header(kind, name),
+        for (name, before, value) in &self.direct {
+            let _ = match (value, before) {
+                (Some(v), Before::Absent) => host.add_header(kind, name, v),
+                (Some(v), _) => host.replace_header(kind, name, v),
+                (None, Before::Absent) => Ok(()),
+                (None, _) => host.remove_header(kind, name),
             };
         }
-        if *self.reads == ReadPlan::All && self.names.len() > 1 && {
+        // One whole-map write needs every change in the map: not with direct writes.
+        if *self.reads == ReadPlan::All && self.direct.is_empty() && self.names.len() > 1 && {
             let mut replaced = false;
             let single: u32 = self
                 .names
@@ -748,7 +850,7 @@ fn apply<'a, H: Host>(
                 if v.is_empty() && !*keep_empty {
                     return;
                 }
-                if touched.direct(name, Some(v)) {
+                if touched.direct(name, Some(v), map) {
                     return;
                 }
             }
@@ -766,7 +868,7 @@ fn apply<'a, H: Host>(
             }
         }
         Op::Remove { name, direct } => {
-            if *direct && touched.direct(name, None) {
+            if *direct && touched.direct(name, None, map) {
                 return;
             }
             // Unread: remove blindly (cheaper than reading first, same result).

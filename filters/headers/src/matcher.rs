@@ -104,6 +104,14 @@ impl Matcher {
         })
     }
 
+    /// Whether there is no condition (the rule always applies).
+    pub(crate) fn is_always(&self) -> bool {
+        self.path.is_none()
+            && self.methods.is_empty()
+            && self.headers.is_empty()
+            && self.host.is_none()
+    }
+
     /// Adds the request headers these conditions read to `needs`.
     pub(crate) fn needs(&self, needs: &mut Needs) {
         if self.path.is_some() {
