@@ -21,7 +21,6 @@
 //! process's pid and addresses); [`status`] and [`down`] read it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -1407,7 +1406,7 @@ pub fn status(run_dir: &Path) -> Result<(State, String), UpError> {
         "mesh {:?}: supervisor pid {} {}\n",
         state.plan.mesh,
         state.supervisor_pid,
-        if alive(state.supervisor_pid) {
+        if supervisor_alive(&state) {
             "running"
         } else {
             "GONE"
@@ -1431,11 +1430,25 @@ pub fn status(run_dir: &Path) -> Result<(State, String), UpError> {
     Ok((state, s))
 }
 
+/// Whether `pid` is alive and its command line contains `needle` (guards against a recycled
+/// pid after a reboot or a long time).
+pub fn alive_as(pid: u32, needle: &str) -> bool {
+    alive(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+}
+
+/// Whether the mesh recorded in `state` still has a live `wasmesh up` supervisor.
+pub fn supervisor_alive(state: &State) -> bool {
+    alive_as(state.supervisor_pid, "wasmesh")
+}
+
 /// Stops a detached mesh: SIGTERM to its supervisor (which stops everything in order), and if
-/// it is gone or does not finish within 20 s, SIGKILL to every recorded process.
+/// it is gone or does not finish within 20 s, SIGKILL to every recorded process still running
+/// (a supervisor killed with SIGKILL leaves its children behind).
 pub fn down(run_dir: &Path) -> Result<State, UpError> {
     let state = read_state(run_dir)?;
-    if alive(state.supervisor_pid) {
+    if supervisor_alive(&state) {
         terminate(state.supervisor_pid);
         let deadline = Instant::now() + Duration::from_secs(20);
         while alive(state.supervisor_pid) && Instant::now() < deadline {
@@ -1443,23 +1456,16 @@ pub fn down(run_dir: &Path) -> Result<State, UpError> {
         }
     }
     for p in &state.procs {
-        if p.pid != 0 && alive(p.pid) {
+        let program = match p.kind {
+            Kind::App => "demo-services",
+            Kind::Front | Kind::Sidecar => "envoy",
+        };
+        if p.pid != 0 && alive_as(p.pid, program) {
             kill(p.pid);
         }
     }
     let _ = std::fs::remove_file(run_dir.join("state.json"));
     Ok(state)
-}
-
-/// Appends to a file (used for the detached supervisor's log).
-pub fn append(path: &Path, text: &str) {
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = f.write_all(text.as_bytes());
-    }
 }
 
 /// The front proxy's first listener as a socket address (for tests and load).
@@ -1523,6 +1529,36 @@ mod tests {
         assert_ne!(free_port(o.front_bind, port), port);
         drop(taken);
         assert_eq!(free_port(o.front_bind, port), port);
+    }
+
+    #[test]
+    fn plan_remaps_a_front_port_that_is_taken() {
+        let mut o = opts();
+        o.front_bind = Ipv4Addr::new(127, 0, 98, 1);
+        let _taken = TcpListener::bind((o.front_bind, 8080)).unwrap();
+        let p = plan(&demo(), &o).unwrap();
+        let public = &p.listeners[0];
+        assert_eq!((public.name.as_str(), public.spec_port), ("public", 8080));
+        assert_ne!(public.port, 8080);
+        assert_eq!(p.listeners[1].port, 8081);
+        assert_eq!(
+            p.front_url("public").unwrap(),
+            format!("http://127.0.98.1:{}", public.port)
+        );
+        let summary = summary(
+            &demo(),
+            &State {
+                supervisor_pid: 1,
+                ready: true,
+                ready_after_ms: Some(2000),
+                first_request_ms: Some(1500),
+                plan: p.clone(),
+                procs: Vec::new(),
+            },
+            Path::new("/run/m"),
+        );
+        assert!(summary.contains("(spec port 8080 was taken)"), "{summary}");
+        assert!(summary.contains(&format!("curl -s http://127.0.98.1:{}/b", public.port)));
     }
 
     #[test]

@@ -31,15 +31,17 @@ fn parse_net(net: &str) -> Result<[u8; 3], String> {
 /// Runs `wasmesh up`.
 pub fn up_cmd(args: &UpArgs) -> Result<(), String> {
     let net = parse_net(&args.net)?;
-    if let Ok(state) = up::read_state(&args.run_dir)
-        && up::alive(state.supervisor_pid)
-    {
-        return Err(format!(
-            "a mesh is already running from {} (supervisor pid {}); `wasmesh down --run-dir {}` stops it",
-            args.run_dir.display(),
-            state.supervisor_pid,
-            args.run_dir.display()
-        ));
+    if let Ok(state) = up::read_state(&args.run_dir) {
+        if up::supervisor_alive(&state) {
+            return Err(format!(
+                "a mesh is already running from {} (supervisor pid {}); `wasmesh down --run-dir {}` stops it",
+                args.run_dir.display(),
+                state.supervisor_pid,
+                args.run_dir.display()
+            ));
+        }
+        // A supervisor that was killed outright leaves its processes (and their ports) behind.
+        let _ = up::down(&args.run_dir);
     }
     let progress = Progress::new(false);
     let wasm = progress
