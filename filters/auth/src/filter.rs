@@ -1041,7 +1041,8 @@ impl Compiled {
         }
     }
 
-    /// Whether writing `name` could clash with the identity outputs.
+    /// The headers this filter writes on success (identity, claims, payload): a client-sent copy
+    /// of each is replaced or removed.
     fn outputs(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.identity_header.as_str()).chain(self.providers.iter().flat_map(|p| {
             p.claims_to_headers
