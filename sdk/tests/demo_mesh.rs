@@ -447,6 +447,9 @@ fn outlier_detection_ejects_a_dead_instance_of_b_within_2s() {
     let served = std::sync::Mutex::new(Vec::<(Duration, String)>::new());
     let t0 = Instant::now();
     let mut killed_at = Duration::ZERO;
+    let mut ejected_after = Duration::ZERO;
+    let mut dead_tries_later = 0;
+    let b2 = plan.instance("b-2").unwrap().clone();
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
@@ -467,14 +470,37 @@ fn outlier_detection_ejects_a_dead_instance_of_b_within_2s() {
         killed_at = t0.elapsed();
         assert!(mesh.halt("b-2"));
         assert!(mesh.halt("b-2-sidecar"));
-        std::thread::sleep(Duration::from_millis(4000));
+        let ejected = wait_for(Duration::from_secs(2), || {
+            stat(
+                &admin,
+                "cluster.outbound|b|v1.outlier_detection.ejections_enforced_total",
+            ) >= 1
+        });
+        ejected_after = t0.elapsed() - killed_at;
+        let dead = format!("outbound|b|v1::{}:15006::rq_total::", b2.ip);
+        let tries = || {
+            get(&agent(), &format!("{admin}/clusters"), &[])
+                .1
+                .lines()
+                .find_map(|l| l.strip_prefix(&dead)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let after_ejection = tries();
+        assert!(after_ejection > 0, "b-2's request count in /clusters");
+        std::thread::sleep(Duration::from_millis(3000));
+        dead_tries_later = tries() - after_ejection;
         stop.store(true, Ordering::Relaxed);
+        assert!(ejected, "b-2 not ejected within 2 s of its death");
     });
     let served = served.into_inner().unwrap();
     let errors = errors.into_inner().unwrap();
     assert!(
         served.iter().any(|(at, i)| *at < killed_at && i == "b-2"),
         "b-2 served before it died"
+    );
+    assert_eq!(
+        dead_tries_later, 0,
+        "requests still sent to the ejected b-2"
     );
     let ejections = stat(
         &admin,
@@ -492,7 +518,7 @@ fn outlier_detection_ejects_a_dead_instance_of_b_within_2s() {
         "steady load after the kill"
     );
     eprintln!(
-        "outlier: {} errors seen by clients (retries hide most), {} requests served, ejections {ejections}",
+        "outlier: ejected {ejected_after:?} after the kill; {} errors seen by clients (retries hide most), {} requests served, ejections {ejections}",
         errors.len(),
         served.len()
     );
