@@ -193,7 +193,7 @@ fn multi_bootstrap(variants: &[Variant]) -> Value {
     let mut b = bootstrap(vec![], Backend::Direct);
     b["static_resources"]["listeners"] = Value::Array(listeners);
     // Keep the main thread quiet while counting.
-    b["stats_flush_interval"] = json!("300s");
+    b["stats_flush_interval"] = json!("240s");
     b
 }
 
