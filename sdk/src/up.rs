@@ -1158,18 +1158,24 @@ impl Running {
         let plan = self.plan.clone();
         let ready_after = self.ready_after;
         let first_request = self.first_request_after;
-        let timeout = self.opts.ready_timeout;
         self.supervisor = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let mut changed = false;
                 {
                     let mut g = lock(&shared);
-                    let ready: BTreeSet<String> = g
+                    // Running processes and their readiness URLs: an app is restarted only
+                    // once its sidecar answers ready (seed 000's order, also on restarts).
+                    let running: BTreeMap<String, String> = g
                         .procs
                         .iter()
                         .filter(|p| p.child.is_some() && p.restart_at.is_none())
-                        .map(|p| p.state.name.clone())
+                        .map(|p| (p.state.name.clone(), p.state.ready_url.clone()))
                         .collect();
+                    let ready = |name: &str| {
+                        running
+                            .get(name)
+                            .is_some_and(|url| http_status(url) == Some(200))
+                    };
                     for p in &mut g.procs {
                         if let Some(child) = p.child.as_mut()
                             && let Ok(Some(status)) = child.try_wait()
@@ -1189,8 +1195,7 @@ impl Running {
                             changed = true;
                         }
                         let due = p.restart_at.is_some_and(|t| Instant::now() >= t);
-                        let deps_ok = p.needs.as_ref().is_none_or(|n| ready.contains(n));
-                        if p.child.is_none() && due && deps_ok {
+                        if p.child.is_none() && due && p.needs.as_deref().is_none_or(ready) {
                             match p.spawn() {
                                 Ok(()) => {
                                     p.state.restarts += 1;
@@ -1223,7 +1228,6 @@ impl Running {
                     };
                     let _ = write_state(&run_dir, &state);
                 }
-                let _ = timeout;
                 std::thread::sleep(Duration::from_millis(50));
             }
         }));
