@@ -84,7 +84,7 @@ fn load(
                     let mut conn = Connection::open(port).unwrap();
                     let mut next = t0
                         + per_thread_interval
-                            .map_or(Duration::ZERO, |p| p * u32::try_from(i).unwrap() / 8);
+                            .map_or(Duration::ZERO, |p| p * u32::try_from(i).unwrap() / 16);
                     let mut first = None;
                     let mut last = t0;
                     loop {
@@ -155,9 +155,9 @@ fn side_by_side(concurrency: u32) -> RunningEnvoy {
 
 /// One accuracy run on `port`: admitted / (rate × window + burst).
 fn accuracy(port: u16, paced: bool) -> (f64, Load) {
-    // Paced: 8 threads × 250/s = 2 × the limit. Saturation: 6 threads as fast as they can.
+    // Paced: 16 threads × 125/s = 2 × the limit. Saturation: 6 threads as fast as they can.
     let (threads, interval) = if paced {
-        (8, Some(Duration::from_millis(4)))
+        (16, Some(Duration::from_millis(8)))
     } else {
         (6, None)
     };
@@ -175,26 +175,35 @@ fn accuracy_at_1_2_and_4_workers_next_to_native_local_ratelimit() {
     for concurrency in [1, 2, 4] {
         let envoy = side_by_side(concurrency);
         for paced in [false, true] {
-            if paced {
-                // Idle for longer than burst / rate and the lease time-to-live: both buckets
-                // are full again and every lease has gone back.
-                std::thread::sleep(Duration::from_millis(1500));
-            }
-            let (ours, l) = accuracy(envoy.listener_port("ingress"), paced);
-            let (native, n) = accuracy(envoy.listener_port("native"), paced);
-            let mode = if paced { "fixed 2x rate" } else { "saturation" };
-            let line = format!(
-                "{mode:>13} concurrency {concurrency}: wasmesh {ours:.4} ({} ok of {} sent in {:.4} s), native {native:.4} ({} ok of {} sent in {:.4} s)\n",
-                l.ok, l.sent, l.window, n.ok, n.sent, n.window
-            );
-            eprint!("{line}");
-            report.push_str(&line);
-            // The offered load must exceed the limit, or the run proves nothing.
-            if (l.sent as f64) < 1.3 * (RATE as f64 * l.window + BURST as f64) {
-                failures.push(format!("not above the limit: {line}"));
-            }
-            if !(0.99..=1.01).contains(&ours) {
-                failures.push(format!("outside ±1%: {line}"));
+            // A run where the client could not offer more than the limit (a loaded machine)
+            // measures nothing; it is reported and repeated, at most three times.
+            for attempt in 1..=3 {
+                if paced || attempt > 1 {
+                    // Idle for longer than burst / rate and the lease time-to-live: both
+                    // buckets are full again and every lease has gone back.
+                    std::thread::sleep(Duration::from_millis(1500));
+                }
+                let (ours, l) = accuracy(envoy.listener_port("ingress"), paced);
+                let (native, n) = accuracy(envoy.listener_port("native"), paced);
+                let mode = if paced { "fixed 2x rate" } else { "saturation" };
+                let line = format!(
+                    "{mode:>13} concurrency {concurrency}: wasmesh {ours:.4} ({} ok of {} sent in {:.4} s), native {native:.4} ({} ok of {} sent in {:.4} s)\n",
+                    l.ok, l.sent, l.window, n.ok, n.sent, n.window
+                );
+                eprint!("{line}");
+                let offered = |x: &Load| x.sent as f64 / (RATE as f64 * x.window + BURST as f64);
+                if (offered(&l) < 1.3 || offered(&n) < 1.3) && attempt < 3 {
+                    report.push_str(&format!("(client below 1.3x the limit, repeated) {line}"));
+                    continue;
+                }
+                report.push_str(&line);
+                if offered(&l) < 1.3 {
+                    failures.push(format!("not above the limit: {line}"));
+                }
+                if !(0.99..=1.01).contains(&ours) {
+                    failures.push(format!("outside ±1%: {line}"));
+                }
+                break;
             }
         }
     }
