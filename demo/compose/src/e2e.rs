@@ -254,6 +254,10 @@ pub fn run() -> anyhow::Result<()> {
         "GET /b on the internal listener -> B v1, request id kept",
         || internal_keeps_id(internal),
     )?;
+    step(
+        "docker-compose stop; order as seed 000: each app started after its sidecar, stopped before it",
+        || start_and_stop_order(&compose),
+    )?;
     step("tear down: containers, network, images", || {
         teardown.finish()
     })?;
@@ -439,4 +443,86 @@ fn internal_keeps_id(port: u16) -> anyhow::Result<()> {
     );
     println!("    answered by {} {}", b["instance"], b["version"]);
     Ok(())
+}
+
+/// A Docker timestamp (RFC 3339, UTC, fraction trimmed of trailing zeros) made comparable as a
+/// string: the fraction padded to nanoseconds.
+fn comparable(ts: &str) -> String {
+    let ts = ts.trim_end_matches('Z');
+    let (whole, frac) = ts.split_once('.').unwrap_or((ts, ""));
+    format!("{whole}.{frac:0<9}Z")
+}
+
+/// Stops the project and checks the order seed 000 asks for, from Docker's own start and finish
+/// times: each app started after its sidecar and stopped before it; the front proxy started
+/// after every app and stopped before them.
+fn start_and_stop_order(compose: &Compose) -> anyhow::Result<()> {
+    exec(&mut compose.cmd(&["stop", "--timeout", "10"]))?;
+    let label = format!("label=com.docker.compose.project={}", compose.project);
+    let ids = exec(Command::new("docker").args(["ps", "-aq", "--filter", &label]))?;
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    ensure!(!ids.is_empty(), "no containers after stop");
+    let out = exec(
+        Command::new("docker")
+            .args([
+                "inspect",
+                "--format",
+                "{{index .Config.Labels \"com.docker.compose.service\"}} {{.State.StartedAt}} {{.State.FinishedAt}} {{.State.Running}}",
+            ])
+            .args(&ids),
+    )?;
+    // service -> (started, finished)
+    let mut times = std::collections::BTreeMap::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [service, started, finished, running] = f.as_slice() else {
+            bail!("unexpected inspect line {line:?}");
+        };
+        ensure!(*running == "false", "{service} still running after stop");
+        times.insert(
+            (*service).to_owned(),
+            (comparable(started), comparable(finished)),
+        );
+    }
+    let front = times
+        .get("front-proxy")
+        .context("no front-proxy container")?
+        .clone();
+    let mut apps = 0;
+    for (service, (started, finished)) in &times {
+        let Some(sidecar) = times.get(&format!("{service}-sidecar")) else {
+            continue;
+        };
+        apps += 1;
+        ensure!(
+            started > &sidecar.0,
+            "{service} started {started} before its sidecar {}",
+            sidecar.0
+        );
+        ensure!(
+            finished <= &sidecar.1,
+            "{service} stopped {finished} after its sidecar {}",
+            sidecar.1
+        );
+        ensure!(front.0 > *started, "front-proxy started before {service}");
+        ensure!(front.1 <= *finished, "front-proxy stopped after {service}");
+    }
+    ensure!(apps > 0, "no app with a sidecar among {:?}", times.keys());
+    println!("    {apps} apps: each started after its sidecar and stopped before it");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::comparable;
+
+    #[test]
+    fn docker_timestamps_compare_in_time_order_whatever_their_trimmed_fraction() {
+        let a = comparable("2026-11-29T16:51:11.12Z");
+        let b = comparable("2026-11-29T16:51:11.123Z");
+        let c = comparable("2026-11-29T16:51:12Z");
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert_eq!(a, "2026-11-29T16:51:11.120000000Z");
+        assert_eq!(c, "2026-11-29T16:51:12.000000000Z");
+    }
 }
