@@ -115,3 +115,52 @@ fn apps_start_after_their_sidecar_is_ready_and_share_its_network() {
     assert_eq!(svcs["b-v2"]["environment"]["INSTANCE"], "b-v2");
     assert_eq!(svcs["b-v2"]["environment"]["LABEL_VERSION"], "v2");
 }
+
+#[test]
+fn an_app_without_a_health_path_is_waited_for_as_started_and_gets_no_health_check() {
+    let spec = r#"
+name: t
+front_proxy:
+  listeners:
+    - name: edge-1
+      port: 9000
+      routes:
+        - match: { prefix: / }
+          service: a
+services:
+  - name: a
+    port: 8000
+    instances: [{ address: a }]
+    dependencies: [b-svc]
+    resilience: { health_check: { path: /healthz } }
+  - name: b-svc
+    port: 8000
+    instances: [{ address: 10.1.2.3 }]
+"#;
+    let mesh = sdk::ir::Mesh::from_spec(&generate::parse_spec(spec, "t.yaml").unwrap()).unwrap();
+    let doc: Value = yaml_serde::from_str(&sdk::compose::render(&mesh).unwrap()).unwrap();
+    let svcs = services(&doc);
+    // An IP instance's app is `<service>-<n>`; its sidecar pins the address.
+    assert!(svcs["b-svc-1"].get("healthcheck").is_none());
+    assert_eq!(
+        svcs["b-svc-1-sidecar"]["networks"]["mesh"]["ipv4_address"],
+        "10.1.2.3"
+    );
+    assert_eq!(
+        svcs["a"]["depends_on"]["b-svc-1"]["condition"],
+        "service_started"
+    );
+    assert_eq!(
+        svcs["front-proxy"]["depends_on"]["a"]["condition"],
+        "service_healthy"
+    );
+    assert_eq!(svcs["a"]["image"], "${A_IMAGE:-wasmesh-demo/a:latest}");
+    assert_eq!(
+        svcs["b-svc-1"]["image"],
+        "${B_SVC_IMAGE:-wasmesh-demo/b-svc:latest}"
+    );
+    assert_eq!(
+        svcs["front-proxy"]["ports"][0],
+        "127.0.0.1:${FRONT_EDGE_1_PORT:-9000}:9000"
+    );
+}
