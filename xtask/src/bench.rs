@@ -200,12 +200,22 @@ fn multi_bootstrap(variants: &[Variant]) -> Value {
 const REQUEST: &[(&str, &str)] = &[("host", "bench.local"), ("user-agent", "wasmesh-bench")];
 const PATH: &str = "/api/users?page=1";
 
-fn send(conn: &mut Connection, n: usize) -> Result<(), String> {
+/// The status every counted request of variant `name` must get: 429 for the rate-limit
+/// variants that measure limited requests, 200 otherwise.
+fn expected_status(name: &str) -> u16 {
+    if name.starts_with("ratelimit-limited") {
+        429
+    } else {
+        200
+    }
+}
+
+fn send(conn: &mut Connection, n: usize, expect: u16) -> Result<(), String> {
     for _ in 0..n {
         let r = conn
             .request("GET", PATH, REQUEST)
             .map_err(|e| e.to_string())?;
-        if r.status != 200 {
+        if r.status != expect {
             return Err(format!("status {}", r.status));
         }
     }
@@ -262,9 +272,14 @@ fn instructions(
     for (i, v) in variants.iter().enumerate() {
         let port = envoy.listener_port(&v.name);
         let mut conn = Connection::open(port).map_err(|e| e.to_string())?;
-        send(&mut conn, warmup)?;
+        if expected_status(&v.name) == 429 {
+            // The one token of a limited variant goes to this request.
+            conn.request("GET", PATH, REQUEST)
+                .map_err(|e| e.to_string())?;
+        }
+        send(&mut conn, warmup, expected_status(&v.name))?;
         callgrind_control("-z", pid)?;
-        send(&mut conn, requests)?;
+        send(&mut conn, requests, expected_status(&v.name))?;
         callgrind_control("-d", pid)?;
         let (worker, all) = thread_counts(out, pid, i + 1)?;
         let ir = worker as f64 / requests as f64;
@@ -336,7 +351,11 @@ fn throughput(
     for v in variants {
         let port = envoy.listener_port(&v.name);
         let mut c = Connection::open(port).map_err(|e| e.to_string())?;
-        send(&mut c, 2000)?;
+        let expect = expected_status(&v.name);
+        if expect == 429 {
+            c.request("GET", PATH, REQUEST).map_err(|e| e.to_string())?;
+        }
+        send(&mut c, 2000, expect)?;
         let start = Instant::now();
         let handles: Vec<_> = (0..connections)
             .map(|_| {
@@ -344,7 +363,7 @@ fn throughput(
                     let mut conn = Connection::open(port).map_err(|e| e.to_string())?;
                     let mut n = 0;
                     while start.elapsed().as_secs_f64() < seconds {
-                        send(&mut conn, 100)?;
+                        send(&mut conn, 100, expect)?;
                         n += 100;
                     }
                     Ok(n)
@@ -488,7 +507,7 @@ mod tests {
             .iter()
             .map(|l| l["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names.len(), 4 + 2 * jobs().len() + 3);
+        assert_eq!(names.len(), 4 + 2 * jobs().len() + 5);
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();

@@ -1,7 +1,8 @@
 //! The rate-limit filter's benchmark variants for `cargo xtask bench` (issue 10 targets): one
 //! rule with a constant key and one keyed by a header, allowed traffic, next to Envoy's native
-//! `local_ratelimit` with a limit that is never reached. Selected with `--only ratelimit` (or
-//! when no `--only` is given).
+//! `local_ratelimit` with a limit that is never reached; and both with every counted request
+//! limited (1 per hour: the warm-up spends the token), for the cost of a rejection. Selected
+//! with `--only ratelimit` (or when no `--only` is given).
 
 use std::path::Path;
 
@@ -11,10 +12,25 @@ use serde_json::{Value, json};
 /// Name that selects these variants in `--only`.
 pub const JOB: &str = "ratelimit";
 
-/// The wasmesh rule with `key`, a limit the benchmark never reaches (leases of 16 tokens).
-pub fn config(key: Value) -> Value {
-    json!({"rules": [{"name": "bench", "key": key,
+/// The wasmesh rule with `key`, a limit the benchmark never reaches (leases of 16 tokens), in
+/// its own `domain` (variants share the VM and so its shared data).
+pub fn config(domain: &str, key: Value) -> Value {
+    json!({"domain": domain, "rules": [{"name": "bench", "key": key,
         "limit": {"requests": 1_000_000_000u64, "per": "second"}}]})
+}
+
+/// Envoy's native local rate limit: `tokens` per `seconds`, burst `tokens`.
+fn native(tokens: u64, seconds: u64) -> Value {
+    json!({
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench_native",
+            "token_bucket": {"max_tokens": tokens, "tokens_per_fill": tokens, "fill_interval": format!("{seconds}s")},
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enabled"},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enforced"}
+        }
+    })
 }
 
 /// `(name, what, filters)` of each variant.
@@ -23,16 +39,22 @@ pub fn variants(wasm: &Path) -> Vec<(String, String, Vec<Value>)> {
         (
             "ratelimit.native".into(),
             "native local_ratelimit, limit never reached".into(),
-            vec![json!({
-                "name": "envoy.filters.http.local_ratelimit",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-                    "stat_prefix": "bench_native",
-                    "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
-                    "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enabled"},
-                    "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enforced"}
-                }
-            })],
+            vec![native(1_000_000_000, 1)],
+        ),
+        (
+            "ratelimit-limited.native".into(),
+            "native local_ratelimit, every counted request limited (429)".into(),
+            vec![native(1, 3600)],
+        ),
+        (
+            "ratelimit-limited.wasmesh".into(),
+            "wasmesh ratelimit: constant key, every counted request limited (429)".into(),
+            vec![wasm_filter(
+                wasm,
+                "ratelimit",
+                &json!({"domain": "bench_limited", "rules": [{"name": "bench", "key": {"constant": "all"},
+                    "limit": {"requests": 1, "per": "hour"}}]}),
+            )],
         ),
         (
             "ratelimit-constant.wasmesh".into(),
@@ -40,7 +62,7 @@ pub fn variants(wasm: &Path) -> Vec<(String, String, Vec<Value>)> {
             vec![wasm_filter(
                 wasm,
                 "ratelimit",
-                &config(json!({"constant": "all"})),
+                &config("bench_constant", json!({"constant": "all"})),
             )],
         ),
         (
@@ -49,7 +71,7 @@ pub fn variants(wasm: &Path) -> Vec<(String, String, Vec<Value>)> {
             vec![wasm_filter(
                 wasm,
                 "ratelimit",
-                &config(json!({"header": "user-agent"})),
+                &config("bench_header", json!({"header": "user-agent"})),
             )],
         ),
     ]
@@ -62,8 +84,8 @@ mod tests {
     #[test]
     fn configs_compile() {
         for key in [json!({"constant": "all"}), json!({"header": "user-agent"})] {
-            let c =
-                ratelimit::RateLimitConfig::from_json(config(key).to_string().as_bytes()).unwrap();
+            let c = ratelimit::RateLimitConfig::from_json(config("d", key).to_string().as_bytes())
+                .unwrap();
             let f = ratelimit::compile(&c).unwrap();
             assert_eq!(f.lease_sizes(), vec![("bench", 16)]);
         }
