@@ -511,3 +511,27 @@ fn limited_requests_make_no_host_call_until_the_next_token_is_due() {
         "one exchange when the token is due"
     );
 }
+
+#[test]
+fn retry_after_counts_down_while_the_bucket_is_known_empty() {
+    let f = one_rule(json!({"name": "r", "key": {"constant": "c"},
+        "limit": {"requests": 6, "per": "minute", "burst": 1}}));
+    let mut h = MockHost::new();
+    assert!(allowed(&run(&f, &mut h)));
+    let retry = |h: &mut MockHost| match run(&f, h) {
+        Decision::Reply(r) => r
+            .headers
+            .iter()
+            .find(|(k, _)| k == "retry-after")
+            .map(|(_, v)| v.clone())
+            .unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(retry(&mut h), "10");
+    h.advance(Duration::from_millis(3500));
+    assert_eq!(retry(&mut h), "7", "6.5 s left, rounded up");
+    h.advance(Duration::from_millis(6499));
+    assert_eq!(retry(&mut h), "1");
+    h.advance(Duration::from_millis(1));
+    assert!(allowed(&run(&f, &mut h)));
+}
