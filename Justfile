@@ -104,3 +104,12 @@ fuzz-auth seconds="60":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
     cd filters/auth/fuzz && cargo +nightly fuzz run token -- -max_total_time={{seconds}}
     cd filters/auth/fuzz && cargo +nightly fuzz run jwks -- -max_total_time={{seconds}}
+
+# Fuzz the rpc codecs (wasmesh-rpc, Thrift: chunking never changes frames, re-encoding decodes)
+# and the whole network filter over the mock host, for a bounded time per target (nightly;
+# installs cargo-fuzz when missing). Any panic is a failure.
+fuzz-rpc seconds="60":
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+    cd filters/rpc/fuzz && cargo +nightly fuzz run wasmesh_rpc_decoder -- -max_total_time={{seconds}}
+    cd filters/rpc/fuzz && cargo +nightly fuzz run thrift_decoder -- -max_total_time={{seconds}}
+    cd filters/rpc/fuzz && cargo +nightly fuzz run filter_stream -- -max_total_time={{seconds}}

@@ -90,7 +90,8 @@ struct ConnIds {
 #[derive(Debug, Default)]
 struct Stats {
     conn: Option<ConnIds>,
-    keys: HashMap<(String, String), KeyIds>,
+    keys: HashMap<String, HashMap<String, KeyIds>>,
+    count: usize,
     other: Option<KeyIds>,
 }
 
@@ -108,6 +109,26 @@ fn sanitize(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Counter increments of one callback, summed per metric and written at its end: a host call
+/// per metric touched instead of one per call.
+#[derive(Debug, Default)]
+pub struct Deltas(Vec<(u32, i64)>);
+
+impl Deltas {
+    fn add(&mut self, id: u32, delta: i64) {
+        match self.0.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, d)) => *d += delta,
+            None => self.0.push((id, delta)),
+        }
+    }
+
+    fn flush<H: L4Host>(&mut self, host: &mut H) {
+        for (id, delta) in self.0.drain(..) {
+            let _ = host.increment_metric(id, delta);
+        }
+    }
 }
 
 /// The compiled, immutable filter (plus its VM-wide metric ids).
@@ -349,10 +370,10 @@ impl Compiled {
 
     fn key_ids<H: L4Host>(&self, host: &mut H, service: &str, method: &str) -> Option<KeyIds> {
         let mut stats = self.stats.borrow_mut();
-        if let Some(ids) = stats.keys.get(&(service.to_owned(), method.to_owned())) {
+        if let Some(ids) = stats.keys.get(service).and_then(|m| m.get(method)) {
             return Some(*ids);
         }
-        let overflow = stats.keys.len() >= self.max_stat_keys;
+        let overflow = stats.count >= self.max_stat_keys;
         if overflow && let Some(o) = stats.other {
             return Some(o);
         }
@@ -381,9 +402,12 @@ impl Compiled {
         if overflow {
             stats.other = Some(ids);
         } else {
+            stats.count += 1;
             stats
                 .keys
-                .insert((service.to_owned(), method.to_owned()), ids);
+                .entry(service.to_owned())
+                .or_default()
+                .insert(method.to_owned(), ids);
         }
         Some(ids)
     }
@@ -510,12 +534,39 @@ impl Compiled {
         }
     }
 
-    /// Client-to-server bytes (`on_downstream_data`).
+    /// Client-to-server bytes (`on_downstream_data`). Counter updates are summed and written
+    /// once per metric per callback.
     pub fn on_downstream_data<H: L4Host>(
         &self,
         host: &mut H,
         conn: &mut Connection,
         len: usize,
+    ) -> Verdict {
+        let mut deltas = Deltas::default();
+        let v = self.downstream(host, conn, len, &mut deltas);
+        deltas.flush(host);
+        v
+    }
+
+    /// Server-to-client bytes (`on_upstream_data`).
+    pub fn on_upstream_data<H: L4Host>(
+        &self,
+        host: &mut H,
+        conn: &mut Connection,
+        len: usize,
+    ) -> Verdict {
+        let mut deltas = Deltas::default();
+        let v = self.upstream(host, conn, len, &mut deltas);
+        deltas.flush(host);
+        v
+    }
+
+    fn downstream<H: L4Host>(
+        &self,
+        host: &mut H,
+        conn: &mut Connection,
+        len: usize,
+        deltas: &mut Deltas,
     ) -> Verdict {
         let dir = Direction::Downstream;
         if conn.closed {
@@ -530,6 +581,8 @@ impl Compiled {
             }
         };
         let mut changed = conn.down.buffered() > 0;
+        // One clock read per callback: every frame of a chunk arrived at the same time.
+        let mut now: Option<SystemTime> = None;
         conn.down.feed(&chunk);
         let mut out = Vec::with_capacity(chunk.len());
         loop {
@@ -557,8 +610,8 @@ impl Compiled {
                 } else {
                     ids.requests
                 };
-                let _ = host.increment_metric(counter, 1);
-                let _ = host.increment_metric(ids.rx_bytes, frame.len() as i64);
+                deltas.add(counter, 1);
+                deltas.add(ids.rx_bytes, frame.len() as i64);
             }
             let refusal = if !self.allowed(&msg) {
                 Some(LocalError::Denied)
@@ -574,7 +627,7 @@ impl Compiled {
                         LocalError::Denied => ids.denied,
                         LocalError::OverLimit => ids.limited,
                     };
-                    let _ = host.increment_metric(counter, 1);
+                    deltas.add(counter, 1);
                 }
                 if msg.kind == MessageType::Oneway {
                     continue; // nobody waits for an answer: dropping it is the reply
@@ -631,14 +684,14 @@ impl Compiled {
             }
             if msg.kind == MessageType::Request {
                 if conn.pending.len() < self.max_pending {
-                    let start = host.now();
+                    let start = *now.get_or_insert_with(|| host.now());
                     conn.pending.push_back(Pending::Forwarded {
                         id: msg.request_id,
                         start,
                         ids,
                     });
                 } else if let Some(c) = self.conn_ids(host) {
-                    let _ = host.increment_metric(c.untracked, 1);
+                    deltas.add(c.untracked, 1);
                 }
             }
         }
@@ -655,12 +708,12 @@ impl Compiled {
         Verdict::Continue
     }
 
-    /// Server-to-client bytes (`on_upstream_data`).
-    pub fn on_upstream_data<H: L4Host>(
+    fn upstream<H: L4Host>(
         &self,
         host: &mut H,
         conn: &mut Connection,
         len: usize,
+        deltas: &mut Deltas,
     ) -> Verdict {
         let dir = Direction::Upstream;
         if conn.closed {
@@ -675,6 +728,7 @@ impl Compiled {
             }
         };
         let mut changed = conn.up.buffered() > 0;
+        let mut now: Option<SystemTime> = None;
         conn.up.feed(&chunk);
         let mut out = Vec::with_capacity(chunk.len());
         loop {
@@ -696,7 +750,7 @@ impl Compiled {
                         changed = true;
                         out.extend_from_slice(&reply);
                         if let Some(c) = self.conn_ids(host) {
-                            let _ = host.increment_metric(c.local_replies, 1);
+                            deltas.add(c.local_replies, 1);
                         }
                         continue;
                     }
@@ -711,10 +765,10 @@ impl Compiled {
                             ResponseStatus::Exception => ids.exception,
                             ResponseStatus::Error => ids.error,
                         };
-                        let _ = host.increment_metric(id, 1);
-                        let _ = host.increment_metric(ids.tx_bytes, frame.len() as i64);
-                        let ms = host
-                            .now()
+                        deltas.add(id, 1);
+                        deltas.add(ids.tx_bytes, frame.len() as i64);
+                        let ms = now
+                            .get_or_insert_with(|| host.now())
                             .duration_since(start)
                             .map_or(0, |d| d.as_millis() as u64);
                         let _ = host.record_metric(ids.latency_ms, ms);
