@@ -524,6 +524,30 @@ pub struct ProcState {
     pub ready_url: String,
     /// Log file.
     pub log: PathBuf,
+    /// When it was last started (Unix time, ms).
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    /// When it answered ready after `up` started it (Unix time, ms); restarts do not wait.
+    #[serde(default)]
+    pub ready_unix_ms: Option<u64>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The wait before restarting a process that exited: `current` (the wait last time, `None` for
+/// the first exit) doubled up to [`BACKOFF_MAX`], back to [`BACKOFF_MIN`] when the process had
+/// run for [`STABLE`] or longer. Returns (this wait, the next one).
+pub fn backoff(current: Duration, uptime: Duration) -> (Duration, Duration) {
+    let now = if uptime >= STABLE {
+        BACKOFF_MIN
+    } else {
+        current
+    };
+    (now, (now * 2).min(BACKOFF_MAX))
 }
 
 /// `state.json`: what `status` and `down` need.
@@ -610,6 +634,7 @@ impl Proc {
                 source,
             })?;
         self.state.pid = child.id();
+        self.state.started_unix_ms = unix_ms();
         self.child = Some(child);
         self.started = Instant::now();
         self.restart_at = None;
@@ -631,6 +656,7 @@ impl Proc {
                 });
             }
             if http_status(&self.state.ready_url) == Some(200) {
+                self.state.ready_unix_ms = Some(unix_ms());
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -847,6 +873,8 @@ pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
             restarts: 0,
             ready_url: format!("{}/ready", plan.front_admin_url()),
             log: run_dir.join("logs/front-proxy.log"),
+            started_unix_ms: 0,
+            ready_unix_ms: None,
         },
         command: envoy_command(&opts, &config, &opts.log_level),
         env: Vec::new(),
@@ -999,6 +1027,8 @@ impl Running {
                 restarts: 0,
                 ready_url: format!("http://{}:{}/ready", inst.ip, inst.admin_port),
                 log: run_dir.join(format!("logs/{sidecar_name}.log")),
+                started_unix_ms: 0,
+                ready_unix_ms: None,
             },
             command: envoy_command(&self.opts, &config, &self.opts.log_level),
             env: Vec::new(),
@@ -1047,6 +1077,8 @@ impl Running {
                 restarts: 0,
                 ready_url: format!("http://{}:{}/ready", inst.ip, inst.app_port),
                 log: run_dir.join(format!("logs/{}.log", inst.name)),
+                started_unix_ms: 0,
+                ready_unix_ms: None,
             },
             command: vec![self.opts.services.display().to_string()],
             env,
@@ -1182,16 +1214,15 @@ impl Running {
                         {
                             p.child = None;
                             p.state.pid = 0;
-                            if p.started.elapsed() > STABLE {
-                                p.backoff = BACKOFF_MIN;
-                            }
+                            let (wait, next) = backoff(p.backoff, p.started.elapsed());
+                            p.backoff = wait;
                             eprintln!(
                                 "supervisor: {} exited ({status}); restarting in {} ms",
                                 p.state.name,
                                 p.backoff.as_millis()
                             );
-                            p.restart_at = Some(Instant::now() + p.backoff);
-                            p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+                            p.restart_at = Some(Instant::now() + wait);
+                            p.backoff = next;
                             changed = true;
                         }
                         let due = p.restart_at.is_some_and(|t| Instant::now() >= t);
@@ -1533,6 +1564,20 @@ mod tests {
         assert_ne!(free_port(o.front_bind, port), port);
         drop(taken);
         assert_eq!(free_port(o.front_bind, port), port);
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets_after_a_stable_run() {
+        let quick = Duration::from_millis(100);
+        let mut wait = BACKOFF_MIN;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            let (now, next) = backoff(wait, quick);
+            seen.push(now.as_millis());
+            wait = next;
+        }
+        assert_eq!(seen, [250, 500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        assert_eq!(backoff(BACKOFF_MAX, STABLE), (BACKOFF_MIN, BACKOFF_MIN * 2));
     }
 
     #[test]

@@ -126,6 +126,24 @@ fn demo_mesh_routes_traces_faults_endpoints_and_restarts() {
     let internal = plan.front_url("internal").unwrap();
     let a = agent();
 
+    // Start order (seed 000): each app only after its sidecar answered ready; the front proxy
+    // after every app.
+    let procs = mesh.procs();
+    let proc = |name: &str| procs.iter().find(|p| p.name == name).unwrap();
+    let front = proc("front-proxy");
+    for i in &plan.instances {
+        let sidecar = proc(&format!("{}-sidecar", i.name));
+        let app = proc(&i.name);
+        assert!(
+            app.started_unix_ms >= sidecar.ready_unix_ms.unwrap(),
+            "{app:?} {sidecar:?}"
+        );
+        assert!(
+            front.started_unix_ms >= app.ready_unix_ms.unwrap(),
+            "{front:?} {app:?}"
+        );
+    }
+
     // Full path: A, B and C saw one request id and one trace id; the client got the request id.
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let (status, body, headers) = get(&a, &format!("{public}/"), &[("traceparent", tp)]);
@@ -265,16 +283,18 @@ fn demo_mesh_routes_traces_faults_endpoints_and_restarts() {
         stat(&admin, "http.front_public.fault.aborts_injected"),
         aborted
     );
-    let (lo, hi) = bounds(1000, 0.05);
-    // A delayed request may also be aborted, and a slow machine may add a few.
-    assert!(
-        (u64::from(lo)..=u64::from(hi) + 10).contains(&delayed),
-        "delayed {delayed}, bounds {lo}..={hi}"
-    );
+    // Delays: Envoy's count of injected delays is within the bounds, and every one of them
+    // made a request slow for the client (a loaded machine may make more requests slow, so the
+    // client-side count is only a lower bound check).
     let injected = stat(&admin, "http.front_public.fault.delays_injected");
+    let (lo, hi) = bounds(1000, 0.05);
+    assert!(
+        (u64::from(lo)..=u64::from(hi)).contains(&injected),
+        "delays injected {injected}, bounds {lo}..={hi}"
+    );
     assert!(
         injected <= delayed,
-        "Envoy injected {injected} delays, clients saw {delayed}"
+        "Envoy injected {injected} delays, clients saw {delayed} slow requests"
     );
 
     // A malformed endpoint file: Envoy keeps the last good endpoints of C.
