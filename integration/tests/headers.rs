@@ -110,6 +110,9 @@ fn trace_context_continued_or_started() {
 
 #[test]
 fn operations_on_request_and_response_headers() {
+    // Seven changes to a small request map: the filter writes it back whole
+    // (`set_header_map_pairs`; see the headers unit test
+    // `the_real_envoy_operations_test_takes_the_whole_map_write`), and routing still works.
     let (_u, _e, port) = proxy(json!({
         "request_headers": [{"ops": [
             {"set": {"name": "user-agent", "value": "wasmesh-test"}},

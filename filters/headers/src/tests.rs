@@ -718,3 +718,36 @@ fn headers_nothing_reads_back_are_written_once_with_their_final_value() {
     run(&f, &mut h);
     assert_eq!(h.request.get("x-seen"), Some("yes"));
 }
+
+#[test]
+fn the_real_envoy_operations_test_takes_the_whole_map_write() {
+    // Same configuration and request as `operations_on_request_and_response_headers` in
+    // integration/tests/headers.rs, which so checks the whole-map write through Envoy.
+    let f = filter(
+        r#"{"request_headers":[{"ops":[
+            {"set":{"name":"user-agent","value":"wasmesh-test"}},
+            {"append":{"name":"x-multi","value":"second"}},
+            {"add_if_absent":{"name":"x-keep","value":"filter"}},
+            {"add_if_absent":{"name":"x-fresh","value":"filter"}},
+            {"remove":{"name":"x-secret"}},
+            {"rename":{"from":"x-old","to":"x-new"}}
+        ]}]}"#,
+    );
+    let mut h = MockHost::new().with_request(&[
+        (":authority", "127.0.0.1"),
+        (":path", "/"),
+        (":method", "GET"),
+        (":scheme", "http"),
+        ("x-multi", "first"),
+        ("x-keep", "client"),
+        ("x-secret", "s3cr3t"),
+        ("x-old", "v"),
+        ("x-forwarded-proto", "http"),
+    ]);
+    run(&f, &mut h);
+    assert_eq!(h.host_calls, 2, "one read, one whole-map write");
+    assert_eq!(h.request.get(":path"), Some("/"));
+    assert_eq!(h.request.get("x-new"), Some("v"));
+    assert_eq!(h.request.get("x-fresh"), Some("filter"));
+    assert!(!h.request.contains("x-secret"));
+}
