@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 
@@ -126,7 +127,9 @@ pub fn thrift_peers() -> (PathBuf, PathBuf, PathBuf) {
         );
     }
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rpc_thrift");
-    let out = std::env::temp_dir().join(format!("wasmesh-thrift-gen-{}", std::process::id()));
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let out = std::env::temp_dir().join(format!("wasmesh-thrift-gen-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let status = Command::new("thrift")
