@@ -86,6 +86,9 @@ pub enum UpError {
         /// The end of its log.
         tail: String,
     },
+    /// The start was cancelled (Ctrl-C); everything started so far was stopped.
+    #[error("cancelled")]
+    Cancelled,
     /// No mesh runs under the run directory.
     #[error("no mesh is running from {0} (no state.json)")]
     NotRunning(PathBuf),
@@ -124,6 +127,9 @@ pub struct Options {
     pub concurrency: u32,
     /// How long one process may take to become ready.
     pub ready_timeout: Duration,
+    /// Set (e.g. by a signal handler) to abandon a start in progress: [`start`] then stops
+    /// what it started and returns [`UpError::Cancelled`].
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl Options {
@@ -141,6 +147,7 @@ impl Options {
             log_level: "warning".into(),
             concurrency: 1,
             ready_timeout: Duration::from_secs(60),
+            cancel: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -642,9 +649,12 @@ impl Proc {
     }
 
     /// Waits until the readiness URL answers 200.
-    fn wait_ready(&mut self, timeout: Duration) -> Result<(), UpError> {
+    fn wait_ready(&mut self, timeout: Duration, cancel: &AtomicBool) -> Result<(), UpError> {
         let deadline = Instant::now() + timeout;
         loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(UpError::Cancelled);
+            }
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
@@ -707,6 +717,14 @@ pub fn failing_hosts(admin: &str) -> Vec<String> {
             (flags.trim() != "healthy").then(|| format!("{host}: {flags}"))
         })
         .collect()
+}
+
+impl Drop for Proc {
+    /// A process that was never handed to the supervisor (its start failed or was cancelled)
+    /// must not outlive `up`.
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(2));
+    }
 }
 
 /// Sends SIGTERM to `pid`.
@@ -896,7 +914,7 @@ pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
         ),
         || {
             front.spawn()?;
-            front.wait_ready(opts.ready_timeout)
+            front.wait_ready(opts.ready_timeout, &opts.cancel)
         },
     )?;
     lock(&running.shared).procs.push(front);
@@ -911,6 +929,9 @@ pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
                 loop {
                     if http_status(&url) == Some(200) {
                         return Ok(());
+                    }
+                    if opts.cancel.load(Ordering::SeqCst) {
+                        return Err(UpError::Cancelled);
                     }
                     if Instant::now() > deadline {
                         return Err(UpError::NotReady {
@@ -940,6 +961,9 @@ pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
             let failing: Vec<String> = admins.iter().flat_map(|a| failing_hosts(a)).collect();
             if failing.is_empty() {
                 return Ok(());
+            }
+            if opts.cancel.load(Ordering::SeqCst) {
+                return Err(UpError::Cancelled);
             }
             if Instant::now() > deadline {
                 return Err(UpError::NotReady {
@@ -1096,7 +1120,7 @@ impl Running {
             ),
             || {
                 sidecar.spawn()?;
-                sidecar.wait_ready(timeout)
+                sidecar.wait_ready(timeout, &self.opts.cancel)
             },
         )?;
         lock(&self.shared).procs.push(sidecar);
@@ -1107,7 +1131,7 @@ impl Running {
             ),
             || {
                 app.spawn()?;
-                app.wait_ready(timeout)
+                app.wait_ready(timeout, &self.opts.cancel)
             },
         )?;
         lock(&self.shared).procs.push(app);

@@ -80,7 +80,15 @@ pub fn up_cmd(args: &UpArgs) -> Result<(), String> {
     opts.front_bind = args.front_bind;
     opts.log_level = args.log_level.clone();
     opts.concurrency = args.concurrency;
-    let mut running = up::start(opts, &progress).map_err(|e| e.to_string())?;
+    opts.cancel = Arc::clone(&stop);
+    let mut running = match up::start(opts, &progress) {
+        Ok(r) => r,
+        Err(up::UpError::Cancelled) => {
+            progress.line("interrupted: stopped what had started");
+            return Ok(());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let (mesh, _) = sdk::generate::generate(&args.spec, &sdk::translate::Layout::container())
         .map_err(|e| e.to_string())?;
     println!("{}", up::summary(&mesh, &running.state(), &run_dir));
