@@ -404,3 +404,36 @@ fn header_stage_stats_at_prometheus() {
         Some(2)
     );
 }
+
+/// The W3C suite's cases that Envoy shapes before the filter sees them (duplicate lines, name
+/// casing, OWS); the rest of the suite runs as unit tests (filters/headers/src/w3c_tests.rs).
+#[test]
+fn w3c_trace_context_cases_envoy_shapes() {
+    let (_u, _e, port) = proxy(json!({"trace_context": {}}));
+    let trace = "12345678901234567890123456789012";
+    let tp = |t: &str| format!("00-{t}-1234567890123456-01");
+    let forwarded = |headers: &[(&str, &str)]| -> (String, Vec<String>) {
+        let body = get(port, "/", headers).json();
+        let tps = echoed_all(&body, "traceparent");
+        assert_eq!(tps.len(), 1, "one traceparent forwarded: {tps:?}");
+        (tps[0].clone(), echoed_all(&body, "tracestate"))
+    };
+    // Two traceparent lines: a new trace.
+    let (got, _) = forwarded(&[
+        ("traceparent", &tp("12345678901234567890123456789011")),
+        ("traceparent", &tp(trace)),
+    ]);
+    assert!(!got.contains("1234567890123456789012345678901"), "{got}");
+    // Mixed-case names and OWS: continued, tracestate lines forwarded in order.
+    let (got, states) = forwarded(&[
+        ("TrAcEpArEnT", &format!(" \t{} \t", tp(trace))),
+        ("TraceState", "foo=1,bar=2"),
+        ("TRACESTATE", "rojo=1"),
+    ]);
+    assert_eq!(&got[3..35], trace, "{got}");
+    assert_eq!(states.join(","), "foo=1,bar=2,rojo=1");
+    // An invalid list is dropped whole on a continued trace.
+    let (got, states) = forwarded(&[("traceparent", &tp(trace)), ("tracestate", "foo=bar=baz")]);
+    assert_eq!(&got[3..35], trace, "{got}");
+    assert!(states.is_empty(), "{states:?}");
+}

@@ -6,7 +6,8 @@
 //! proxy that is what the upstream receives. The filter adds no `tracestate` entry of its own, so
 //! every `tracestate` expectation is "forwarded as sent" or "discarded". Header names reach the
 //! filter lower-cased (Envoy does that), so the casing cases are given in lower case here; the
-//! real-Envoy side of duplicates and casing is in `integration/tests/headers.rs`.
+//! real-Envoy side of duplicates, casing and OWS is `w3c_trace_context_cases_envoy_shapes` in
+//! `integration/tests/headers.rs`.
 
 use filter_core::mock::MockHost;
 
