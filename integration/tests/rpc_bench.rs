@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use integration::envoy::Envoy;
-use rpc::codec::{Codec, Decoder};
+use rpc::codec::Decoder;
 use rpc::thrift::{self, Header, Thrift};
 use rpc_common::{bootstrap, cluster, rpc_filter, tcp_proxy};
 use serde_json::{Value, json};
@@ -122,13 +122,14 @@ fn measure(name: &str, filters: Vec<Value>, calc: u16, admin: u16) -> f64 {
     ))
     .start();
     let port = envoy.listener_port("rpc");
-    let _warm = calls_per_second_short(port);
+    warm_up(port);
     let cps = calls_per_second(port);
     eprintln!("{name}: {cps:.0} calls/s");
     cps
 }
 
-fn calls_per_second_short(port: u16) {
+/// One call, so the connection path (and the VM) is warm before measuring.
+fn warm_up(port: u16) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let h = Header {
         name: "Calc:add".into(),
