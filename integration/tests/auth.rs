@@ -53,7 +53,7 @@ fn full_config() -> Value {
             "jwks": {"local": t::jwks()},
             "claims_to_headers": [{"claim": "scope", "header": "x-scope"}],
         }],
-        "api_keys": {"consumers": [
+        "api_keys": {"from": [{"header": {"name": "x-api-key"}}, {"query": "api_key"}], "consumers": [
             {"name": "mobile", "keys_sha256": [hex(&sha256(b"key-one")), hex(&sha256(b"key-two"))]},
             {"name": "batch", "keys_sha256": [hex(&sha256(b"key-three"))]},
         ]},
@@ -112,6 +112,10 @@ fn jwt_api_key_basic_rules_and_identity_through_envoy() {
         assert_eq!(echoed(&r.json(), "x-consumer").as_deref(), Some("mobile"));
         assert_eq!(echoed(&r.json(), "x-api-key"), None);
     }
+    // A query-string key is taken out of the path the upstream sees.
+    let r = get(port, "/things?a=1&api_key=key-two", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/things?a=1");
     let r = get(port, "/things", &[("x-api-key", "key-three")]);
     assert_eq!(r.status, 403);
     assert_eq!(r.json(), json!({"error": "forbidden"}));
@@ -176,8 +180,8 @@ fn jwt_api_key_basic_rules_and_identity_through_envoy() {
 
     // Stats reach Envoy (flushed each second).
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    // 1 JWT + 12 algorithms + 2 API keys + 1 Basic + 1 POST (bypass is not counted).
-    assert_eq!(envoy.stat("wasmcustom.wasmesh.auth.auth.allowed"), Some(17));
+    // 1 JWT + 12 algorithms + 3 API keys + 1 Basic + 1 POST (bypass is not counted).
+    assert_eq!(envoy.stat("wasmcustom.wasmesh.auth.auth.allowed"), Some(18));
     assert_eq!(
         envoy.stat("wasmcustom.wasmesh.auth.auth.denied.forbidden"),
         Some(2)

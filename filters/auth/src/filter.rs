@@ -865,6 +865,36 @@ fn auth_param<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
 struct Found<'a> {
     value: &'a str,
     header: Option<&'a str>,
+    /// The query parameter it came from.
+    query: Option<&'a str>,
+}
+
+/// The writes that keep a credential from reaching the upstream: remove its header, or drop its
+/// query parameter from `:path` (a cookie stays: other cookies share the header).
+fn strip(found: &Found<'_>, map: &HeaderMap) -> Vec<Write> {
+    if let Some(h) = found.header {
+        return vec![Write::Remove(h.to_owned())];
+    }
+    match (found.query, map.get(":path")) {
+        (Some(q), Some(path)) => vec![Write::Set(":path".into(), without_param(path, q))],
+        _ => Vec::new(),
+    }
+}
+
+/// `path` without every `name=...` query parameter.
+fn without_param(path: &str, name: &str) -> String {
+    let Some((base, query)) = path.split_once('?') else {
+        return path.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name)
+        .collect();
+    if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
 }
 
 fn find<'a>(sources: &'a [Source], map: &'a HeaderMap) -> Option<Found<'a>> {
@@ -875,6 +905,7 @@ fn find<'a>(sources: &'a [Source], map: &'a HeaderMap) -> Option<Found<'a>> {
             .map(|value| Found {
                 value,
                 header: Some("authorization"),
+                query: None,
             }),
         Source::Header { name, prefix } => {
             let v = map.get(name)?;
@@ -885,6 +916,7 @@ fn find<'a>(sources: &'a [Source], map: &'a HeaderMap) -> Option<Found<'a>> {
             (!v.is_empty()).then_some(Found {
                 value: v.trim(),
                 header: Some(name.as_str()),
+                query: None,
             })
         }
         Source::Query(q) => query_param(map.get(":path")?, q)
@@ -892,12 +924,14 @@ fn find<'a>(sources: &'a [Source], map: &'a HeaderMap) -> Option<Found<'a>> {
             .map(|value| Found {
                 value,
                 header: None,
+                query: Some(q.as_str()),
             }),
         Source::Cookie(c) => cookie(map.get("cookie")?, c)
             .filter(|v| !v.is_empty())
             .map(|value| Found {
                 value,
                 header: None,
+                query: None,
             }),
     })
 }
@@ -1103,10 +1137,8 @@ impl Compiled {
                             let payload = found.value.split('.').nth(1).unwrap_or("");
                             writes.push(Write::Set(h.clone(), payload.to_owned()));
                         }
-                        if !p.forward_token
-                            && let Some(h) = found.header
-                        {
-                            writes.push(Write::Remove(h.to_owned()));
+                        if !p.forward_token {
+                            writes.extend(strip(&found, map));
                         }
                         let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
                         let consumer = claim(&claims, &p.consumer_claim)
@@ -1134,9 +1166,10 @@ impl Compiled {
                 match a.table.lookup(found.value).and_then(|c| a.consumers.get(c)) {
                     None => Outcome::Failed(Reject::InvalidApiKey),
                     Some(name) => {
-                        let writes = match (a.forward, found.header) {
-                            (false, Some(h)) => vec![Write::Remove(h.to_owned())],
-                            _ => Vec::new(),
+                        let writes = if a.forward {
+                            Vec::new()
+                        } else {
+                            strip(&found, map)
                         };
                         Outcome::Ok(
                             Identity {

@@ -432,8 +432,13 @@ fn token_sources_bearer_any_case_header_query_cookie() {
     assert_eq!(outcome(&f, &mut host(&[("x-jwt", &v)])), "ok");
     let mut h = host(&[]);
     h.request
-        .set(":path", format!("/orders?a=1&access_token={token}"));
+        .set(":path", format!("/orders?a=1&access_token={token}&b=2"));
     assert_eq!(outcome(&f, &mut h), "ok");
+    assert_eq!(
+        h.request.get(":path"),
+        Some("/orders?a=1&b=2"),
+        "token not forwarded"
+    );
     let c = format!("theme=dark; session={token}");
     assert_eq!(outcome(&f, &mut host(&[("cookie", &c)])), "ok");
     // Bearer is not among this provider's sources.
