@@ -743,7 +743,13 @@ impl Compiled {
             };
             let frame = conn.up.bytes(&range);
             if msg.kind.is_reply()
-                && let Some(i) = conn.pending.iter().position(|p| p.id() == msg.request_id)
+                && let Some(i) = conn.pending.iter().position(|p| {
+                    // A heartbeat reply answers a probe only, never a forwarded call (the client's
+                    // own heartbeats may reuse a pending call's id).
+                    p.id() == msg.request_id
+                        && (msg.kind != MessageType::HeartbeatReply
+                            || matches!(p, Pending::Probe { .. }))
+                })
             {
                 match conn.pending.remove(i) {
                     Some(Pending::Probe { reply, .. }) => {

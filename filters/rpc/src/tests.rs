@@ -1144,3 +1144,42 @@ fn limit_buckets_survive_cas_races_and_bad_limits_are_refused() {
         compile(&bad).unwrap_err()
     );
 }
+
+#[test]
+fn a_clients_own_heartbeat_reusing_a_call_id_does_not_steal_the_calls_response() {
+    let f = compile(&wm_config()).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let ping = Frame {
+        kind: types::HEARTBEAT,
+        flags: 0,
+        status: 0,
+        request_id: 1,
+        headers: vec![],
+        payload: vec![],
+    };
+    pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Downstream,
+        &[req(1, "S", "m", "c"), ping.encode().unwrap()].concat(),
+    );
+    let pong = Frame {
+        flags: wasmesh_rpc::FLAG_REPLY,
+        ..ping
+    }
+    .encode()
+    .unwrap();
+    h.clock += Duration::from_millis(3);
+    let (_, back) = pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Upstream,
+        &[pong.clone(), resp(1, 0)].concat(),
+    );
+    assert_eq!(back, [pong, resp(1, 0)].concat(), "both pass unchanged");
+    assert_eq!(h.counter("rpc.wasmesh_rpc.S.m.responses.ok"), 1);
+    assert_eq!(h.histogram("rpc.wasmesh_rpc.S.m.latency_ms"), Some((3, 1)));
+}
