@@ -991,6 +991,11 @@ impl Running {
         &self.plan
     }
 
+    /// The validated mesh it runs.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
     /// The options it runs with.
     pub fn options(&self) -> &Options {
         &self.opts

@@ -36,8 +36,24 @@ fn start(spec: &Path, k: u8) -> Running {
     opts.net = [127, second, k];
     opts.front_bind = std::net::Ipv4Addr::new(127, second, k, 1);
     opts.run_dir = std::env::temp_dir().join(format!("wasmesh-e2e-{}-{k}", std::process::id()));
-    up::start(opts, &Progress::new(true)).unwrap_or_else(|e| panic!("mesh did not start: {e}"))
+    let mesh =
+        up::start(opts, &Progress::new(true)).unwrap_or_else(|e| panic!("mesh did not start: {e}"));
+    // Requests to a front listener carry the demo's credentials for it (none until the front
+    // proxy authenticates; then `up::credentials` returns them and these tests keep working).
+    let mut creds = CREDENTIALS.lock().unwrap();
+    for l in &mesh.plan().listeners {
+        let url = mesh.plan().front_url(&l.name).unwrap();
+        creds.push((url, up::credentials(mesh.mesh(), &l.name)));
+    }
+    drop(creds);
+    mesh
 }
+
+/// Headers as (name, value).
+type Headers = Vec<(String, String)>;
+
+/// Front listener URL -> headers every request to it carries.
+static CREDENTIALS: std::sync::Mutex<Vec<(String, Headers)>> = std::sync::Mutex::new(Vec::new());
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -57,6 +73,13 @@ fn get(
     let mut req = agent.get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
+    }
+    for (front, creds) in CREDENTIALS.lock().unwrap().iter() {
+        if url.starts_with(&format!("{front}/")) {
+            for (k, v) in creds {
+                req = req.header(k, v);
+            }
+        }
     }
     match req.call() {
         Ok(mut r) => {
