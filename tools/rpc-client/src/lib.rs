@@ -308,3 +308,42 @@ fn serve(mut conn: TcpStream, name: &str, received: &AtomicU64) -> Result<(), Cl
         conn.write_all(&out)?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_and_server_speak_wasmesh_rpc_directly() {
+        let server = Server::start("direct").unwrap();
+        let mut c = Client::connect(server.addr, Duration::from_secs(5)).unwrap();
+        let mut call = Call::new("S", "m", b"hi").caller("me");
+        call.headers.push(("tenant".into(), "acme".into()));
+        let r = c.call(&call).unwrap();
+        assert_eq!(
+            (r.kind, r.status, r.payload.as_slice()),
+            (types::RESPONSE, status::OK, b"hi".as_slice())
+        );
+        assert_eq!(header(&r, "server"), Some("direct"));
+        assert_eq!(header(&r, "seen-caller"), Some("me"));
+        assert_eq!(header(&r, "seen-tenant"), Some("acme"));
+        let hb = c.heartbeat().unwrap();
+        assert_eq!((hb.kind, hb.flags), (types::HEARTBEAT, FLAG_REPLY));
+        assert_eq!(
+            c.call(&Call::new("S", "fail", b"")).unwrap().status,
+            status::APPLICATION_ERROR
+        );
+        c.send_oneway(&Call::new("S", "log", b"x")).unwrap();
+        let replies = c
+            .pipeline(&[Call::new("S", "a", b"1"), Call::new("S", "b", b"2")])
+            .unwrap();
+        assert_eq!(replies[0].payload, b"1");
+        assert_eq!(replies[1].payload, b"2");
+        assert!(replies[1].request_id > replies[0].request_id);
+        assert_eq!(
+            server.received.load(Ordering::SeqCst),
+            5,
+            "4 calls and 1 one-way"
+        );
+    }
+}
