@@ -340,6 +340,21 @@ pub fn plan(mesh: &Mesh, opts: &Options) -> Result<Plan, UpError> {
             });
         }
     }
+    // Instance addresses are the mesh's own; a port in use there means another mesh (or
+    // something else) already runs on this /24.
+    for i in &instances {
+        for port in [i.app_port, i.ingress_port, i.egress_port, i.admin_port] {
+            if TcpListener::bind((i.ip, port)).is_err() {
+                return Err(UpError::Layout(format!(
+                    "{}:{port} ({}) is in use; is another mesh running on {}.0/24? \
+                     `wasmesh down`, or pick another --net",
+                    i.ip,
+                    i.name,
+                    opts.net.map(|o| o.to_string()).join(".")
+                )));
+            }
+        }
+    }
     let listeners = mesh
         .front
         .listeners
@@ -1607,6 +1622,16 @@ mod tests {
         }
         assert_eq!(seen, [250, 500, 1000, 2000, 4000, 8000, 8000, 8000]);
         assert_eq!(backoff(BACKOFF_MAX, STABLE), (BACKOFF_MIN, BACKOFF_MIN * 2));
+    }
+
+    #[test]
+    fn plan_refuses_a_net_where_an_instance_port_is_taken() {
+        let mut o = opts();
+        o.net = [127, 0, 97];
+        let _taken = TcpListener::bind((Ipv4Addr::new(127, 0, 97, 3), 15000)).unwrap();
+        let err = plan(&demo(), &o).unwrap_err().to_string();
+        assert!(err.contains("127.0.97.3:15000 (b-v2) is in use"), "{err}");
+        assert!(err.contains("127.0.97.0/24"), "{err}");
     }
 
     #[test]
