@@ -8,7 +8,8 @@ mod rpc_common;
 
 use integration::envoy::Envoy;
 use rpc_common::{
-    ThriftServer, bootstrap, cluster, prom, rpc_filter, tcp_proxy, thrift_client, thrift_peers,
+    ThriftServer, bootstrap, cluster, prom, rpc_filter, tcp_proxy, thrift_client,
+    thrift_client_with, thrift_peers,
 };
 use serde_json::json;
 
@@ -122,7 +123,10 @@ fn native_thrift_proxy_side_by_side() {
     // answered, but with this client's constant seqid 0 the answers need not come back in order
     // (observed: out of order), so the comparison here is order-free.
     assert_eq!(r["pipelined_any_order"], true);
-    eprintln!("thrift_proxy pipelined replies in order: {}", r["pipelined"]);
+    eprintln!(
+        "thrift_proxy pipelined replies in order: {}",
+        r["pipelined"]
+    );
     assert_eq!(r["slow"], "byte by byte");
     assert_eq!(
         r["server"], "admin-server",
@@ -132,5 +136,41 @@ fn native_thrift_proxy_side_by_side() {
         r["denied"],
         json!(null),
         "no ACL configured here: Admin.reset runs"
+    );
+}
+
+/// The compact protocol (`thrift_protocol: compact`) with Apache Thrift's `TCompactProtocol` on
+/// both peers: calls, declared exception, one-way, 1,000 pipelined calls, byte-by-byte delivery,
+/// and the ACL denial as `TApplicationException` encoded compactly by the filter.
+#[test]
+fn thrift_compact_through_envoy() {
+    let peers = thrift_peers();
+    let calc = ThriftServer::start_with(&peers, "calc-server", "compact");
+    let config = json!({
+        "protocol": "thrift",
+        "thrift_protocol": "compact",
+        "acl": {"rules": [{"action": "deny", "service": "Admin", "method": "reset"}]}
+    });
+    let envoy = Envoy::new(bootstrap(
+        vec![rpc_filter(&config), tcp_proxy("calc")],
+        vec![cluster("calc", calc.port)],
+    ))
+    .start();
+    let r = thrift_client_with(&peers, envoy.listener_port("rpc"), "calls", "compact");
+    assert_eq!(r["add"], 5);
+    assert_eq!(r["div"], "division by zero");
+    assert_eq!(r["logged"], 1);
+    assert_eq!(r["pipelined"], true);
+    assert_eq!(r["slow"], "byte by byte");
+    assert_eq!(
+        r["denied"],
+        json!({"type": 6, "message": "wasmesh: call denied by policy"})
+    );
+    assert_eq!(r["after_denied"], 42);
+    let text = envoy.admin_get("/stats/prometheus").text();
+    assert_eq!(prom(&text, "rpc_thrift_Calc_add_requests"), Some(1002));
+    assert_eq!(
+        prom(&text, "rpc_thrift_Calc_div_responses_exception"),
+        Some(1)
     );
 }

@@ -56,6 +56,9 @@ pub struct RpcConfig {
         skip_serializing_if = "is_default_max_stat_keys"
     )]
     pub max_stat_keys: u32,
+    /// Thrift: the protocol inside the frames (default binary).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub thrift_protocol: crate::thrift::ThriftProtocol,
     /// Thrift: the service of calls whose name is not `Service:method`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_service: Option<String>,
@@ -132,6 +135,7 @@ impl RpcConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME,
             max_pending: default_max_pending(),
             max_stat_keys: default_max_stat_keys(),
+            thrift_protocol: crate::thrift::ThriftProtocol::Binary,
             default_service: None,
             acl: None,
             on_deny: DenyMode::default(),

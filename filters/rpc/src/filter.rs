@@ -186,6 +186,7 @@ pub fn compile(config: &RpcConfig) -> Result<Compiled, ConfigError> {
             }
             Box::new(Thrift {
                 default_service: config.default_service.clone().unwrap_or_default(),
+                protocol: config.thrift_protocol,
             })
         }
         Protocol::WasmeshRpc => Box::new(WasmeshRpc),

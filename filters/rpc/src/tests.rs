@@ -160,6 +160,7 @@ fn wasmesh_rpc_every_split_of_a_pipelined_stream_decodes_to_the_same_frames() {
 fn thrift_every_split_of_a_pipelined_stream_decodes_to_the_same_frames() {
     let codec = Thrift {
         default_service: "Calc".into(),
+        ..Thrift::default()
     };
     for seed in 0..12 {
         let mut r = rng(seed);
@@ -364,6 +365,7 @@ fn error_replies_decode_as_the_protocols_own_errors() {
 fn thrift_names_seqids_defaults_and_result_status() {
     let codec = Thrift {
         default_service: "Calc".into(),
+        ..Thrift::default()
     };
     let m = codec
         .decode(&thrift::frame(
@@ -1182,4 +1184,103 @@ fn a_clients_own_heartbeat_reusing_a_call_id_does_not_steal_the_calls_response()
     assert_eq!(back, [pong, resp(1, 0)].concat(), "both pass unchanged");
     assert_eq!(h.counter("rpc.wasmesh_rpc.S.m.responses.ok"), 1);
     assert_eq!(h.histogram("rpc.wasmesh_rpc.S.m.latency_ms"), Some((3, 1)));
+}
+
+fn compact() -> Thrift {
+    Thrift {
+        protocol: thrift::ThriftProtocol::Compact,
+        ..Thrift::default()
+    }
+}
+
+fn thrift_compact_frame(r: &mut Xoshiro256) -> Vec<u8> {
+    let kind = [1, 2, 3, 4][below(r, 4) as usize];
+    let name = format!("{}:{}", word(r), word(r));
+    let mut body = vec![0u8; below(r, 300) as usize];
+    r.fill(&mut body);
+    thrift::frame_compact(
+        &Header {
+            name,
+            kind,
+            seqid: r.next_u64() as i32,
+        },
+        &body,
+    )
+}
+
+#[test]
+fn thrift_compact_splits_round_trips_and_replies() {
+    let codec = compact();
+    for seed in 0..8 {
+        let mut r = rng(seed);
+        let frames: Vec<Vec<u8>> = (0..1 + below(&mut r, 4))
+            .map(|_| thrift_compact_frame(&mut r))
+            .collect();
+        every_chunking_decodes_the_same(&codec, &frames, seed);
+        for f in &frames {
+            let m = codec.decode(f).unwrap();
+            assert_eq!(&codec.encode(&m, f).unwrap(), f, "seed {seed}");
+        }
+    }
+    let call = thrift::frame_compact(
+        &Header {
+            name: "Calc:add".into(),
+            kind: 1,
+            seqid: 300,
+        },
+        &[0],
+    );
+    let req = codec.decode(&call).unwrap();
+    assert_eq!(
+        (req.service.as_str(), req.method.as_str(), req.request_id),
+        ("Calc", "add", 300)
+    );
+    let reply = codec.error_reply(&req, LocalError::Denied);
+    let m = codec.decode(&reply).unwrap();
+    assert_eq!(
+        (m.kind, m.request_id, m.method.as_str()),
+        (MessageType::Error, 300, "add")
+    );
+    // TApplicationException in compact form: field 1 binary, field 2 i32 (zigzag 6 = 12), stop.
+    let text = LocalError::Denied.text();
+    let mut want = vec![0x18, text.len() as u8];
+    want.extend_from_slice(text.as_bytes());
+    want.extend_from_slice(&[0x15, 12, 0]);
+    assert_eq!(&reply[m.body.clone()], want.as_slice());
+    // Reply status: field 0 (long form: type byte, zigzag id 0) vs field 1 (short form).
+    let ok = thrift::frame_compact(
+        &Header {
+            name: "add".into(),
+            kind: 2,
+            seqid: 1,
+        },
+        &[0x05, 0x00, 0x0a, 0x00],
+    );
+    let exc = thrift::frame_compact(
+        &Header {
+            name: "add".into(),
+            kind: 2,
+            seqid: 1,
+        },
+        &[0x1c, 0x00, 0x00],
+    );
+    assert_eq!(codec.decode(&ok).unwrap().status, Some(ResponseStatus::Ok));
+    assert_eq!(
+        codec.decode(&exc).unwrap().status,
+        Some(ResponseStatus::Exception)
+    );
+    // A binary frame is not compact, and the other way round.
+    assert!(
+        codec
+            .frame_len(&thrift::frame(
+                &Header {
+                    name: "a".into(),
+                    kind: 1,
+                    seqid: 1
+                },
+                &[0]
+            ))
+            .is_err()
+    );
+    assert!(Thrift::default().frame_len(&call).is_err());
 }

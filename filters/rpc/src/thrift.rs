@@ -1,4 +1,5 @@
-//! The Thrift codec: framed transport, binary protocol (strict and old-style message headers).
+//! The Thrift codec: framed transport, binary protocol (strict and old-style message headers) or
+//! compact protocol.
 //!
 //! Method from the message name, service from a multiplexed `Service:method` name or from
 //! configuration, request id from the seqid. Errors go back as `TApplicationException`.
@@ -39,6 +40,96 @@ pub const PROBE_METHOD: &str = "__wasmesh_probe";
 pub struct Thrift {
     /// Service reported for non-multiplexed names.
     pub default_service: String,
+    /// The protocol inside the frames.
+    pub protocol: ThriftProtocol,
+}
+
+/// The Thrift protocol inside the framed transport.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ThriftProtocol {
+    /// `TBinaryProtocol`.
+    #[default]
+    Binary,
+    /// `TCompactProtocol`.
+    Compact,
+}
+
+/// Compact protocol id (first byte of every compact message).
+const COMPACT_ID: u8 = 0x82;
+
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn read_varint(r: &mut Reader<'_>) -> Result<u64, CodecError> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = r.u8()?;
+        n |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(n);
+        }
+    }
+    Err(CodecError::Malformed("varint longer than 10 bytes".into()))
+}
+
+/// Encodes a framed compact message: header then `body` (an already encoded struct).
+pub fn frame_compact(header: &Header, body: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(8 + header.name.len() + body.len());
+    msg.push(COMPACT_ID);
+    msg.push(1 | (header.kind << 5));
+    varint(&mut msg, u64::from(header.seqid as u32));
+    varint(&mut msg, header.name.len() as u64);
+    msg.extend_from_slice(header.name.as_bytes());
+    msg.extend_from_slice(body);
+    let mut out = Vec::with_capacity(4 + msg.len());
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(&msg);
+    out
+}
+
+/// The compact encoding of `TApplicationException{1: message, 2: type}`.
+pub fn app_exception_struct_compact(message: &str, kind: i32) -> Vec<u8> {
+    let mut s = Vec::with_capacity(16 + message.len());
+    s.push(0x18); // field delta 1, type binary
+    varint(&mut s, message.len() as u64);
+    s.extend_from_slice(message.as_bytes());
+    s.push(0x15); // field delta 1, type i32
+    varint(&mut s, u64::from(((kind << 1) ^ (kind >> 31)) as u32)); // zigzag
+    s.push(0);
+    s
+}
+
+fn read_header_compact(r: &mut Reader<'_>) -> Result<Header, CodecError> {
+    let id = r.u8()?;
+    let vt = r.u8()?;
+    if id != COMPACT_ID || vt & 0x1f != 1 {
+        return Err(CodecError::BadMagic(vec![id, vt]));
+    }
+    let seqid = read_varint(r)? as u32 as i32;
+    let name_len = read_varint(r)? as usize;
+    let name = r.utf8(name_len, "message name")?;
+    Ok(Header {
+        name,
+        kind: vt >> 5,
+        seqid,
+    })
+}
+
+impl Thrift {
+    fn frame(&self, header: &Header, body: &[u8]) -> Vec<u8> {
+        match self.protocol {
+            ThriftProtocol::Binary => frame(header, body),
+            ThriftProtocol::Compact => frame_compact(header, body),
+        }
+    }
 }
 
 /// A Thrift message header, for clients, servers and tests.
@@ -118,9 +209,12 @@ impl Codec for Thrift {
         }
         // The first byte after the length is either the strict version (0x80) or the high byte
         // of an old-style name length (0 for names under 16 MiB): anything else is not Thrift.
+        let ok = match self.protocol {
+            ThriftProtocol::Binary => |b: u8| b == 0x80 || b == 0,
+            ThriftProtocol::Compact => |b: u8| b == COMPACT_ID,
+        };
         if let Some(&b) = head.get(4)
-            && b != 0x80
-            && b != 0
+            && !ok(b)
         {
             return Err(CodecError::BadMagic(
                 head.get(..5).unwrap_or_default().to_vec(),
@@ -131,7 +225,10 @@ impl Codec for Thrift {
 
     fn decode(&self, frame: &[u8]) -> Result<Message, CodecError> {
         let mut r = Reader::new(frame, 4);
-        let h = read_header(&mut r)?;
+        let h = match self.protocol {
+            ThriftProtocol::Binary => read_header(&mut r)?,
+            ThriftProtocol::Compact => read_header_compact(&mut r)?,
+        };
         let kind = match h.kind {
             message_type::CALL => MessageType::Request,
             message_type::REPLY => MessageType::Response,
@@ -161,10 +258,15 @@ impl Codec for Thrift {
             // A result struct: field 0 is success; any other field is a declared exception.
             MessageType::Response => {
                 let field_type = r.u8().unwrap_or(0);
-                let id = if field_type == 0 {
-                    0
-                } else {
-                    r.u16().unwrap_or(0)
+                let id = match (field_type, self.protocol) {
+                    (0, _) => 0,
+                    (_, ThriftProtocol::Binary) => r.u16().unwrap_or(0),
+                    // Short form: the field id delta in the high nibble; 0 = long form (zigzag).
+                    (b, ThriftProtocol::Compact) if b >> 4 != 0 => u16::from(b >> 4),
+                    (_, ThriftProtocol::Compact) => {
+                        let z = read_varint(&mut r).unwrap_or(0);
+                        ((z >> 1) ^ (z & 1).wrapping_neg()) as u16
+                    }
                 };
                 Some(if id == 0 {
                     ResponseStatus::Ok
@@ -203,10 +305,7 @@ impl Codec for Thrift {
             kind,
             seqid: message.request_id as u32 as i32,
         };
-        Ok(self::frame(
-            &header,
-            frame.get(message.body.clone()).unwrap_or_default(),
-        ))
+        Ok(self.frame(&header, frame.get(message.body.clone()).unwrap_or_default()))
     }
 
     fn error_reply(&self, request: &Message, error: LocalError) -> Vec<u8> {
@@ -216,10 +315,15 @@ impl Codec for Thrift {
             kind: message_type::EXCEPTION,
             seqid: request.request_id as u32 as i32,
         };
-        frame(
-            &header,
-            &app_exception_struct(error.text(), app_exception::INTERNAL_ERROR),
-        )
+        let body = match self.protocol {
+            ThriftProtocol::Binary => {
+                app_exception_struct(error.text(), app_exception::INTERNAL_ERROR)
+            }
+            ThriftProtocol::Compact => {
+                app_exception_struct_compact(error.text(), app_exception::INTERNAL_ERROR)
+            }
+        };
+        self.frame(&header, &body)
     }
 
     fn probe(&self, request: &Message) -> Option<Vec<u8>> {
@@ -237,6 +341,6 @@ impl Codec for Thrift {
             seqid: request.request_id as u32 as i32,
         };
         // An empty argument struct: just T_STOP.
-        Some(frame(&header, &[0]))
+        Some(self.frame(&header, &[0]))
     }
 }

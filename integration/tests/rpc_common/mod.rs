@@ -150,13 +150,18 @@ pub struct ThriftServer {
 }
 
 impl ThriftServer {
-    /// Starts `peer.py server <name>` and reads its port.
+    /// Starts `peer.py server <name>` (binary protocol) and reads its port.
     pub fn start(peers: &(PathBuf, PathBuf, PathBuf), name: &str) -> Self {
+        Self::start_with(peers, name, "binary")
+    }
+
+    /// Starts `peer.py server <name> <protocol>` and reads its port.
+    pub fn start_with(peers: &(PathBuf, PathBuf, PathBuf), name: &str, protocol: &str) -> Self {
         let (python, gen_dir, script) = peers;
         let mut child = Command::new(python)
             .arg(script)
             .arg(gen_dir)
-            .args(["server", name])
+            .args(["server", name, protocol])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -181,13 +186,23 @@ impl Drop for ThriftServer {
 
 /// Runs client scenario `scenario` against `port`; its JSON result.
 pub fn thrift_client(peers: &(PathBuf, PathBuf, PathBuf), port: u16, scenario: &str) -> Value {
+    thrift_client_with(peers, port, scenario, "binary")
+}
+
+/// Runs client scenario `scenario` against `port` speaking `protocol`; its JSON result.
+pub fn thrift_client_with(
+    peers: &(PathBuf, PathBuf, PathBuf),
+    port: u16,
+    scenario: &str,
+    protocol: &str,
+) -> Value {
     let (python, gen_dir, script) = peers;
     let out = Command::new("timeout")
         .arg("60")
         .arg(python)
         .arg(script)
         .arg(gen_dir)
-        .args(["client", &port.to_string(), scenario])
+        .args(["client", &port.to_string(), scenario, protocol])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
