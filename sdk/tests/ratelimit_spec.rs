@@ -96,7 +96,11 @@ fn the_emitted_configuration_is_the_filters_own_type() {
     let compiled = ratelimit::compile(&back).unwrap();
     assert_eq!(
         compiled.slots(),
-        vec![("per-client", 16_384), ("per-consumer", 4096), ("writes", 1)]
+        vec![
+            ("per-client", 16_384),
+            ("per-consumer", 4096),
+            ("writes", 1)
+        ]
     );
 }
 
@@ -105,8 +109,7 @@ fn a_bad_ratelimit_section_is_refused_with_its_place() {
     let bad = SPEC.replace("requests: 100, per: second", "requests: 0, per: second");
     let e = mesh(&bad).unwrap_err();
     assert!(
-        e.contains("front_proxy.listeners[0].filters[1].ratelimit")
-            && e.contains("rules[0].limit"),
+        e.contains("front_proxy.listeners[0].filters[1].ratelimit") && e.contains("rules[0].limit"),
         "{e}"
     );
     let bad = SPEC.replace("shadow: true", "shadow: true\n                typo: 1");
