@@ -179,9 +179,14 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
 
 /// One bootstrap with a listener per variant, named after it.
 fn multi_bootstrap(variants: &[Variant]) -> Value {
+    multi_bootstrap_to(variants, Backend::Direct)
+}
+
+/// As [`multi_bootstrap`], with every route going to `backend`.
+fn multi_bootstrap_to(variants: &[Variant], backend: Backend) -> Value {
     let mut listeners = Vec::new();
     for v in variants {
-        let mut b = bootstrap(v.filters.clone(), Backend::Direct);
+        let mut b = bootstrap(v.filters.clone(), backend);
         if let Some(l) = b.pointer_mut("/static_resources/listeners/0") {
             l["name"] = json!(v.name);
             if let Some(p) = l.pointer_mut("/filter_chains/0/filters/0/typed_config/stat_prefix") {
@@ -190,7 +195,7 @@ fn multi_bootstrap(variants: &[Variant]) -> Value {
             listeners.push(l.take());
         }
     }
-    let mut b = bootstrap(vec![], Backend::Direct);
+    let mut b = bootstrap(vec![], backend);
     b["static_resources"]["listeners"] = Value::Array(listeners);
     // Keep the main thread quiet while counting.
     b["stats_flush_interval"] = json!("240s");
@@ -491,6 +496,88 @@ pub fn run(opts: &Options) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the upstream and the client see, with generated ids reduced to their format.
+    fn seen(port: u16) -> (Vec<(String, String)>, Vec<(String, String)>) {
+        let r = integration::client::request(
+            port,
+            "GET",
+            PATH,
+            &[
+                ("host", "bench.local"),
+                ("user-agent", "wasmesh-bench"),
+                ("tracestate", "vendor=1"),
+            ],
+        );
+        assert_eq!(r.status, 200);
+        let shape = |k: &str, v: &str| -> String {
+            match k {
+                "x-request-id" if v.len() == 36 && v.as_bytes()[14] == b'4' => "<uuid v4>".into(),
+                "traceparent" if v.len() == 55 && v.starts_with("00-") => {
+                    format!("<00-trace-span-{}>", &v[53..])
+                }
+                _ => v.to_owned(),
+            }
+        };
+        // Envoy's own per-request values differ between any two requests.
+        let envoy = |k: &str| k == "date" || k.starts_with("x-envoy-") || k == "content-length";
+        let mut up: Vec<(String, String)> = integration::upstream::echoed_headers(&r.json())
+            .into_iter()
+            .filter(|(k, _)| !envoy(k))
+            .map(|(k, v)| {
+                let v = shape(&k, &v);
+                (k, v)
+            })
+            .collect();
+        up.sort();
+        let mut down: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| !envoy(k))
+            .map(|(k, v)| (k.clone(), shape(k, v)))
+            .collect();
+        down.sort();
+        (up, down)
+    }
+
+    /// The comparison is fair only if each peer does its job exactly as the headers filter
+    /// does: through one Envoy and an echo upstream, every job's wasmesh and peer listeners must
+    /// produce the same upstream-visible and client-visible headers.
+    #[test]
+    fn every_peer_does_exactly_what_the_headers_filter_does() {
+        let wasm = toolchain::wasm_module().unwrap();
+        let peers = peers_module().unwrap();
+        let upstream = integration::upstream::EchoUpstream::start();
+        let vs: Vec<Variant> = variants(&wasm, &peers, &[])
+            .into_iter()
+            .filter(|v| v.name.ends_with(".wasmesh") || v.name.ends_with(".peer"))
+            .filter(|v| !v.name.starts_with("ratelimit"))
+            .collect();
+        let envoy = Envoy::new(multi_bootstrap_to(&vs, Backend::Echo(upstream.port))).start();
+        for job in jobs() {
+            let w = seen(envoy.listener_port(&format!("{}.wasmesh", job.name)));
+            let p = seen(envoy.listener_port(&format!("{}.peer", job.name)));
+            assert_eq!(w, p, "{}: wasmesh (left) and peer (right) differ", job.name);
+            // Not vacuous: each job's own header is there.
+            let (up, down, value) = match job.name {
+                "one-each-way" => ("x-mesh", "x-served", "wasmesh"),
+                "headers-job" => ("x-route", "", "GET /api/users"),
+                "ten-sets" => ("x-bench-9", "", "v9"),
+                "front-proxy" => ("traceparent", "x-request-id", "<00-trace-span-01>"),
+                _ => ("x-served-by", "", "a default-route"),
+            };
+            assert!(
+                w.0.iter().any(|(k, v)| k == up && v == value),
+                "{}: {w:?}",
+                job.name
+            );
+            assert!(
+                down.is_empty() || w.1.iter().any(|(k, _)| k == down),
+                "{}",
+                job.name
+            );
+        }
+    }
 
     #[test]
     fn every_job_config_compiles_and_every_listener_is_unique() {
