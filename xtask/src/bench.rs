@@ -498,7 +498,9 @@ mod tests {
     use super::*;
 
     /// What the upstream and the client see, with generated ids reduced to their format.
-    fn seen(port: u16) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    type Headers = Vec<(String, String)>;
+
+    fn seen(port: u16) -> (Headers, Headers) {
         let r = integration::client::request(
             port,
             "GET",
@@ -521,7 +523,7 @@ mod tests {
         };
         // Envoy's own per-request values differ between any two requests.
         let envoy = |k: &str| k == "date" || k.starts_with("x-envoy-") || k == "content-length";
-        let mut up: Vec<(String, String)> = integration::upstream::echoed_headers(&r.json())
+        let mut up: Headers = integration::upstream::echoed_headers(&r.json())
             .into_iter()
             .filter(|(k, _)| !envoy(k))
             .map(|(k, v)| {
@@ -530,7 +532,7 @@ mod tests {
             })
             .collect();
         up.sort();
-        let mut down: Vec<(String, String)> = r
+        let mut down: Headers = r
             .headers
             .iter()
             .filter(|(k, _)| !envoy(k))
