@@ -614,11 +614,16 @@ fn agent(timeout: Duration) -> ureq::Agent {
 
 /// GET `url`: the status, or `None` when nothing answered.
 pub fn http_status(url: &str) -> Option<u16> {
-    agent(Duration::from_secs(1))
-        .get(url)
-        .call()
-        .ok()
-        .map(|r| r.status().as_u16())
+    http_status_with(url, &[])
+}
+
+/// GET `url` with request `headers`: the status, or `None` when nothing answered.
+pub fn http_status_with(url: &str, headers: &[(String, String)]) -> Option<u16> {
+    let mut req = agent(Duration::from_secs(1)).get(url);
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    req.call().ok().map(|r| r.status().as_u16())
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -937,12 +942,13 @@ pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
     // sidecars' must have seen the apps.
     if let Some(l) = plan.listeners.first() {
         let url = format!("http://{}:{}/", plan.front_bind, l.port);
+        let creds = credentials(&running.mesh, &l.name);
         progress.step(
             &format!("first request through the mesh: GET {url} -> 200"),
             || {
                 let deadline = Instant::now() + opts.ready_timeout;
                 loop {
-                    if http_status(&url) == Some(200) {
+                    if http_status_with(&url, &creds) == Some(200) {
                         return Ok(());
                     }
                     if opts.cancel.load(Ordering::SeqCst) {
@@ -1374,10 +1380,54 @@ impl Sample {
     }
 }
 
-/// Headers every sample request carries on `listener` (credentials once the front proxy
-/// authenticates; none today).
-pub fn credentials(_mesh: &Mesh, _listener: &str) -> Vec<(String, String)> {
+/// API keys `credentials` offers, in order: the demo spec's (documented in demo/mesh.yaml and
+/// the README). Only a key whose SHA-256 digest the listener's auth stage accepts is used, so a
+/// spec with other keys gets no credentials rather than wrong ones.
+pub const DEMO_API_KEYS: &[&str] = &["wasmesh-demo-key"];
+
+/// Headers every sample request carries on `listener`: a demo API key its auth stage accepts
+/// (see [`DEMO_API_KEYS`]), sent where the stage looks for keys first; none when the listener
+/// does not authenticate or accepts none of the demo keys.
+pub fn credentials(mesh: &Mesh, listener: &str) -> Vec<(String, String)> {
+    use sha2::Digest as _;
+    let Some(l) = mesh.front.listeners.iter().find(|l| l.name == listener) else {
+        return Vec::new();
+    };
+    for f in &l.filters {
+        let crate::spec::Filter::Auth(auth) = f else {
+            continue;
+        };
+        let Some(keys) = &auth.api_keys else { continue };
+        let accepted = |key: &str| {
+            let digest = hex(&sha2::Sha256::digest(key.as_bytes()));
+            keys.consumers.iter().any(|c| {
+                c.keys_sha256
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(&digest))
+            })
+        };
+        let Some(key) = DEMO_API_KEYS.iter().find(|k| accepted(k)) else {
+            continue;
+        };
+        let header = match keys.from.first() {
+            None => ("x-api-key".to_owned(), (*key).to_owned()),
+            Some(auth::config::TokenSource::Header { name, prefix }) => (
+                name.clone(),
+                format!("{}{key}", prefix.as_deref().unwrap_or("")),
+            ),
+            Some(auth::config::TokenSource::Bearer) => {
+                ("authorization".to_owned(), format!("Bearer {key}"))
+            }
+            // Query and cookie sources: not offered as a header.
+            Some(_) => continue,
+        };
+        return vec![header];
+    }
     Vec::new()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Sample requests, one per front-proxy route: its prefix and header match, what it shows.
@@ -1732,5 +1782,34 @@ mod tests {
         assert!(s.iter().any(|s| s.what == "public -> b/v1 90%, b/v2 10%"));
         assert!(s.iter().any(|s| s.what.contains("1% aborted 503")));
         assert_eq!(s.len(), 6);
+        // Public samples carry the demo key; the internal listener does not authenticate.
+        for s in &s {
+            let key = s.headers.iter().find(|(k, _)| k == "x-api-key");
+            match s.listener.as_str() {
+                "public" => assert_eq!(key.map(|(_, v)| v.as_str()), Some("wasmesh-demo-key")),
+                _ => assert_eq!(key, None),
+            }
+        }
+    }
+
+    #[test]
+    fn credentials_only_offer_a_key_the_auth_stage_accepts() {
+        let mesh = demo();
+        assert_eq!(
+            credentials(&mesh, "public"),
+            vec![("x-api-key".to_owned(), "wasmesh-demo-key".to_owned())]
+        );
+        assert!(credentials(&mesh, "internal").is_empty());
+        assert!(credentials(&mesh, "nope").is_empty());
+        // Another key in the spec: no credentials rather than a wrong one.
+        let text = std::fs::read_to_string(toolchain::repo_root().join("demo/mesh.yaml"))
+            .unwrap()
+            .replace(
+                "926680a6375d1786c47a44cd8d4ce321ab6a3316873bc8ff956cd76d0a978333",
+                &"0".repeat(64),
+            );
+        let spec = generate::parse_spec(&text, "mesh.yaml").unwrap();
+        let other = Mesh::from_spec(&spec).unwrap();
+        assert!(credentials(&other, "public").is_empty());
     }
 }

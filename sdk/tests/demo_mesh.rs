@@ -64,18 +64,37 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// GET `url` with `headers`: (status, body text, response headers).
+/// GET `url` with `headers` and the front listener's credentials: (status, body text,
+/// response headers).
 fn get(
     agent: &ureq::Agent,
     url: &str,
     headers: &[(&str, &str)],
+) -> (u16, String, Vec<(String, String)>) {
+    request(agent, url, headers, true)
+}
+
+/// GET `url` with only `headers` (no credentials).
+fn get_bare(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<(String, String)>) {
+    request(agent, url, headers, false)
+}
+
+fn request(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+    credentials: bool,
 ) -> (u16, String, Vec<(String, String)>) {
     let mut req = agent.get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     for (front, creds) in CREDENTIALS.lock().unwrap().iter() {
-        if url.starts_with(&format!("{front}/")) {
+        if credentials && url.starts_with(&format!("{front}/")) {
             for (k, v) in creds {
                 req = req.header(k, v);
             }
@@ -94,6 +113,13 @@ fn get(
         }
         Err(e) => (0, e.to_string(), Vec::new()),
     }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 fn answer(body: &str) -> Answer {
@@ -212,6 +238,13 @@ fn demo_mesh_routes_traces_faults_endpoints_and_restarts() {
             .map(String::as_str),
         Some("a inbound")
     );
+    // The consumer the auth stage authenticated reaches A, B and C; the allowed answer carries
+    // the rate limit of its tightest rule.
+    for who in [&root, called(&root, "b"), called(&root, "c")] {
+        assert_eq!(who.received.consumer.as_deref(), Some("demo"), "{who:?}");
+    }
+    assert_eq!(header(&headers, "x-ratelimit-limit"), Some("1000"));
+    auth_and_rate_limit(&a, &public);
     // Without a traceparent the front proxy starts a trace, and everyone continues it.
     let (_, body, _) = get(&a, &format!("{public}/"), &[]);
     let root = answer(&body);
@@ -462,6 +495,74 @@ fn demo_mesh_routes_traces_faults_endpoints_and_restarts() {
         );
     }
     assert!(!mesh.options().run_dir.join("state.json").exists());
+}
+
+/// The public listener's auth and rate-limit stages, as the demo spec configures them (keys and
+/// the Basic password in demo/mesh.yaml's comments).
+fn auth_and_rate_limit(a: &ureq::Agent, public: &str) {
+    let url = format!("{public}/b");
+    // No credentials: 401 with a challenge and a JSON error code; nothing reaches B.
+    let (status, body, headers) = get_bare(a, &url, &[]);
+    assert_eq!(status, 401, "{body}");
+    let challenge = header(&headers, "www-authenticate").unwrap_or_default();
+    assert!(challenge.contains("realm=\"wasmesh\""), "{challenge}");
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"], "missing_credentials", "{body}");
+    // A wrong key: 401.
+    let (status, body, _) = get_bare(a, &url, &[("x-api-key", "not-the-demo-key")]);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("invalid_api_key"), "{body}");
+    // Basic ops:wasmesh-demo, with a forged x-consumer: B sees the authenticated consumer.
+    let (status, body, _) = get_bare(
+        a,
+        &url,
+        &[
+            ("authorization", "Basic b3BzOndhc21lc2gtZGVtbw=="),
+            ("x-consumer", "admin"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answer(&body).received.consumer.as_deref(), Some("ops"));
+    let (_, body, _) = get(a, &url, &[("x-consumer", "admin")]);
+    assert_eq!(answer(&body).received.consumer.as_deref(), Some("demo"));
+    // The trial consumer: 5 requests/s, bursts of 10. A quick run of 30 is limited after its
+    // burst (plus what refilled meanwhile) with 429 and the limit headers.
+    let trial = [("x-api-key", "wasmesh-trial-key")];
+    let t = Instant::now();
+    let mut allowed = 0u32;
+    let mut limited = None;
+    for _ in 0..30 {
+        let (status, body, headers) = get_bare(a, &url, &trial);
+        match status {
+            200 => {
+                allowed += 1;
+                assert_eq!(header(&headers, "x-ratelimit-limit"), Some("5"));
+            }
+            429 => limited = Some((body, headers)),
+            other => panic!("trial: {other} {body}"),
+        }
+    }
+    let refilled = (t.elapsed().as_secs_f64() * 5.0).ceil() as u32;
+    assert!(
+        (10..=10 + refilled).contains(&allowed),
+        "trial allowed {allowed} of 30 in {:?}",
+        t.elapsed()
+    );
+    let (body, headers) = limited.expect("the trial consumer was limited");
+    let retry: u64 = header(&headers, "retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1, "retry-after {retry}");
+    assert_eq!(header(&headers, "x-ratelimit-limit"), Some("5"));
+    assert_eq!(header(&headers, "x-ratelimit-remaining"), Some("0"));
+    assert!(header(&headers, "x-ratelimit-reset").is_some());
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (err["error"].as_str(), err["rule"].as_str()),
+        (Some("rate_limited"), Some("trial")),
+        "{body}"
+    );
+    // Buckets are per consumer: the demo consumer is not limited.
+    assert_eq!(get(a, &url, &[]).0, 200);
 }
 
 /// Two instances of B v1 under steady load; one dies: outlier detection ejects it and the

@@ -245,11 +245,22 @@ pub fn run() -> anyhow::Result<()> {
     };
     let public = port("public")?;
     let internal = port("internal")?;
+    // The public listener authenticates: every request carries the demo's credentials.
+    let creds = sdk::up::credentials(&mesh, "public");
+    let creds: Vec<(&str, &str)> = creds
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     step(
-        "GET / : front proxy -> A -> B and C, one request id and trace id",
-        || full_path(public),
+        "GET / : front proxy -> A -> B and C, one request id and trace id, the consumer",
+        || full_path(public, &creds),
     )?;
-    step("GET /b with x-canary: true -> B v2", || canary(public))?;
+    step("GET / without credentials -> 401", || {
+        unauthenticated(public)
+    })?;
+    step("GET /b with x-canary: true -> B v2", || {
+        canary(public, &creds)
+    })?;
     step(
         "GET /b on the internal listener -> B v1, request id kept",
         || internal_keeps_id(internal),
@@ -339,11 +350,14 @@ fn json(r: &Response) -> anyhow::Result<Value> {
 
 /// A's answer once A, B and C all answered 200 (retried while Envoy's first health checks
 /// settle), with the raw response.
-fn first_full_answer(port: u16) -> anyhow::Result<(Response, Value)> {
+fn first_full_answer(port: u16, creds: &[(&str, &str)]) -> anyhow::Result<(Response, Value)> {
     let start = Instant::now();
     let mut last = String::new();
+    let mut headers = creds.to_vec();
+    headers.push(("x-request-id", "chosen-by-the-client"));
+    headers.push(("x-consumer", "forged-by-the-client"));
     while start.elapsed() < FIRST_ANSWER_LIMIT && !interrupted() {
-        match get(port, "/", &[("x-request-id", "chosen-by-the-client")]) {
+        match get(port, "/", &headers) {
             Ok(r) if r.status == 200 => {
                 let body = json(&r)?;
                 let calls_ok = body["calls"]
@@ -362,8 +376,8 @@ fn first_full_answer(port: u16) -> anyhow::Result<(Response, Value)> {
     bail!("no full answer within {FIRST_ANSWER_LIMIT:?}; last: {last}")
 }
 
-fn full_path(port: u16) -> anyhow::Result<()> {
-    let (r, a) = first_full_answer(port)?;
+fn full_path(port: u16, creds: &[(&str, &str)]) -> anyhow::Result<()> {
+    let (r, a) = first_full_answer(port, creds)?;
     println!(
         "    $ curl -H 'x-request-id: chosen-by-the-client' http://127.0.0.1:{port}/\n{}",
         serde_json::to_string_pretty(&a)?
@@ -388,6 +402,13 @@ fn full_path(port: u16) -> anyhow::Result<()> {
     let trace = a["received"]["trace_id"]
         .as_str()
         .context("A saw no trace id")?;
+    let consumer = a["received"]["consumer"]
+        .as_str()
+        .context("A saw no consumer")?;
+    ensure!(
+        consumer != "forged-by-the-client",
+        "the auth stage replaces a client-sent x-consumer; A saw the client's"
+    );
     let mut called: Vec<&str> = Vec::new();
     for call in a["calls"].as_array().context("A reports no calls")? {
         let to = call["to"].as_str().unwrap_or("?");
@@ -408,16 +429,38 @@ fn full_path(port: u16) -> anyhow::Result<()> {
             "{to} saw trace id {} not {trace}",
             ans["received"]["trace_id"]
         );
+        ensure!(
+            ans["received"]["consumer"] == consumer,
+            "{to} saw consumer {} not {consumer}",
+            ans["received"]["consumer"]
+        );
         called.push(to);
     }
     called.sort_unstable();
     ensure!(called == ["b", "c"], "A called {called:?}");
-    println!("    request id {id} and trace id {trace} seen by A, B and C");
+    println!("    request id {id}, trace id {trace} and consumer {consumer} seen by A, B and C");
     Ok(())
 }
 
-fn canary(port: u16) -> anyhow::Result<()> {
-    let r = get(port, "/b", &[("x-canary", "true")])?;
+fn unauthenticated(port: u16) -> anyhow::Result<()> {
+    let r = get(port, "/", &[])?;
+    ensure!(r.status == 401, "{} {}", r.status, r.text());
+    ensure!(
+        r.header("www-authenticate").is_some(),
+        "401 without WWW-Authenticate"
+    );
+    ensure!(
+        json(&r)?["error"] == "missing_credentials",
+        "401 body {}",
+        r.text()
+    );
+    Ok(())
+}
+
+fn canary(port: u16, creds: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut headers = creds.to_vec();
+    headers.push(("x-canary", "true"));
+    let r = get(port, "/b", &headers)?;
     ensure!(r.status == 200, "{} {}", r.status, r.text());
     let b = json(&r)?;
     ensure!(
