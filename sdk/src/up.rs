@@ -1503,8 +1503,13 @@ pub fn summary(mesh: &Mesh, state: &State, run_dir: &Path) -> String {
         ));
     }
     s.push_str("\nTry:\n");
-    for sample in samples(mesh) {
-        s.push_str(&format!("  {:<60} # {}\n", sample.curl(plan), sample.what));
+    let lines: Vec<(String, String)> = samples(mesh)
+        .into_iter()
+        .map(|sample| (sample.curl(plan), sample.what))
+        .collect();
+    let width = lines.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+    for (curl, what) in lines {
+        s.push_str(&format!("  {curl:<width$} # {what}\n"));
     }
     s.push_str(
         "  (each answer says who served it, its version, the request id and trace id it saw; A includes B's and C's answers)\n",

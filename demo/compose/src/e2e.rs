@@ -379,7 +379,11 @@ fn first_full_answer(port: u16, creds: &[(&str, &str)]) -> anyhow::Result<(Respo
 fn full_path(port: u16, creds: &[(&str, &str)]) -> anyhow::Result<()> {
     let (r, a) = first_full_answer(port, creds)?;
     println!(
-        "    $ curl -H 'x-request-id: chosen-by-the-client' http://127.0.0.1:{port}/\n{}",
+        "    $ curl{} -H 'x-request-id: chosen-by-the-client' -H 'x-consumer: forged-by-the-client' http://127.0.0.1:{port}/\n{}",
+        creds
+            .iter()
+            .map(|(k, v)| format!(" -H '{k}: {v}'"))
+            .collect::<String>(),
         serde_json::to_string_pretty(&a)?
     );
     ensure!(a["service"] == "a", "answered by {}", a["service"]);
