@@ -1,0 +1,166 @@
+//! The compiled chain and its per-request run: each stage's own compiled filter, run in order
+//! over one [`Phase`] per phase.
+
+use filter_core::{Decision, HeaderMapKind, Host};
+
+use crate::ConfigError;
+use crate::config::{ChainConfig, Stage};
+use crate::phase::Phase;
+
+/// One compiled stage: exactly its standalone filter's compiled form. (Few per chain, built
+/// once: the size difference between variants does not matter.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum CompiledStage {
+    /// The auth filter.
+    Auth(auth::Compiled),
+    /// The rate-limit filter (this worker's rules and leases).
+    RateLimit(ratelimit::Compiled),
+    /// The headers filter.
+    Headers(headers::Compiled),
+}
+
+/// The compiled chain; build it with [`compile`].
+#[derive(Debug)]
+pub struct Compiled {
+    stages: Vec<CompiledStage>,
+}
+
+/// Per-request state of one stage.
+#[derive(Debug)]
+enum StageStream {
+    Auth(auth::Stream),
+    RateLimit(ratelimit::Stream),
+    Headers(headers::Stream),
+}
+
+/// Per-request state: each stage's own stream state, and how many stages ran on the request.
+#[derive(Debug, Default)]
+pub struct Stream {
+    stages: Vec<StageStream>,
+    ran: usize,
+}
+
+impl Stream {
+    /// Who the request is from, when an auth stage authenticated it.
+    pub fn identity(&self) -> Option<&auth::Identity> {
+        self.stages.iter().find_map(|s| match s {
+            StageStream::Auth(a) => a.identity(),
+            _ => None,
+        })
+    }
+
+    /// How many stages ran on the request (all of them unless one answered locally).
+    pub fn ran(&self) -> usize {
+        self.ran
+    }
+}
+
+/// Validates and compiles every stage with its filter's own `compile`, once, at configure time.
+pub fn compile(config: &ChainConfig) -> Result<Compiled, ConfigError> {
+    if config.stages.is_empty() {
+        return Err(ConfigError::Empty);
+    }
+    let mut stages = Vec::with_capacity(config.stages.len());
+    for (index, stage) in config.stages.iter().enumerate() {
+        let err = |error: String| ConfigError::Stage {
+            index,
+            kind: stage.kind(),
+            error,
+        };
+        stages.push(match stage {
+            Stage::Auth(c) => {
+                CompiledStage::Auth(auth::compile(c).map_err(|e| err(e.to_string()))?)
+            }
+            Stage::RateLimit(c) => {
+                CompiledStage::RateLimit(ratelimit::compile(c).map_err(|e| err(e.to_string()))?)
+            }
+            Stage::Headers(c) => {
+                CompiledStage::Headers(headers::compile(c).map_err(|e| err(e.to_string()))?)
+            }
+        });
+    }
+    Ok(Compiled { stages })
+}
+
+impl Compiled {
+    /// The compiled stages, in order (the glue defines their stats and runs their ticks).
+    pub fn stages(&self) -> &[CompiledStage] {
+        &self.stages
+    }
+
+    /// Request phase: runs the stages in order over one read of the request headers; the first
+    /// local reply ends the chain (pending request-header writes are dropped: nothing goes
+    /// upstream); otherwise every change is written once at the end.
+    pub fn on_request_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
+        stream.stages.clear();
+        stream.ran = 0;
+        let mut phase = Phase::new(host, HeaderMapKind::Request);
+        for stage in &self.stages {
+            let (d, s) = match stage {
+                CompiledStage::Auth(f) => {
+                    let mut s = auth::Stream::default();
+                    (
+                        f.on_request_headers(&mut phase, &mut s),
+                        StageStream::Auth(s),
+                    )
+                }
+                CompiledStage::RateLimit(f) => {
+                    let mut s = ratelimit::Stream::default();
+                    (
+                        f.on_request_headers(&mut phase, &mut s),
+                        StageStream::RateLimit(s),
+                    )
+                }
+                CompiledStage::Headers(f) => {
+                    let mut s = headers::Stream::default();
+                    (
+                        f.on_request_headers(&mut phase, &mut s),
+                        StageStream::Headers(s),
+                    )
+                }
+            };
+            stream.stages.push(s);
+            stream.ran += 1;
+            match d {
+                Decision::Continue => {}
+                // No stage pauses today; a pause or a reply ends this pass.
+                other => {
+                    phase.discard();
+                    return other;
+                }
+            }
+        }
+        phase.finish();
+        Decision::Continue
+    }
+
+    /// Response phase: the response-phase work of the stages that ran on the request (all of
+    /// them, or up to and including the one that answered locally), in order, over one read
+    /// of the response headers and one write.
+    pub fn on_response_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
+        let mut phase = Phase::new(host, HeaderMapKind::Response);
+        let mut decision = Decision::Continue;
+        for (stage, s) in self.stages.iter().zip(stream.stages.iter_mut()) {
+            let d = match (stage, s) {
+                (CompiledStage::RateLimit(f), StageStream::RateLimit(s)) => {
+                    if f.has_response_work() {
+                        f.on_response_headers(&mut phase, s)
+                    } else {
+                        Decision::Continue
+                    }
+                }
+                (CompiledStage::Headers(f), StageStream::Headers(s)) => {
+                    f.on_response_headers(&mut phase, s)
+                }
+                _ => Decision::Continue,
+            };
+            if d != Decision::Continue {
+                decision = d;
+                break;
+            }
+        }
+        phase.finish();
+        decision
+    }
+}

@@ -1,0 +1,469 @@
+//! Host unit tests: the chain against the three standalone filters stacked over the mock host
+//! (same decisions, same headers), and host-call counts showing one read and one write per
+//! phase.
+
+use std::time::Duration;
+
+use filter_core::mock::MockHost;
+use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind};
+use serde_json::{Value, json};
+
+use crate::{ChainConfig, Compiled, Stream, compile};
+
+/// sha256("key-a"), sha256("key-t").
+const KEY_A: &str = "f10f781241e2246678b6b45c857069208152a53863e47fac33f607ab405006f4";
+const KEY_T: &str = "447e6dc56f9a682bc8ce2f54307ec70f3f3acc11dccdf825d3893f33bec65144";
+
+fn auth_config() -> Value {
+    json!({
+        "api_keys": {"consumers": [
+            {"name": "alice", "keys_sha256": [KEY_A]},
+            {"name": "trial", "keys_sha256": [KEY_T]}
+        ]},
+        "rules": [
+            {"path": {"prefix": "/admin"}, "allow": [{"consumer": "alice"}]},
+            {"path": {"prefix": "/"}}
+        ]
+    })
+}
+
+fn ratelimit_config() -> Value {
+    json!({
+        "response_headers": "draft",
+        "rules": [{
+            "name": "per-consumer", "key": {"consumer": {}},
+            "limit": {"requests": 3, "per": "minute"}
+        }]
+    })
+}
+
+fn headers_config() -> Value {
+    json!({
+        "request_id": {"echo_in_response": true},
+        "trace_context": {},
+        "request_headers": [{"ops": [
+            {"set": {"name": "x-mesh", "value": "wasmesh"}},
+            {"set": {"name": "x-route", "value": "${method} ${path}"}}
+        ]}],
+        "response_headers": [{"ops": [
+            {"set": {"name": "x-served-by", "value": "wasmesh"}},
+            {"remove": {"name": "server"}}
+        ]}]
+    })
+}
+
+fn chain_config() -> Value {
+    json!({"stages": [
+        {"auth": auth_config()},
+        {"ratelimit": ratelimit_config()},
+        {"headers": headers_config()}
+    ]})
+}
+
+fn chain() -> Compiled {
+    compile(&ChainConfig::from_json(chain_config().to_string().as_bytes()).unwrap()).unwrap()
+}
+
+/// The three standalone filters, stacked as three plugins would be.
+struct Stacked {
+    auth: auth::Compiled,
+    rl: ratelimit::Compiled,
+    hd: headers::Compiled,
+}
+
+fn stacked() -> Stacked {
+    Stacked {
+        auth: auth::compile(
+            &auth::AuthConfig::from_json(auth_config().to_string().as_bytes()).unwrap(),
+        )
+        .unwrap(),
+        rl: ratelimit::compile(
+            &ratelimit::RateLimitConfig::from_json(ratelimit_config().to_string().as_bytes())
+                .unwrap(),
+        )
+        .unwrap(),
+        hd: headers::compile(
+            &headers::HeadersConfig::from_json(headers_config().to_string().as_bytes()).unwrap(),
+        )
+        .unwrap(),
+    }
+}
+
+/// What the client and the upstream see.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    reply: Option<LocalReply>,
+    upstream: Option<Vec<(String, String)>>,
+    response: Vec<(String, String)>,
+}
+
+fn sorted(m: &HeaderMap) -> Vec<(String, String)> {
+    let mut v = m.pairs.clone();
+    v.sort();
+    v
+}
+
+/// Response headers: the upstream's, or the local reply's.
+fn response_for(host: &mut MockHost, reply: &Option<LocalReply>) {
+    host.response = match reply {
+        Some(r) => HeaderMap::new(r.headers.clone()),
+        None => HeaderMap::new(vec![
+            (":status".into(), "200".into()),
+            ("server".into(), "upstream".into()),
+        ]),
+    };
+}
+
+fn run_stacked(f: &Stacked, host: &mut MockHost) -> Seen {
+    let (mut a, mut r, mut h) = (
+        auth::Stream::default(),
+        ratelimit::Stream::default(),
+        headers::Stream::default(),
+    );
+    // Envoy runs the response phase of the filters the request reached, the replier included.
+    let mut ran = 3;
+    let mut reply = None;
+    for i in 0..3 {
+        let dec = match i {
+            0 => f.auth.on_request_headers(host, &mut a),
+            1 => f.rl.on_request_headers(host, &mut r),
+            _ => f.hd.on_request_headers(host, &mut h),
+        };
+        if let Decision::Reply(rep) = dec {
+            ran = i + 1;
+            reply = Some(rep);
+            break;
+        }
+    }
+    let upstream = reply.is_none().then(|| sorted(&host.request));
+    response_for(host, &reply);
+    // Encoder filters run in reverse order.
+    if ran >= 3 {
+        f.hd.on_response_headers(host, &mut h);
+    }
+    if ran >= 2 && f.rl.has_response_work() {
+        f.rl.on_response_headers(host, &mut r);
+    }
+    Seen {
+        reply,
+        upstream,
+        response: sorted(&host.response),
+    }
+}
+
+fn run_chain(f: &Compiled, host: &mut MockHost) -> Seen {
+    let mut s = Stream::default();
+    let reply = match f.on_request_headers(host, &mut s) {
+        Decision::Reply(r) => Some(r),
+        _ => None,
+    };
+    let upstream = reply.is_none().then(|| sorted(&host.request));
+    response_for(host, &reply);
+    f.on_response_headers(host, &mut s);
+    Seen {
+        reply,
+        upstream,
+        response: sorted(&host.response),
+    }
+}
+
+fn corpus() -> Vec<Vec<(&'static str, &'static str)>> {
+    let base = |path: &'static str| vec![(":method", "GET"), (":path", path), (":authority", "a")];
+    let with = |path: &'static str, extra: &[(&'static str, &'static str)]| {
+        let mut v = base(path);
+        v.extend_from_slice(extra);
+        v
+    };
+    vec![
+        base("/"),                                                       // 401: no key
+        with("/", &[("x-api-key", "wrong")]),                            // 401: wrong key
+        with("/admin", &[("x-api-key", "key-t")]),                       // 403
+        with("/", &[("x-api-key", "key-a"), ("x-consumer", "mallory")]), // allowed, replaced
+        with(
+            "/x?q=1",
+            &[("x-api-key", "key-a"), ("x-request-id", "abc-1")],
+        ),
+        with(
+            "/",
+            &[
+                ("x-api-key", "key-t"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+            ],
+        ),
+        with("/", &[("x-api-key", "key-t"), ("traceparent", "garbage")]),
+        with("/", &[("x-api-key", "key-t")]),
+        with("/admin", &[("x-api-key", "key-a")]),
+        with("/", &[("x-api-key", "key-a")]), // alice's fourth: 429
+        with("/", &[("x-api-key", "key-t")]), // trial's fourth: 429
+    ]
+}
+
+#[test]
+fn chain_behaves_exactly_as_the_stacked_filters() {
+    let (c, s) = (chain(), stacked());
+    let (mut hc, mut hs) = (MockHost::new(), MockHost::new());
+    let mut statuses = Vec::new();
+    for req in corpus() {
+        hc.request = HeaderMap::new(
+            req.iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        );
+        hs.request = hc.request.clone();
+        let (a, b) = (run_chain(&c, &mut hc), run_stacked(&s, &mut hs));
+        assert_eq!(a, b, "request {req:?}");
+        statuses.push(a.reply.as_ref().map_or(200, |r| r.status));
+        hc.advance(Duration::from_millis(10));
+        hs.advance(Duration::from_millis(10));
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 403, 200, 200, 200, 200, 200, 200, 429, 429]
+    );
+}
+
+#[test]
+fn allowed_request_reads_once_and_writes_once_per_phase() {
+    let c = chain();
+    let mut h = Counting::new(MockHost::new().with_request(&[
+        (":method", "GET"),
+        (":path", "/"),
+        (":authority", "a"),
+        ("x-api-key", "key-a"),
+    ]));
+    let mut s = Stream::default();
+    assert_eq!(c.on_request_headers(&mut h, &mut s), Decision::Continue);
+    assert_eq!(
+        h.reads, 1,
+        "one read of the request headers for three stages"
+    );
+    assert_eq!(h.map_writes + h.single_writes, h.writes_after_last_read());
+    assert!(h.map_writes == 1 || h.single_writes > 0);
+    assert_eq!(s.identity().map(|i| i.consumer.as_str()), Some("alice"));
+    let up = &h.inner.request;
+    assert_eq!(up.get("x-consumer"), Some("alice"));
+    assert_eq!(up.get("x-api-key"), None);
+    assert_eq!(up.get("x-route"), Some("GET /"));
+    assert!(up.get("x-request-id").is_some() && up.get("traceparent").is_some());
+
+    h.reset();
+    h.inner.response = HeaderMap::new(vec![(":status".into(), "200".into())]);
+    c.on_response_headers(&mut h, &mut s);
+    assert!(h.reads <= 1, "at most one read of the response headers");
+    let resp = &h.inner.response;
+    assert_eq!(resp.get("x-served-by"), Some("wasmesh"));
+    assert_eq!(
+        resp.get("ratelimit-policy"),
+        Some("\"per-consumer\";q=3;w=60")
+    );
+}
+
+#[test]
+fn stacked_filters_read_the_request_three_times() {
+    let s = stacked();
+    let mut h = Counting::new(MockHost::new().with_request(&[
+        (":method", "GET"),
+        (":path", "/"),
+        ("x-api-key", "key-a"),
+    ]));
+    s.auth
+        .on_request_headers(&mut h, &mut auth::Stream::default());
+    s.rl.on_request_headers(&mut h, &mut ratelimit::Stream::default());
+    s.hd.on_request_headers(&mut h, &mut headers::Stream::default());
+    assert_eq!(h.reads, 3);
+}
+
+#[test]
+fn local_reply_drops_pending_writes_and_runs_only_the_stages_that_ran() {
+    let c = chain();
+    let mut h = Counting::new(MockHost::new().with_request(&[(":method", "GET"), (":path", "/")]));
+    let mut s = Stream::default();
+    let Decision::Reply(r) = c.on_request_headers(&mut h, &mut s) else {
+        panic!("401 expected")
+    };
+    assert_eq!(r.status, 401);
+    assert_eq!(s.ran(), 1);
+    assert_eq!((h.map_writes, h.single_writes), (0, 0));
+    h.reset();
+    h.inner.response = HeaderMap::new(r.headers.clone());
+    c.on_response_headers(&mut h, &mut s);
+    assert_eq!(
+        h.inner.response.get("x-served-by"),
+        None,
+        "headers stage never ran"
+    );
+    assert_eq!((h.reads, h.map_writes, h.single_writes), (0, 0, 0));
+}
+
+#[test]
+fn stage_errors_name_the_stage_and_the_field() {
+    let bad = json!({"stages": [{"headers": {}}, {"ratelimit": {"rules": [{"name": "x"}]}}]});
+    let e = match ChainConfig::from_json(bad.to_string().as_bytes()) {
+        Err(e) => e.to_string(),
+        Ok(c) => compile(&c).unwrap_err().to_string(),
+    };
+    assert!(e.starts_with("stages[1].ratelimit"), "{e}");
+    let e = ChainConfig::from_json(br#"{"stages":[{"cors":{}}]}"#).unwrap_err();
+    assert!(e.to_string().starts_with("stages[0]"), "{e}");
+    let e = compile(&ChainConfig { stages: vec![] }).unwrap_err();
+    assert_eq!(e.to_string(), "stages: a chain needs at least one stage");
+    let e = ChainConfig::from_json(
+        json!({"stages": [{"auth": auth_config()}, {"headers": {"request_headers": [{"ops": [{"set": {"name": ":path", "value": "/"}}]}]}}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .map(|c| compile(&c).unwrap_err().to_string())
+    .unwrap();
+    assert!(
+        e.starts_with("stages[1].headers.request_headers[0].ops[0].set.name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn writes_before_any_read_are_replayed_in_order() {
+    let mut m = MockHost::new().with_response(&[("server", "up")]);
+    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Response);
+    p.replace_header(HeaderMapKind::Response, "a", "1").unwrap();
+    p.remove_header(HeaderMapKind::Response, "server").unwrap();
+    p.finish();
+    assert_eq!(m.response.get("a"), Some("1"));
+    assert_eq!(m.response.get("server"), None);
+    assert_eq!(m.host_calls, 2);
+}
+
+#[test]
+fn writes_then_read_see_the_writes_and_diff_at_the_end() {
+    let mut m = MockHost::new().with_request(&[("a", "0"), ("b", "1")]);
+    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Request);
+    p.replace_header(HeaderMapKind::Request, "a", "1").unwrap();
+    assert_eq!(
+        p.header(HeaderMapKind::Request, "a").unwrap().as_deref(),
+        Some("1")
+    );
+    p.add_header(HeaderMapKind::Request, "c", "2").unwrap();
+    p.add_header(HeaderMapKind::Request, "c", "3").unwrap();
+    p.remove_header(HeaderMapKind::Request, "b").unwrap();
+    p.finish();
+    let mut got = m.request.pairs.clone();
+    got.sort();
+    let want: Vec<(String, String)> = [("a", "1"), ("c", "2"), ("c", "3")]
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// A host that counts header-map reads and writes, delegating to a [`MockHost`].
+struct Counting {
+    inner: MockHost,
+    reads: usize,
+    map_writes: usize,
+    single_writes: usize,
+    log: Vec<bool>,
+}
+
+impl Counting {
+    fn new(inner: MockHost) -> Self {
+        Self {
+            inner,
+            reads: 0,
+            map_writes: 0,
+            single_writes: 0,
+            log: Vec::new(),
+        }
+    }
+    fn reset(&mut self) {
+        self.reads = 0;
+        self.map_writes = 0;
+        self.single_writes = 0;
+        self.log.clear();
+    }
+    /// How many writes came after the last read (all of them, when writes wait for the end).
+    fn writes_after_last_read(&self) -> usize {
+        let last_read = self.log.iter().rposition(|w| !w).map_or(0, |i| i + 1);
+        self.log[last_read..].len()
+    }
+}
+
+impl Host for Counting {
+    fn header_map(&mut self, kind: HeaderMapKind) -> Result<HeaderMap, HostError> {
+        self.reads += 1;
+        self.log.push(false);
+        self.inner.header_map(kind)
+    }
+    fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError> {
+        self.reads += 1;
+        self.log.push(false);
+        self.inner.header(kind, name)
+    }
+    fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError> {
+        self.map_writes += 1;
+        self.log.push(true);
+        self.inner.set_header_map(kind, map)
+    }
+    fn replace_header(&mut self, kind: HeaderMapKind, n: &str, v: &str) -> Result<(), HostError> {
+        self.single_writes += 1;
+        self.log.push(true);
+        self.inner.replace_header(kind, n, v)
+    }
+    fn add_header(&mut self, kind: HeaderMapKind, n: &str, v: &str) -> Result<(), HostError> {
+        self.single_writes += 1;
+        self.log.push(true);
+        self.inner.add_header(kind, n, v)
+    }
+    fn remove_header(&mut self, kind: HeaderMapKind, n: &str) -> Result<(), HostError> {
+        self.single_writes += 1;
+        self.log.push(true);
+        self.inner.remove_header(kind, n)
+    }
+    fn property(&mut self, p: filter_core::Property<'_>) -> Result<Option<Vec<u8>>, HostError> {
+        self.inner.property(p)
+    }
+    fn send_local_reply(&mut self, r: &LocalReply) -> Result<(), HostError> {
+        self.inner.send_local_reply(r)
+    }
+    fn shared_data(&mut self, k: &str) -> Result<(Option<Vec<u8>>, Option<u32>), HostError> {
+        self.inner.shared_data(k)
+    }
+    fn set_shared_data(&mut self, k: &str, v: &[u8], c: Option<u32>) -> Result<(), HostError> {
+        self.inner.set_shared_data(k, v, c)
+    }
+    fn http_call(
+        &mut self,
+        u: &str,
+        h: &[(&str, &str)],
+        b: Option<&[u8]>,
+        t: Duration,
+    ) -> Result<u32, HostError> {
+        self.inner.http_call(u, h, b, t)
+    }
+    fn grpc_call(
+        &mut self,
+        u: &str,
+        s: &str,
+        m: &str,
+        b: &[u8],
+        t: Duration,
+    ) -> Result<u32, HostError> {
+        self.inner.grpc_call(u, s, m, b, t)
+    }
+    fn now(&mut self) -> std::time::SystemTime {
+        self.inner.now()
+    }
+    fn random_u64(&mut self) -> u64 {
+        self.inner.random_u64()
+    }
+    fn define_metric(&mut self, k: MetricKind, n: &str) -> Result<u32, HostError> {
+        self.inner.define_metric(k, n)
+    }
+    fn increment_metric(&mut self, id: u32, d: i64) -> Result<(), HostError> {
+        self.inner.increment_metric(id, d)
+    }
+    fn record_metric(&mut self, id: u32, v: u64) -> Result<(), HostError> {
+        self.inner.record_metric(id, v)
+    }
+}
