@@ -18,6 +18,8 @@ use std::time::Instant;
 
 #[path = "bench_ratelimit.rs"]
 mod bench_ratelimit;
+#[path = "bench_rpc.rs"]
+mod bench_rpc;
 
 use integration::bootstrap::{Backend, bootstrap, header_mutation, wasm_filter};
 use integration::client::Connection;
@@ -421,6 +423,10 @@ fn peers_module() -> Result<PathBuf, String> {
 
 /// Runs every variant and prints Markdown tables.
 pub fn run(opts: &Options) -> Result<(), String> {
+    if opts.only.iter().any(|o| o == bench_rpc::JOB) {
+        // A different workload (L4 Thrift calls, not HTTP requests): its own tables.
+        return bench_rpc::run(opts);
+    }
     let wasm = toolchain::wasm_module().map_err(|e| e.to_string())?;
     let peers = peers_module()?;
     toolchain::envoy_bin().map_err(|e| e.to_string())?;
