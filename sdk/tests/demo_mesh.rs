@@ -526,13 +526,13 @@ fn auth_and_rate_limit(a: &ureq::Agent, public: &str) {
     assert_eq!(answer(&body).received.consumer.as_deref(), Some("ops"));
     let (_, body, _) = get(a, &url, &[("x-consumer", "admin")]);
     assert_eq!(answer(&body).received.consumer.as_deref(), Some("demo"));
-    // The trial consumer: 5 requests/s, bursts of 10. A quick run of 30 is limited after its
+    // The trial consumer: 5 requests/s, bursts of 10. A quick run of 40 is limited after its
     // burst (plus what refilled meanwhile) with 429 and the limit headers.
     let trial = [("x-api-key", "wasmesh-trial-key")];
     let t = Instant::now();
     let mut allowed = 0u32;
     let mut limited = None;
-    for _ in 0..30 {
+    for _ in 0..40 {
         let (status, body, headers) = get_bare(a, &url, &trial);
         match status {
             200 => {
@@ -546,7 +546,7 @@ fn auth_and_rate_limit(a: &ureq::Agent, public: &str) {
     let refilled = (t.elapsed().as_secs_f64() * 5.0).ceil() as u32;
     assert!(
         (10..=10 + refilled).contains(&allowed),
-        "trial allowed {allowed} of 30 in {:?}",
+        "trial allowed {allowed} of 40 in {:?}",
         t.elapsed()
     );
     let (body, headers) = limited.expect("the trial consumer was limited");
