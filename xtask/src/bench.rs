@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+#[path = "bench_auth.rs"]
+mod bench_auth;
 #[path = "bench_ratelimit.rs"]
 mod bench_ratelimit;
 #[path = "bench_rpc.rs"]
@@ -105,6 +107,8 @@ struct Variant {
     name: String,
     what: String,
     filters: Vec<Value>,
+    /// Per-request credential and counts (auth variants); None: the plain request.
+    traffic: Option<bench_auth::Traffic>,
 }
 
 fn peer_filter(peers: &Path, root_id: &str) -> Value {
@@ -121,6 +125,7 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
             name: "none".into(),
             what: "no extra filter (router only)".into(),
             filters: vec![],
+            traffic: None,
         },
         Variant {
             name: "native".into(),
@@ -140,16 +145,19 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
                     "OVERWRITE_IF_EXISTS_OR_ADD",
                 ),
             ])],
+            traffic: None,
         },
         Variant {
             name: "wasm-empty".into(),
             what: "wasmesh headers filter, empty configuration (the wasm floor)".into(),
             filters: vec![wasm_filter(wasm, "headers", &json!({}))],
+            traffic: None,
         },
         Variant {
             name: "peer-empty".into(),
             what: "peer `empty`: a plain Rust proxy-wasm filter doing nothing".into(),
             filters: vec![peer_filter(peers, "empty")],
+            traffic: None,
         },
     ];
     for job in jobs() {
@@ -160,11 +168,13 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
             name: format!("{}.wasmesh", job.name),
             what: job.what.into(),
             filters: vec![wasm_filter(wasm, "headers", &job.config)],
+            traffic: None,
         });
         v.push(Variant {
             name: format!("{}.peer", job.name),
             what: format!("peer `{}`", job.peer),
             filters: vec![peer_filter(peers, job.peer)],
+            traffic: None,
         });
     }
     if only.is_empty() || only.iter().any(|o| o == bench_ratelimit::JOB) {
@@ -173,6 +183,17 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
                 name,
                 what,
                 filters,
+                traffic: None,
+            });
+        }
+    }
+    if only.iter().any(|o| o == bench_auth::JOB) {
+        for a in bench_auth::variants(wasm) {
+            v.push(Variant {
+                name: a.name,
+                what: a.what,
+                filters: a.filters,
+                traffic: Some(a.traffic),
             });
         }
     }
@@ -217,10 +238,22 @@ fn expected_status(name: &str) -> u16 {
     }
 }
 
-fn send(conn: &mut Connection, n: usize, expect: u16) -> Result<(), String> {
-    for _ in 0..n {
+/// Sends `n` requests, each expected to get `expect`; request `i` carries `traffic`'s
+/// credential number `first + i` (auth variants).
+fn send_with(
+    conn: &mut Connection,
+    n: usize,
+    expect: u16,
+    traffic: Option<&bench_auth::Traffic>,
+    first: usize,
+) -> Result<(), String> {
+    for i in 0..n {
+        let mut headers = REQUEST.to_vec();
+        if let Some(t) = traffic {
+            headers.push((t.header, t.value(first + i)));
+        }
         let r = conn
-            .request("GET", PATH, REQUEST)
+            .request("GET", PATH, &headers)
             .map_err(|e| e.to_string())?;
         if r.status != expect {
             return Err(format!("status {}", r.status));
@@ -284,9 +317,11 @@ fn instructions(
             conn.request("GET", PATH, REQUEST)
                 .map_err(|e| e.to_string())?;
         }
-        send(&mut conn, warmup, expected_status(&v.name))?;
+        let t = v.traffic.as_ref();
+        let (warmup, requests) = t.and_then(|t| t.counts).unwrap_or((warmup, requests));
+        send_with(&mut conn, warmup, expected_status(&v.name), t, 0)?;
         callgrind_control("-z", pid)?;
-        send(&mut conn, requests, expected_status(&v.name))?;
+        send_with(&mut conn, requests, expected_status(&v.name), t, warmup)?;
         callgrind_control("-d", pid)?;
         let (worker, all) = thread_counts(out, pid, i + 1)?;
         let ir = worker as f64 / requests as f64;
@@ -362,15 +397,21 @@ fn throughput(
         if expect == 429 {
             c.request("GET", PATH, REQUEST).map_err(|e| e.to_string())?;
         }
-        send(&mut c, 2000, expect)?;
+        let cred = || {
+            v.traffic
+                .as_ref()
+                .map(|t| bench_auth::Traffic::one(t.header, t.value(0)))
+        };
+        send_with(&mut c, 2000, expect, cred().as_ref(), 0)?;
         let start = Instant::now();
         let handles: Vec<_> = (0..connections)
             .map(|_| {
+                let t = cred();
                 std::thread::spawn(move || -> Result<usize, String> {
                     let mut conn = Connection::open(port).map_err(|e| e.to_string())?;
                     let mut n = 0;
                     while start.elapsed().as_secs_f64() < seconds {
-                        send(&mut conn, 100, expect)?;
+                        send_with(&mut conn, 100, expect, t.as_ref(), 0)?;
                         n += 100;
                     }
                     Ok(n)

@@ -1,0 +1,261 @@
+//! The auth filter's benchmark variants for `cargo xtask bench` (issue 8 targets): an API key
+//! with the consumer forwarded in a header; a JWT (RS256) served from the verified-token cache
+//! with one claim forwarded; cold verification (every request a distinct token, distinct `jti`,
+//! so no cache can hit) for HS256, RS256, ES256 and EdDSA; and Envoy's native `jwt_authn` with
+//! RS256 cold and cached and HS256 cold, the anchor. Selected with `--only auth`.
+//!
+//! Tokens are signed here, before Envoy starts, with the published RFC example keys of
+//! `auth::testing` (RFC 7515 A.1-A.3, RFC 8037). Cold public-key variants use few requests:
+//! each costs millions of instructions under callgrind.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use auth::jws::Alg;
+use auth::testing as t;
+use integration::bootstrap::wasm_filter;
+use serde_json::{Value, json};
+
+/// Name that selects these variants in `--only`.
+pub const JOB: &str = "auth";
+
+/// The API key the API-key variant sends, and its SHA-256 (`echo -n bench-key-1 | sha256sum`).
+const API_KEY: &str = "bench-key-1";
+const API_KEY_SHA256: &str = "7717cad459fb710bd99adf26d5d638743337933ec301092cc951377a94603c07";
+
+const ISSUER: &str = "https://issuer.example";
+
+/// What a variant sends: header `header` with `values[i % values.len()]` on request `i`
+/// (warm-up requests first, then the counted ones), and its own warm-up and request counts
+/// (the cold variants use few: each request costs millions of instructions under callgrind).
+pub struct Traffic {
+    /// Request header carrying the credential.
+    pub header: &'static str,
+    /// Its value per request.
+    pub values: Vec<String>,
+    /// Warm-up and counted requests (None: the bench's `--warmup` / `--requests`).
+    pub counts: Option<(usize, usize)>,
+}
+
+impl Traffic {
+    /// The same credential on every request (the load run uses each variant's first one: a
+    /// cold variant is then a cached one, so its requests/s mean nothing).
+    pub fn one(header: &'static str, value: &str) -> Self {
+        Self {
+            header,
+            values: vec![value.to_owned()],
+            counts: None,
+        }
+    }
+
+    /// The value for request `i` (0 = first warm-up request).
+    pub fn value(&self, i: usize) -> &str {
+        self.values
+            .get(i % self.values.len().max(1))
+            .map_or("", String::as_str)
+    }
+}
+
+/// One variant: name, description, HTTP filters, traffic.
+pub struct AuthVariant {
+    /// Listener name.
+    pub name: String,
+    /// What it measures.
+    pub what: String,
+    /// The listener's HTTP filters (before the router).
+    pub filters: Vec<Value>,
+    /// The requests it gets.
+    pub traffic: Traffic,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Claims of token `jti`: valid for a day, with the `org` claim the variants forward.
+fn claims(jti: usize) -> Value {
+    json!({"iss": ISSUER, "aud": "api", "sub": "alice", "org": "acme",
+           "iat": now() - 10, "exp": now() + 86_400, "jti": format!("bench-{jti:06}")})
+}
+
+fn bearer(alg: Alg, jti: usize) -> String {
+    format!("Bearer {}", t::sign(alg, &claims(jti)))
+}
+
+/// A wasmesh JWT provider named `name` (distinct per variant, so each variant has its own
+/// plugin root and cache) forwarding `org` as `x-org`.
+fn wasm_jwt(wasm: &Path, name: &str) -> Value {
+    wasm_filter(
+        wasm,
+        "auth",
+        &json!({"jwt_providers": [{
+            "name": name,
+            "issuer": ISSUER,
+            "audiences": ["api"],
+            "jwks": {"local": t::jwks()},
+            "claims_to_headers": [{"claim": "org", "header": "x-org"}],
+        }]}),
+    )
+}
+
+/// Native `jwt_authn` with the same keys and checks, forwarding `org` as `x-org`; with a JWT
+/// cache of 100 entries when `cache`.
+fn native_jwt(cache: bool) -> Value {
+    let mut provider = json!({
+        "issuer": ISSUER,
+        "audiences": ["api"],
+        "local_jwks": {"inline_string": t::jwks().to_string()},
+        "clock_skew_seconds": 60,
+        "claim_to_headers": [{"header_name": "x-org", "claim_name": "org"}],
+    });
+    if cache {
+        provider["jwt_cache_config"] = json!({"jwt_cache_size": 100});
+    }
+    json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"corp": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}],
+        }
+    })
+}
+
+/// `warmup + requests` distinct `alg` tokens (each its own `jti`).
+fn cold(alg: Alg, warmup: usize, requests: usize) -> Traffic {
+    Traffic {
+        header: "authorization",
+        values: (0..warmup + requests).map(|i| bearer(alg, i)).collect(),
+        counts: Some((warmup, requests)),
+    }
+}
+
+/// The same tokens again (for the native variant: signing in a debug build is slow).
+fn again(t: &Traffic) -> Traffic {
+    Traffic {
+        header: t.header,
+        values: t.values.clone(),
+        counts: t.counts,
+    }
+}
+
+/// One token for every request.
+fn cached(alg: Alg) -> Traffic {
+    Traffic {
+        header: "authorization",
+        values: vec![bearer(alg, 0)],
+        counts: None,
+    }
+}
+
+/// Warm-up and counted requests of the cold public-key variants.
+const COLD_PK: (usize, usize) = (10, 40);
+/// Of cold HS256 (cheap enough for more).
+const COLD_HS: (usize, usize) = (100, 400);
+
+/// Every auth variant.
+pub fn variants(wasm: &Path) -> Vec<AuthVariant> {
+    let (pw, pn) = COLD_PK;
+    let (hw, hn) = COLD_HS;
+    let v = |name: &str, what: &str, filters: Vec<Value>, traffic: Traffic| AuthVariant {
+        name: name.into(),
+        what: what.into(),
+        filters,
+        traffic,
+    };
+    let rs_cold = cold(Alg::Rs256, pw, pn);
+    let hs_cold = cold(Alg::Hs256, hw, hn);
+    vec![
+        v(
+            "auth-apikey.wasmesh",
+            "wasmesh auth: API key (x-api-key, SHA-256 digest), consumer forwarded in x-consumer",
+            vec![wasm_filter(
+                wasm,
+                "auth",
+                &json!({"api_keys": {"consumers": [{"name": "mobile", "keys_sha256": [API_KEY_SHA256]}]}}),
+            )],
+            Traffic {
+                header: "x-api-key",
+                values: vec![API_KEY.into()],
+                counts: None,
+            },
+        ),
+        v(
+            "auth-rs256-cached.wasmesh",
+            "wasmesh auth: JWT RS256, cache hit, claim org -> x-org, sub -> x-consumer",
+            vec![wasm_jwt(wasm, "cached")],
+            cached(Alg::Rs256),
+        ),
+        v(
+            "auth-hs256-cold.wasmesh",
+            "wasmesh auth: JWT HS256, every request a distinct token",
+            vec![wasm_jwt(wasm, "hs-cold")],
+            again(&hs_cold),
+        ),
+        v(
+            "auth-rs256-cold.wasmesh",
+            "wasmesh auth: JWT RS256 (2048-bit), every request a distinct token",
+            vec![wasm_jwt(wasm, "rs-cold")],
+            again(&rs_cold),
+        ),
+        v(
+            "auth-es256-cold.wasmesh",
+            "wasmesh auth: JWT ES256, every request a distinct token",
+            vec![wasm_jwt(wasm, "es-cold")],
+            cold(Alg::Es256, pw, pn),
+        ),
+        v(
+            "auth-eddsa-cold.wasmesh",
+            "wasmesh auth: JWT EdDSA (verify_strict), every request a distinct token",
+            vec![wasm_jwt(wasm, "ed-cold")],
+            cold(Alg::EdDsa, pw, pn),
+        ),
+        v(
+            "auth-rs256-cached.native",
+            "native jwt_authn: RS256, jwt_cache_config hit, claim_to_headers org",
+            vec![native_jwt(true)],
+            cached(Alg::Rs256),
+        ),
+        v(
+            "auth-rs256-cold.native",
+            "native jwt_authn: RS256, every request a distinct token",
+            vec![native_jwt(false)],
+            rs_cold,
+        ),
+        v(
+            "auth-hs256-cold.native",
+            "native jwt_authn: HS256, every request a distinct token",
+            vec![native_jwt(false)],
+            hs_cold,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_compile_and_cold_tokens_are_distinct() {
+        let vs = variants(Path::new("m.wasm"));
+        for v in &vs {
+            for f in &v.filters {
+                if let Some(c) = f.pointer("/typed_config/config/configuration/value") {
+                    let c = auth::AuthConfig::from_json(c.as_str().unwrap().as_bytes())
+                        .unwrap_or_else(|e| panic!("{}: {e}", v.name));
+                    auth::compile(&c).unwrap_or_else(|e| panic!("{}: {e}", v.name));
+                }
+            }
+            let mut distinct = v.traffic.values.clone();
+            distinct.sort();
+            distinct.dedup();
+            match v.traffic.counts {
+                Some((w, n)) => assert_eq!(distinct.len(), w + n, "{}", v.name),
+                None => assert_eq!(distinct.len(), 1, "{}", v.name),
+            }
+        }
+        assert_eq!(vs.len(), 9);
+    }
+}
