@@ -730,6 +730,7 @@ impl Compiled {
         };
         let mut changed = conn.up.buffered() > 0;
         let mut now: Option<SystemTime> = None;
+        let mut recorded: Vec<(u32, SystemTime)> = Vec::new();
         conn.up.feed(&chunk);
         let mut out = Vec::with_capacity(chunk.len());
         loop {
@@ -774,11 +775,17 @@ impl Compiled {
                         };
                         deltas.add(id, 1);
                         deltas.add(ids.tx_bytes, frame.len() as i64);
-                        let ms = now
-                            .get_or_insert_with(|| host.now())
-                            .duration_since(start)
-                            .map_or(0, |d| d.as_millis() as u64);
-                        let _ = host.record_metric(ids.latency_ms, ms);
+                        // Requests read in one downstream callback share `start` and responses
+                        // read in one upstream callback share `now`: their latencies are equal,
+                        // so a group is recorded once (a host call per group, not per response).
+                        if !recorded.contains(&(ids.latency_ms, start)) {
+                            recorded.push((ids.latency_ms, start));
+                            let ms = now
+                                .get_or_insert_with(|| host.now())
+                                .duration_since(start)
+                                .map_or(0, |d| d.as_millis() as u64);
+                            let _ = host.record_metric(ids.latency_ms, ms);
+                        }
                     }
                     _ => {}
                 }

@@ -1284,3 +1284,34 @@ fn thrift_compact_splits_round_trips_and_replies() {
     );
     assert!(Thrift::default().frame_len(&call).is_err());
 }
+
+#[test]
+fn pipelined_calls_timed_together_are_one_latency_sample_and_exact_counts() {
+    let f = compile(&wm_config()).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    // Three calls in one read (one clock reading), a fourth in a later read.
+    let batch = [
+        req(1, "S", "m", "a"),
+        req(2, "S", "m", "a"),
+        req(3, "S", "m", "a"),
+    ]
+    .concat();
+    pass(&f, &mut h, &mut c, Direction::Downstream, &batch);
+    h.clock += Duration::from_millis(2);
+    pass(
+        &f,
+        &mut h,
+        &mut c,
+        Direction::Downstream,
+        &req(4, "S", "m", "a"),
+    );
+    h.clock += Duration::from_millis(5);
+    let back = [resp(1, 0), resp(2, 0), resp(3, 0), resp(4, 0)].concat();
+    let (_, fwd) = pass(&f, &mut h, &mut c, Direction::Upstream, &back);
+    assert_eq!(fwd, back);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.S.m.requests"), 4);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.S.m.responses.ok"), 4);
+    // Samples: 7 ms for the group of three (recorded once), then 5 ms for the fourth.
+    assert_eq!(h.histogram("rpc.wasmesh_rpc.S.m.latency_ms"), Some((5, 2)));
+}
