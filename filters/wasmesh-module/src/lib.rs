@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod chain;
 pub mod host;
 pub mod http;
 pub mod ratelimit;

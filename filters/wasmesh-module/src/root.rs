@@ -11,12 +11,13 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
 
 use crate::auth::AuthHttp;
+use crate::chain::ChainHttp;
 use crate::http::HeadersHttp;
 use crate::ratelimit::RateLimitHttp;
 use crate::rpc::RpcStream;
 
 /// The filters this module hosts, by `root_id`.
-pub const ROOT_IDS: &[&str] = &["headers", "rpc", "ratelimit", "auth"];
+pub const ROOT_IDS: &[&str] = &["headers", "rpc", "ratelimit", "auth", "chain"];
 
 /// A configured filter, ready to serve streams.
 #[derive(Clone)]
@@ -28,13 +29,15 @@ enum Filter {
     RateLimit(Rc<ratelimit::Compiled>),
     /// The auth filter (compiled keys and rules, this worker's verified-token cache).
     Auth(Rc<auth::Compiled>),
+    /// The one-pass chain (auth, rate-limit and headers stages in one context).
+    Chain(Rc<chain::Compiled>),
 }
 
 /// Why a plugin configuration is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RootError {
     /// The `root_id` names no filter of this module.
-    #[error("unknown root_id \"{0}\"; this module hosts: headers, rpc, ratelimit, auth")]
+    #[error("unknown root_id \"{0}\"; this module hosts: headers, rpc, ratelimit, auth, chain")]
     UnknownRootId(String),
     /// The headers filter's configuration is invalid.
     #[error("headers: invalid configuration: {0}")]
@@ -48,6 +51,9 @@ pub enum RootError {
     /// The auth filter's configuration is invalid.
     #[error("auth: invalid configuration: {0}")]
     Auth(#[from] auth::ConfigError),
+    /// The chain's configuration is invalid.
+    #[error("chain: invalid configuration: {0}")]
+    Chain(#[from] chain::ConfigError),
 }
 
 /// The root context of one plugin.
@@ -67,6 +73,9 @@ impl Context for Root {
         // The auth filter's JWKS fetches are the root's only callouts today.
         if let Some(Filter::Auth(f)) = &self.filter {
             crate::auth::on_http_call_response(f, token_id, body_size);
+        }
+        if let Some(Filter::Chain(f)) = &self.filter {
+            crate::chain::on_http_call_response(f, token_id, body_size);
         }
     }
 }
@@ -94,6 +103,10 @@ fn configure(root_id: &str, config: &[u8]) -> Result<Filter, RootError> {
         "auth" => {
             let parsed = auth::AuthConfig::from_json(config)?;
             Ok(Filter::Auth(Rc::new(auth::compile(&parsed)?)))
+        }
+        "chain" => {
+            let parsed = chain::ChainConfig::from_json(config)?;
+            Ok(Filter::Chain(Rc::new(chain::compile(&parsed)?)))
         }
         other => Err(RootError::UnknownRootId(other.to_owned())),
     }
@@ -124,6 +137,9 @@ impl RootContext for Root {
                 if let Filter::Auth(f) = &filter {
                     crate::auth::start(f);
                 }
+                if let Filter::Chain(f) = &filter {
+                    crate::chain::start(f);
+                }
                 self.filter = Some(filter);
                 true
             }
@@ -139,6 +155,7 @@ impl RootContext for Root {
             Some(Filter::Headers(f)) => Some(Box::new(HeadersHttp::new(Rc::clone(f)))),
             Some(Filter::RateLimit(f)) => Some(Box::new(RateLimitHttp::new(Rc::clone(f)))),
             Some(Filter::Auth(f)) => Some(Box::new(AuthHttp::new(Rc::clone(f)))),
+            Some(Filter::Chain(f)) => Some(Box::new(ChainHttp::new(Rc::clone(f)))),
             Some(Filter::Rpc(_)) | None => None,
         }
     }
@@ -152,6 +169,9 @@ impl RootContext for Root {
         }
         if let Some(Filter::Headers(f)) = &self.filter {
             crate::http::flush_headers_stats(f);
+        }
+        if let Some(Filter::Chain(f)) = &self.filter {
+            crate::chain::on_tick(f);
         }
     }
 
@@ -186,6 +206,20 @@ mod tests {
     }
 
     #[test]
+    fn configure_chain_compiles_and_names_the_stage() {
+        let ok = br#"{"stages":[{"headers":{}},{"ratelimit":{"rules":[{"name":"all","key":{"constant":"a"},"limit":{"requests":1,"per":"second"}}]}}]}"#;
+        assert!(matches!(configure("chain", ok), Ok(Filter::Chain(_))));
+        let e = configure("chain", br#"{"stages":[{"headers":{}},{"auth":{}}]}"#)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .starts_with("chain: invalid configuration: stages[1].auth."),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn configure_selects_by_root_id_and_reports_bad_config() {
         assert!(matches!(configure("headers", b""), Ok(Filter::Headers(_))));
         assert!(matches!(
@@ -195,7 +229,7 @@ mod tests {
         let e = configure("nope", b"{}").err().unwrap();
         assert_eq!(
             e.to_string(),
-            "unknown root_id \"nope\"; this module hosts: headers, rpc, ratelimit, auth"
+            "unknown root_id \"nope\"; this module hosts: headers, rpc, ratelimit, auth, chain"
         );
         let e = configure(
             "headers",
