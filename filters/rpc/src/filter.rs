@@ -319,6 +319,9 @@ pub struct Connection {
     pending: VecDeque<Pending>,
     routed: bool,
     closed: bool,
+    /// The metric ids of the service/method last seen on this connection: pipelined calls
+    /// mostly repeat it, and two string compares are cheaper than two map lookups.
+    last_key: Option<(String, String, KeyIds)>,
 }
 
 impl Compiled {
@@ -330,6 +333,7 @@ impl Compiled {
             pending: VecDeque::new(),
             routed: self.routes.is_empty() && self.default_cluster.is_none(),
             closed: false,
+            last_key: None,
         }
     }
 
@@ -604,7 +608,14 @@ impl Compiled {
                 out.extend_from_slice(frame);
                 continue;
             }
-            let ids = self.key_ids(host, &msg.service, &msg.method);
+            let ids = match &conn.last_key {
+                Some((s, m, ids)) if *s == msg.service && *m == msg.method => Some(*ids),
+                _ => {
+                    let ids = self.key_ids(host, &msg.service, &msg.method);
+                    conn.last_key = ids.map(|i| (msg.service.clone(), msg.method.clone(), i));
+                    ids
+                }
+            };
             if let Some(ids) = ids {
                 let counter = if msg.kind == MessageType::Oneway {
                     ids.oneway
