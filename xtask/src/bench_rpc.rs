@@ -348,9 +348,14 @@ fn throughput(
 
 /// Runs the rpc variants and prints Markdown tables.
 pub fn run(opts: &super::Options) -> Result<(), String> {
-    let wasm = toolchain::wasm_module().map_err(|e| e.to_string())?;
+    let built = toolchain::wasm_module().map_err(|e| e.to_string())?;
     toolchain::envoy_bin().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&opts.out).map_err(|e| e.to_string())?;
+    // A private copy: others rebuilding the shared module meanwhile must not change what the
+    // second Envoy (calls/s) loads.
+    let wasm = opts.out.join("wasmesh_module.wasm");
+    std::fs::copy(&built, &wasm).map_err(|e| format!("copying {}: {e}", built.display()))?;
+    let size = std::fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
     let (calc, admin) = (server()?, server()?);
     let vs = variants(&wasm);
     let irs = if opts.requests > 0 {
@@ -404,6 +409,11 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
         }
     }
     println!();
+    println!(
+        "wasm module: {} bytes (copied from {})",
+        size,
+        built.display()
+    );
     println!(
         "calls counted under callgrind: {} per variant after {} warm-up; one Envoy, --concurrency 1",
         (opts.requests / (BATCH * CONNECTIONS)).max(1) * BATCH * CONNECTIONS,
