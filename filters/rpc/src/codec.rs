@@ -41,6 +41,12 @@ pub trait Codec {
     fn frame_len(&self, head: &[u8]) -> Result<Option<u64>, CodecError>;
     /// Decodes one complete frame.
     fn decode(&self, frame: &[u8]) -> Result<Message, CodecError>;
+    /// Decodes one complete frame travelling server to client. The filter matches these by
+    /// request id, so a protocol may leave `service`, `method` and `caller` empty here (saving
+    /// their allocations) as long as it validates the frame as [`Codec::decode`] does.
+    fn decode_reply(&self, frame: &[u8]) -> Result<Message, CodecError> {
+        self.decode(frame)
+    }
     /// Encodes `message` (possibly mutated) with the payload of the frame it was decoded from.
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError>;
     /// A protocol-correct error reply to `request`, which the client's own library reads as the
@@ -100,6 +106,22 @@ impl Decoder {
         &mut self,
         codec: &C,
     ) -> Result<Option<(Message, Range<usize>)>, DecodeError> {
+        self.next(codec, false)
+    }
+
+    /// As [`Decoder::next_frame`], decoding with [`Codec::decode_reply`] (server-to-client bytes).
+    pub fn next_reply<C: Codec + ?Sized>(
+        &mut self,
+        codec: &C,
+    ) -> Result<Option<(Message, Range<usize>)>, DecodeError> {
+        self.next(codec, true)
+    }
+
+    fn next<C: Codec + ?Sized>(
+        &mut self,
+        codec: &C,
+        reply: bool,
+    ) -> Result<Option<(Message, Range<usize>)>, DecodeError> {
         let fail = |error| DecodeError {
             codec: codec.name(),
             error,
@@ -127,7 +149,12 @@ impl Decoder {
         let Some(frame) = rest.get(..len) else {
             return Ok(None);
         };
-        match codec.decode(frame) {
+        let decoded = if reply {
+            codec.decode_reply(frame)
+        } else {
+            codec.decode(frame)
+        };
+        match decoded {
             Ok(message) => {
                 let range = self.pos..self.pos + len;
                 self.pos += len;

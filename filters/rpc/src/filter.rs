@@ -745,7 +745,7 @@ impl Compiled {
         conn.up.feed(&chunk);
         let mut out = Vec::with_capacity(chunk.len());
         loop {
-            let (msg, range) = match conn.up.next_frame(self.codec.as_ref()) {
+            let (msg, range) = match conn.up.next_reply(self.codec.as_ref()) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {

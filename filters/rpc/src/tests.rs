@@ -1315,3 +1315,52 @@ fn pipelined_calls_timed_together_are_one_latency_sample_and_exact_counts() {
     // Samples: 7 ms for the group of three (recorded once), then 5 ms for the fourth.
     assert_eq!(h.histogram("rpc.wasmesh_rpc.S.m.latency_ms"), Some((5, 2)));
 }
+
+#[test]
+fn thrift_replies_decode_without_names_to_the_same_id_kind_and_status() {
+    for codec in [Thrift::default(), compact()] {
+        for (kind, body) in [
+            (message_type::REPLY, vec![8u8, 0, 0, 0, 0, 0, 42, 0]),
+            (message_type::REPLY, vec![12u8, 0, 1, 0, 0]),
+            (message_type::EXCEPTION, vec![0u8]),
+        ] {
+            let h = Header {
+                name: "Calc:add".into(),
+                kind,
+                seqid: 77,
+            };
+            let frame = if codec.protocol == thrift::ThriftProtocol::Binary {
+                thrift::frame(&h, &body)
+            } else {
+                thrift::frame_compact(&h, &body)
+            };
+            let full = codec.decode(&frame).unwrap();
+            let reply = codec.decode_reply(&frame).unwrap();
+            assert_eq!(
+                (reply.kind, reply.request_id, reply.status),
+                (full.kind, full.request_id, full.status)
+            );
+            assert_eq!(
+                (full.service.as_str(), full.method.as_str()),
+                ("Calc", "add")
+            );
+            assert!(reply.method.is_empty());
+        }
+    }
+    // A name that is not UTF-8 is refused on both paths.
+    let mut bad = thrift::frame(
+        &Header {
+            name: "xy".into(),
+            kind: message_type::REPLY,
+            seqid: 1,
+        },
+        &[0],
+    );
+    bad[12] = 0xff;
+    let codec = Thrift::default();
+    assert!(codec.decode(&bad).is_err());
+    assert_eq!(
+        codec.decode_reply(&bad),
+        codec.decode(&bad).map(|_| unreachable!())
+    );
+}

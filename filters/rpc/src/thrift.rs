@@ -107,7 +107,7 @@ pub fn app_exception_struct_compact(message: &str, kind: i32) -> Vec<u8> {
     s
 }
 
-fn read_header_compact(r: &mut Reader<'_>) -> Result<Header, CodecError> {
+fn read_header_compact(r: &mut Reader<'_>, keep_name: bool) -> Result<Header, CodecError> {
     let id = r.u8()?;
     let vt = r.u8()?;
     if id != COMPACT_ID || vt & 0x1f != 1 {
@@ -115,7 +115,7 @@ fn read_header_compact(r: &mut Reader<'_>) -> Result<Header, CodecError> {
     }
     let seqid = read_varint(r)? as u32 as i32;
     let name_len = read_varint(r)? as usize;
-    let name = r.utf8(name_len, "message name")?;
+    let name = name(r, name_len, keep_name)?;
     Ok(Header {
         name,
         kind: vt >> 5,
@@ -124,110 +124,11 @@ fn read_header_compact(r: &mut Reader<'_>) -> Result<Header, CodecError> {
 }
 
 impl Thrift {
-    fn frame(&self, header: &Header, body: &[u8]) -> Vec<u8> {
-        match self.protocol {
-            ThriftProtocol::Binary => frame(header, body),
-            ThriftProtocol::Compact => frame_compact(header, body),
-        }
-    }
-}
-
-/// A Thrift message header, for clients, servers and tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    /// Full message name (`method` or `Service:method`).
-    pub name: String,
-    /// Message type ([`message_type`]).
-    pub kind: u8,
-    /// Sequence id.
-    pub seqid: i32,
-}
-
-/// Encodes a framed, strict-binary message: header then `body` (an already encoded struct).
-pub fn frame(header: &Header, body: &[u8]) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(12 + header.name.len() + body.len());
-    msg.extend_from_slice(&(VERSION_1 | u32::from(header.kind)).to_be_bytes());
-    msg.extend_from_slice(&(header.name.len() as u32).to_be_bytes());
-    msg.extend_from_slice(header.name.as_bytes());
-    msg.extend_from_slice(&header.seqid.to_be_bytes());
-    msg.extend_from_slice(body);
-    let mut out = Vec::with_capacity(4 + msg.len());
-    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    out.extend_from_slice(&msg);
-    out
-}
-
-/// The binary encoding of `TApplicationException{1: message, 2: type}`.
-pub fn app_exception_struct(message: &str, kind: i32) -> Vec<u8> {
-    let mut s = Vec::with_capacity(16 + message.len());
-    s.extend_from_slice(&[11, 0, 1]);
-    s.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    s.extend_from_slice(message.as_bytes());
-    s.extend_from_slice(&[8, 0, 2]);
-    s.extend_from_slice(&kind.to_be_bytes());
-    s.push(0);
-    s
-}
-
-/// Reads a message header at the start of a frame's message (after the 4-byte frame length).
-fn read_header(r: &mut Reader<'_>) -> Result<Header, CodecError> {
-    let word = r.u32()?;
-    if word & 0x8000_0000 != 0 {
-        if word & VERSION_MASK != VERSION_1 {
-            return Err(CodecError::BadMagic(word.to_be_bytes().to_vec()));
-        }
-        let name_len = r.u32()? as usize;
-        let name = r.utf8(name_len, "message name")?;
-        let seqid = r.i32()?;
-        Ok(Header {
-            name,
-            kind: (word & 0xff) as u8,
-            seqid,
-        })
-    } else {
-        // Old-style (non-strict) header: name length, name, type byte, seqid.
-        let name = r.utf8(word as usize, "message name")?;
-        let kind = r.u8()?;
-        let seqid = r.i32()?;
-        Ok(Header { name, kind, seqid })
-    }
-}
-
-impl Codec for Thrift {
-    fn name(&self) -> &'static str {
-        "thrift"
-    }
-
-    fn frame_len(&self, head: &[u8]) -> Result<Option<u64>, CodecError> {
-        let Some(len) = head.get(..4) else {
-            return Ok(None);
-        };
-        let mut r = Reader::new(len, 0);
-        let n = r.i32()?;
-        if n < 0 {
-            return Err(CodecError::Malformed(format!("negative frame length {n}")));
-        }
-        // The first byte after the length is either the strict version (0x80) or the high byte
-        // of an old-style name length (0 for names under 16 MiB): anything else is not Thrift.
-        let ok = match self.protocol {
-            ThriftProtocol::Binary => |b: u8| b == 0x80 || b == 0,
-            ThriftProtocol::Compact => |b: u8| b == COMPACT_ID,
-        };
-        if let Some(&b) = head.get(4)
-            && !ok(b)
-        {
-            return Err(CodecError::BadMagic(
-                head.get(..5).unwrap_or_default().to_vec(),
-            ));
-        }
-        Ok(Some(4 + n as u64))
-    }
-
-    fn decode(&self, frame: &[u8]) -> Result<Message, CodecError> {
+    fn decode_with(&self, frame: &[u8], keep_name: bool) -> Result<Message, CodecError> {
         let mut r = Reader::new(frame, 4);
         let h = match self.protocol {
-            ThriftProtocol::Binary => read_header(&mut r)?,
-            ThriftProtocol::Compact => read_header_compact(&mut r)?,
+            ThriftProtocol::Binary => read_header(&mut r, keep_name)?,
+            ThriftProtocol::Compact => read_header_compact(&mut r, keep_name)?,
         };
         let kind = match h.kind {
             message_type::CALL => MessageType::Request,
@@ -281,6 +182,130 @@ impl Codec for Thrift {
             _ => None,
         };
         Ok(m)
+    }
+
+    fn frame(&self, header: &Header, body: &[u8]) -> Vec<u8> {
+        match self.protocol {
+            ThriftProtocol::Binary => frame(header, body),
+            ThriftProtocol::Compact => frame_compact(header, body),
+        }
+    }
+}
+
+/// A Thrift message header, for clients, servers and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Full message name (`method` or `Service:method`).
+    pub name: String,
+    /// Message type ([`message_type`]).
+    pub kind: u8,
+    /// Sequence id.
+    pub seqid: i32,
+}
+
+/// Encodes a framed, strict-binary message: header then `body` (an already encoded struct).
+pub fn frame(header: &Header, body: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(12 + header.name.len() + body.len());
+    msg.extend_from_slice(&(VERSION_1 | u32::from(header.kind)).to_be_bytes());
+    msg.extend_from_slice(&(header.name.len() as u32).to_be_bytes());
+    msg.extend_from_slice(header.name.as_bytes());
+    msg.extend_from_slice(&header.seqid.to_be_bytes());
+    msg.extend_from_slice(body);
+    let mut out = Vec::with_capacity(4 + msg.len());
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(&msg);
+    out
+}
+
+/// The binary encoding of `TApplicationException{1: message, 2: type}`.
+pub fn app_exception_struct(message: &str, kind: i32) -> Vec<u8> {
+    let mut s = Vec::with_capacity(16 + message.len());
+    s.extend_from_slice(&[11, 0, 1]);
+    s.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    s.extend_from_slice(message.as_bytes());
+    s.extend_from_slice(&[8, 0, 2]);
+    s.extend_from_slice(&kind.to_be_bytes());
+    s.push(0);
+    s
+}
+
+/// Reads a message header at the start of a frame's message (after the 4-byte frame length).
+/// The message name: validated always, allocated only when `keep` (replies are matched by id).
+fn name(r: &mut Reader<'_>, len: usize, keep: bool) -> Result<String, CodecError> {
+    if keep {
+        return r.utf8(len, "message name");
+    }
+    let at = r.pos;
+    let s = r.take(len)?;
+    match std::str::from_utf8(s) {
+        Ok(_) => Ok(String::new()),
+        Err(_) => {
+            // The same error as the allocating path.
+            r.pos = at;
+            r.utf8(len, "message name")
+        }
+    }
+}
+
+fn read_header(r: &mut Reader<'_>, keep_name: bool) -> Result<Header, CodecError> {
+    let word = r.u32()?;
+    if word & 0x8000_0000 != 0 {
+        if word & VERSION_MASK != VERSION_1 {
+            return Err(CodecError::BadMagic(word.to_be_bytes().to_vec()));
+        }
+        let name_len = r.u32()? as usize;
+        let name = name(r, name_len, keep_name)?;
+        let seqid = r.i32()?;
+        Ok(Header {
+            name,
+            kind: (word & 0xff) as u8,
+            seqid,
+        })
+    } else {
+        // Old-style (non-strict) header: name length, name, type byte, seqid.
+        let name = name(r, word as usize, keep_name)?;
+        let kind = r.u8()?;
+        let seqid = r.i32()?;
+        Ok(Header { name, kind, seqid })
+    }
+}
+
+impl Codec for Thrift {
+    fn name(&self) -> &'static str {
+        "thrift"
+    }
+
+    fn frame_len(&self, head: &[u8]) -> Result<Option<u64>, CodecError> {
+        let Some(len) = head.get(..4) else {
+            return Ok(None);
+        };
+        let mut r = Reader::new(len, 0);
+        let n = r.i32()?;
+        if n < 0 {
+            return Err(CodecError::Malformed(format!("negative frame length {n}")));
+        }
+        // The first byte after the length is either the strict version (0x80) or the high byte
+        // of an old-style name length (0 for names under 16 MiB): anything else is not Thrift.
+        let ok = match self.protocol {
+            ThriftProtocol::Binary => |b: u8| b == 0x80 || b == 0,
+            ThriftProtocol::Compact => |b: u8| b == COMPACT_ID,
+        };
+        if let Some(&b) = head.get(4)
+            && !ok(b)
+        {
+            return Err(CodecError::BadMagic(
+                head.get(..5).unwrap_or_default().to_vec(),
+            ));
+        }
+        Ok(Some(4 + n as u64))
+    }
+
+    fn decode(&self, frame: &[u8]) -> Result<Message, CodecError> {
+        self.decode_with(frame, true)
+    }
+
+    fn decode_reply(&self, frame: &[u8]) -> Result<Message, CodecError> {
+        self.decode_with(frame, false)
     }
 
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError> {
