@@ -23,7 +23,7 @@ use envoy_types::util::pack_any;
 
 use crate::emit::EmitError;
 use crate::ir::FaultIr;
-use crate::spec::Filter;
+use crate::spec::{ChainMode, Filter};
 use crate::translate::Layout;
 
 /// Where each filter runs in the HTTP chain, lowest first; the router is always last (added by
@@ -193,6 +193,51 @@ pub fn http_stages(
             Filter::RateLimit(cfg) => stage(cfg, layout, proxy, i),
         })
         .collect()
+}
+
+/// The stages of a listener's filter stack in `mode`: with [`ChainMode::OnePass`] and two or
+/// more wasmesh filters, one `chain` plugin whose stages are the filters in [`ORDER`] (the
+/// order separate plugins would run in), placed where the first of them would be; otherwise
+/// one plugin per filter.
+pub fn listener_stages(
+    filters: &[Filter],
+    mode: ChainMode,
+    layout: &Layout,
+    proxy: &str,
+) -> Result<Vec<Stage>, EmitError> {
+    if mode == ChainMode::Separate || filters.len() < 2 {
+        return http_stages(filters, layout, proxy);
+    }
+    let mut ordered: Vec<(u32, chain::Stage)> = filters
+        .iter()
+        .map(|f| match f {
+            Filter::Headers(c) => (
+                order_of(<headers::HeadersConfig as Translate>::KIND),
+                chain::Stage::Headers(c.clone()),
+            ),
+            Filter::Auth(c) => (
+                order_of(<auth::AuthConfig as Translate>::KIND),
+                chain::Stage::Auth(c.clone()),
+            ),
+            Filter::RateLimit(c) => (
+                order_of(<ratelimit::RateLimitConfig as Translate>::KIND),
+                chain::Stage::RateLimit(c.clone()),
+            ),
+        })
+        .collect();
+    ordered.sort_by_key(|(o, _)| *o);
+    let order = ordered.first().map_or(u32::MAX, |(o, _)| *o);
+    let config = chain::ChainConfig {
+        stages: ordered.into_iter().map(|(_, s)| s).collect(),
+    };
+    let json = serde_json::to_string(&config).map_err(|e| EmitError::FilterConfig {
+        filter: "chain",
+        detail: e.to_string(),
+    })?;
+    Ok(vec![Stage {
+        order,
+        filter: wasm("chain", format!("{proxy}.chain.0"), json, layout),
+    }])
 }
 
 /// Envoy's fault filter, inert unless a route configures it.

@@ -72,6 +72,8 @@ pub struct FrontListenerIr {
     pub routes: Vec<RouteIr>,
     /// Filter stack.
     pub filters: Vec<Filter>,
+    /// One pass or separate plugins for the wasmesh filters.
+    pub chain: crate::spec::ChainMode,
 }
 
 /// A validated route.
@@ -833,6 +835,7 @@ fn front(c: &mut Check, spec: &MeshSpec, by_name: &BTreeMap<&str, &Service>) -> 
                     })
                     .collect(),
                 filters: l.filters.clone(),
+                chain: l.chain,
             }
         })
         .collect();

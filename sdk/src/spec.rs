@@ -43,8 +43,30 @@ pub struct FrontListener {
     /// HTTP filters, in the order they run (before the router).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
+    /// How two or more wasmesh filters run: one pass (one `chain` plugin, default) or one
+    /// plugin each.
+    #[serde(default, skip_serializing_if = "ChainMode::is_default")]
+    pub chain: ChainMode,
     /// Routes, first match wins.
     pub routes: Vec<Route>,
+}
+
+/// How a listener runs its wasmesh filters (`chain:` in the spec).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainMode {
+    /// One wasm plugin (root id `chain`) runs every wasmesh filter of the listener as stages:
+    /// one read of the request headers, one write, the consumer passed in memory.
+    #[default]
+    OnePass,
+    /// One wasm plugin per filter (root ids `auth`, `ratelimit`, `headers`).
+    Separate,
+}
+
+impl ChainMode {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_admin_port() -> u16 {

@@ -235,8 +235,12 @@ fn front_proxy(mesh: &Mesh, layout: &Layout) -> Result<Bootstrap, EmitError> {
     // Clusters for every service (and subset) a route targets, in name order.
     let mut clusters = BTreeMap::new();
     for l in &front.listeners {
-        let mut stages =
-            filters::http_stages(&l.filters, layout, &format!("front-proxy.{}", l.name))?;
+        let mut stages = filters::listener_stages(
+            &l.filters,
+            l.chain,
+            layout,
+            &format!("front-proxy.{}", l.name),
+        )?;
         if l.routes.iter().any(|r| r.fault.is_some()) {
             stages.push(filters::fault_stage());
         }

@@ -25,6 +25,9 @@ front_proxy:
   listeners:
     - name: public
       port: 8080
+      # One plugin per filter: this test checks the standalone plugin's placement (the
+      # one-pass form is covered by chain_spec).
+      chain: separate
       filters:
         - headers: { request_id: {} }
         - ratelimit:
