@@ -18,6 +18,8 @@ use std::time::Instant;
 
 #[path = "bench_auth.rs"]
 mod bench_auth;
+#[path = "bench_chain.rs"]
+mod bench_chain;
 #[path = "bench_ratelimit.rs"]
 mod bench_ratelimit;
 #[path = "bench_rpc.rs"]
@@ -184,6 +186,16 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
                 what,
                 filters,
                 traffic: None,
+            });
+        }
+    }
+    if only.iter().any(|o| o == bench_chain::JOB) {
+        for (name, what, filters, traffic) in bench_chain::variants(wasm) {
+            v.push(Variant {
+                name,
+                what,
+                filters,
+                traffic: Some(traffic),
             });
         }
     }
