@@ -19,7 +19,7 @@ Commands:
             straightforward peer filter (bench/peers), all in one Envoy; plus requests/s.
             Options: --requests N (2000) --warmup N (1000) --seconds S (5; 0 skips)
             --out DIR (target/bench) --only JOB[,JOB] (one-each-way, headers-job, ten-sets,
-            front-proxy, sidecar)
+            front-proxy, sidecar, ratelimit, auth, chain)
   wasm      Build wasmesh_module.wasm and print its path and size.
   envoy     Install the pinned Envoy if needed and print its path.
 
