@@ -414,11 +414,13 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
         size,
         built.display()
     );
-    println!(
-        "calls counted under callgrind: {} per variant after {} warm-up; one Envoy, --concurrency 1",
-        (opts.requests / (BATCH * CONNECTIONS)).max(1) * BATCH * CONNECTIONS,
-        opts.warmup
-    );
+    if !irs.is_empty() {
+        println!(
+            "calls counted under callgrind: {} per variant after {} warm-up; one Envoy, --concurrency 1",
+            (opts.requests / (BATCH * CONNECTIONS)).max(1) * BATCH * CONNECTIONS,
+            opts.warmup
+        );
+    }
     Ok(())
 }
 
