@@ -20,6 +20,9 @@ Commands:
             Options: --requests N (2000) --warmup N (1000) --seconds S (5; 0 skips)
             --out DIR (target/bench) --only JOB[,JOB] (one-each-way, headers-job, ten-sets,
             front-proxy, sidecar, ratelimit, auth, chain)
+            --only rpc: Thrift calls instead (instructions/call for plain tcp_proxy,
+            the rpc filter + tcp_proxy, native thrift_proxy; calls/s over 5 rounds;
+            --requests 0 skips callgrind)
   wasm      Build wasmesh_module.wasm and print its path and size.
   envoy     Install the pinned Envoy if needed and print its path.
 
