@@ -4,7 +4,9 @@
 //!
 //! A measurement, not a check: ignored by default, run with
 //! `cargo test --release -p integration --test rpc_bench -- --ignored --nocapture`.
-//! Results go to docs/benchmarks.md by hand.
+//! Results go to docs/benchmarks.md by hand. The project's repeatable measure (instructions per
+//! call under callgrind, and calls/s over several rounds in one Envoy) is
+//! `cargo xtask bench --only rpc` (xtask/src/bench_rpc.rs).
 
 mod rpc_common;
 
