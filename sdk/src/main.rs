@@ -144,7 +144,13 @@ fn main() -> ExitCode {
         Cmd::Up(args) => up_cli::up_cmd(&args),
         Cmd::AuthHash(args) => auth_cli::auth_hash_cmd(&args),
         Cmd::Down { run_dir } => sdk::up::down(&run_dir)
-            .map(|s| println!("stopped mesh {:?} ({} processes)", s.plan.mesh, s.procs.len()))
+            .map(|s| {
+                println!(
+                    "stopped mesh {:?} ({} processes)",
+                    s.plan.mesh,
+                    s.procs.len()
+                )
+            })
             .map_err(|e| e.to_string()),
         Cmd::Status { run_dir } => sdk::up::status(&run_dir)
             .map(|(_, text)| print!("{text}"))

@@ -25,7 +25,14 @@ fn tests_in(dir: &Path) -> usize {
 
 #[test]
 fn filter_core_and_headers_unit_tests_all_pass_on_wasm32() {
-    let crates = ["filter-core", "headers", "auth", "rpc", "ratelimit", "chain"];
+    let crates = [
+        "filter-core",
+        "headers",
+        "auth",
+        "rpc",
+        "ratelimit",
+        "chain",
+    ];
     let output =
         toolchain::test_on_wasm32(&crates, &["filter-core/mock"]).unwrap_or_else(|e| panic!("{e}"));
     let passed: usize = output

@@ -21,9 +21,9 @@ mod tests;
 mod w3c_tests;
 
 pub use config::HeadersConfig;
-pub use filter::{Compiled, Stream, compile};
 /// Estimated host-call costs of header writes (also used by the one-pass chain).
 pub use filter::cost as write_cost;
+pub use filter::{Compiled, Stream, compile};
 pub use stats::{Counter, Stats};
 
 use thiserror::Error;
