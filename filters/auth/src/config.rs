@@ -264,17 +264,7 @@ pub struct Rule {
     pub deny: Vec<Principal>,
 }
 
-/// A condition on the path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum PathMatch {
-    /// The path equals this.
-    Exact(String),
-    /// The path starts with this.
-    Prefix(String),
-    /// The whole path matches this regular expression (anchored).
-    Regex(String),
-}
+pub use filter_core::matching::PathMatch;
 
 /// Who an authorization entry matches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,12 +18,13 @@ use serde_json::Value;
 
 use crate::ConfigError;
 use crate::cache::TokenCache;
-use crate::config::{AuthConfig, ClaimMatch, PathMatch, Principal, TokenSource};
+use crate::config::{AuthConfig, ClaimMatch, Principal, TokenSource};
 use crate::credentials::{self, KeyTable, PasswordHash, VerifiedSet};
 use crate::error::Reject;
 use crate::jwk::{self, Key};
 use crate::jws;
 use crate::remote::{Fetched, Remote, State as RemoteState};
+use filter_core::matching::PathCond;
 
 /// An authentication method a rule may require.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,16 +121,9 @@ struct BasicC {
 }
 
 #[derive(Debug)]
-enum PathCond {
-    Any,
-    Exact(String),
-    Prefix(String),
-    Regex(regex_lite::Regex),
-}
-
-#[derive(Debug)]
 struct RuleC {
-    path: PathCond,
+    /// `None`: every path.
+    path: Option<PathCond>,
     methods: Vec<String>,
     bypass: bool,
     all: bool,
@@ -534,15 +528,12 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
                 })
                 .collect::<Result<_, _>>()?
         };
-        let path = match &r.path {
-            None => PathCond::Any,
-            Some(PathMatch::Exact(p)) => PathCond::Exact(p.clone()),
-            Some(PathMatch::Prefix(p)) => PathCond::Prefix(p.clone()),
-            Some(PathMatch::Regex(re)) => PathCond::Regex(
-                regex_lite::Regex::new(&format!("^(?:{re})$"))
-                    .map_err(|_| invalid(format!("{at}.path.regex"), re, "invalid regex"))?,
-            ),
-        };
+        let path = r
+            .path
+            .as_ref()
+            .map(PathCond::compile)
+            .transpose()
+            .map_err(|e| invalid(format!("{at}.path.regex"), &e.0, "invalid regex"))?;
         let principals =
             |list: &[Principal], field: &str| -> Result<Vec<PrincipalC>, ConfigError> {
                 list.iter()
@@ -622,7 +613,7 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
         need("authorization");
     }
     for r in &rules {
-        if !matches!(r.path, PathCond::Any) {
+        if r.path.is_some() {
             need(":path");
         }
         if !r.methods.is_empty() {
@@ -1100,12 +1091,7 @@ impl Compiled {
         let path = path.split(['?', '#']).next().unwrap_or(path);
         let method = map.get(":method").unwrap_or("");
         self.rules.iter().find(|r| {
-            let path_ok = match &r.path {
-                PathCond::Any => true,
-                PathCond::Exact(p) => path == p,
-                PathCond::Prefix(p) => path.starts_with(p.as_str()),
-                PathCond::Regex(re) => re.is_match(path),
-            };
+            let path_ok = r.path.as_ref().is_none_or(|c| c.matches(path));
             path_ok && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
         })
     }

@@ -13,6 +13,7 @@ pub mod decision;
 pub mod error;
 pub mod host;
 pub mod json;
+pub mod matching;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
 pub mod rng;

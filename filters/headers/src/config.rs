@@ -127,31 +127,7 @@ impl Match {
     }
 }
 
-/// A condition on the path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum PathMatch {
-    /// The path equals this.
-    Exact(String),
-    /// The path starts with this.
-    Prefix(String),
-    /// The whole path matches this regular expression (RE2-like syntax; anchored).
-    Regex(String),
-}
-
-/// A condition on one request header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderMatch {
-    /// Header name (case-insensitive).
-    pub name: String,
-    /// Require the header present (`true`) or absent (`false`). Default: present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub present: Option<bool>,
-    /// Require the header's value to equal this exactly.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub equals: Option<String>,
-}
+pub use filter_core::matching::{HeaderMatch, PathMatch};
 
 /// One header operation. Values are templates: literal text with `${...}` placeholders over
 /// request attributes: `${header.NAME}`, `${path}`, `${method}`, `${host}`, `${client_address}`,

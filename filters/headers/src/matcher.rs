@@ -1,19 +1,11 @@
 //! Compiled rule conditions over the request.
 
 use filter_core::HeaderMap;
-use regex_lite::Regex;
+use filter_core::matching::PathCond;
 
-use crate::config::{HeaderMatch, Match, PathMatch};
+use crate::config::{HeaderMatch, Match};
 use crate::filter::Needs;
 use crate::{ConfigError, names};
-
-/// A compiled path condition.
-#[derive(Debug, Clone)]
-enum PathCond {
-    Exact(String),
-    Prefix(String),
-    Regex(Regex),
-}
 
 /// A compiled header condition.
 #[derive(Debug, Clone)]
@@ -42,20 +34,16 @@ pub(crate) struct Matcher {
 
 impl Matcher {
     pub(crate) fn compile(m: &Match, at: &str) -> Result<Self, ConfigError> {
-        let path = match &m.path {
-            None => None,
-            Some(PathMatch::Exact(p)) => Some(PathCond::Exact(p.clone())),
-            Some(PathMatch::Prefix(p)) => Some(PathCond::Prefix(p.clone())),
-            Some(PathMatch::Regex(r)) => {
-                let anchored = format!("^(?:{r})$");
-                let re = Regex::new(&anchored).map_err(|_| ConfigError::Invalid {
-                    path: format!("{at}.path.regex"),
-                    value: r.clone(),
-                    reason: "invalid regular expression",
-                })?;
-                Some(PathCond::Regex(re))
-            }
-        };
+        let path = m
+            .path
+            .as_ref()
+            .map(PathCond::compile)
+            .transpose()
+            .map_err(|e| ConfigError::Invalid {
+                path: format!("{at}.path.regex"),
+                value: e.0,
+                reason: "invalid regular expression",
+            })?;
         for (i, method) in m.methods.iter().enumerate() {
             if method.is_empty()
                 || !method
@@ -130,16 +118,10 @@ impl Matcher {
 
     /// Whether the request in `map` meets every condition.
     pub(crate) fn matches(&self, map: &HeaderMap) -> bool {
-        if let Some(cond) = &self.path {
-            let path = path_of(map);
-            let ok = match cond {
-                PathCond::Exact(p) => path == p,
-                PathCond::Prefix(p) => path.starts_with(p.as_str()),
-                PathCond::Regex(re) => re.is_match(path),
-            };
-            if !ok {
-                return false;
-            }
+        if let Some(cond) = &self.path
+            && !cond.matches(path_of(map))
+        {
+            return false;
         }
         if !self.methods.is_empty() {
             let method = map.get(":method").unwrap_or("");

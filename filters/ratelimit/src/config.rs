@@ -285,31 +285,7 @@ impl Match {
     }
 }
 
-/// A condition on the path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum PathMatch {
-    /// The path equals this.
-    Exact(String),
-    /// The path starts with this.
-    Prefix(String),
-    /// The whole path matches this regular expression (anchored).
-    Regex(String),
-}
-
-/// A condition on one request header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderMatch {
-    /// Header name (case-insensitive).
-    pub name: String,
-    /// Require the header present (`true`, default) or absent (`false`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub present: Option<bool>,
-    /// Require the value to equal this exactly.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub equals: Option<String>,
-}
+pub use filter_core::matching::{HeaderMatch, PathMatch};
 
 impl RateLimitConfig {
     /// Parses JSON, naming the offending field path on error (`rules[0].limit: ...`).

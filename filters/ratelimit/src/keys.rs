@@ -10,21 +10,15 @@ use filter_core::HeaderMap;
 use regex_lite::Regex;
 
 use crate::ConfigError;
-use crate::config::{ClientAddressKey, Key, Match, PathMatch};
+use crate::config::{ClientAddressKey, Key, Match};
+use filter_core::matching::PathCond;
 
 /// Compiled request conditions.
 #[derive(Debug, Clone)]
 pub(crate) struct Matcher {
-    path: Option<CompiledPath>,
+    path: Option<PathCond>,
     methods: Vec<String>,
     headers: Vec<(String, Option<bool>, Option<String>)>,
-}
-
-#[derive(Debug, Clone)]
-enum CompiledPath {
-    Exact(String),
-    Prefix(String),
-    Regex(Regex),
 }
 
 fn invalid(path: String, value: &str, reason: &'static str) -> ConfigError {
@@ -37,15 +31,12 @@ fn invalid(path: String, value: &str, reason: &'static str) -> ConfigError {
 
 impl Matcher {
     pub(crate) fn compile(m: &Match, at: &str) -> Result<Self, ConfigError> {
-        let path = match &m.path {
-            None => None,
-            Some(PathMatch::Exact(p)) => Some(CompiledPath::Exact(p.clone())),
-            Some(PathMatch::Prefix(p)) => Some(CompiledPath::Prefix(p.clone())),
-            Some(PathMatch::Regex(r)) => Some(CompiledPath::Regex(
-                Regex::new(&format!("^(?:{r})$"))
-                    .map_err(|_| invalid(format!("{at}.path.regex"), r, "invalid regex"))?,
-            )),
-        };
+        let path = m
+            .path
+            .as_ref()
+            .map(PathCond::compile)
+            .transpose()
+            .map_err(|e| invalid(format!("{at}.path.regex"), &e.0, "invalid regex"))?;
         for (i, meth) in m.methods.iter().enumerate() {
             if meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_uppercase()) {
                 return Err(invalid(
@@ -94,16 +85,10 @@ impl Matcher {
     }
 
     pub(crate) fn matches(&self, map: &HeaderMap) -> bool {
-        if let Some(p) = &self.path {
-            let path = path_of(map);
-            let ok = match p {
-                CompiledPath::Exact(e) => path == e,
-                CompiledPath::Prefix(pre) => path.starts_with(pre.as_str()),
-                CompiledPath::Regex(r) => r.is_match(path),
-            };
-            if !ok {
-                return false;
-            }
+        if let Some(p) = &self.path
+            && !p.matches(path_of(map))
+        {
+            return false;
         }
         if !self.methods.is_empty() {
             let method = map.get(":method").unwrap_or("");
