@@ -32,12 +32,13 @@ pub const ORDER: &[(&str, u32)] = &[
     // Envoy's fault filter, present when a route injects faults: a fault stands in for the
     // upstream, so it is decided before any other filter spends work on the request.
     ("fault", 10),
-    // Authentication: who is calling. (Later issue.)
+    // Authentication (the `auth` filter), which also decides authorization: who is calling,
+    // and may they make this call.
     ("authn", 100),
-    // Authorization: may they make this call; needs the identity from authn. (Later issue.)
+    // A separate authorization filter, should one be added; `auth` decides it in its own stage.
     ("authz", 200),
-    // Rate limiting: after authn/authz so limits can key on identity and refused calls don't
-    // consume quota. (Later issue.)
+    // Rate limiting: after auth so limits can key on identity and refused calls don't consume
+    // quota.
     ("ratelimit", 300),
     // Header generation (request ids, trace context, rules): last before the router, so it sees
     // the final request and what it writes reaches the upstream unchanged.
