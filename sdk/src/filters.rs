@@ -63,17 +63,40 @@ pub struct Stage {
     pub filter: HttpFilter,
 }
 
-/// A filter's translation into Envoy's HTTP filter.
-pub trait Translate {
+/// A filter's translation into Envoy's HTTP filter: its config, serialized as the filter parses
+/// it, in a wasm plugin of the shared module.
+pub trait Translate: serde::Serialize {
     /// Its row in [`ORDER`].
     const KIND: &'static str;
+    /// Its `root_id` in the module; plugins are named (and their stats scoped)
+    /// `<proxy>.<root id>.<index>`.
+    const ROOT_ID: &'static str;
     /// The Envoy `HttpFilter` for one instance of the filter on proxy `proxy`.
     fn http_filter(
         &self,
         layout: &Layout,
         proxy: &str,
         index: usize,
-    ) -> Result<HttpFilter, EmitError>;
+    ) -> Result<HttpFilter, EmitError> {
+        let json = config_json(self, Self::KIND)?;
+        Ok(wasm(
+            Self::ROOT_ID,
+            format!("{proxy}.{}.{index}", Self::ROOT_ID),
+            json,
+            layout,
+        ))
+    }
+}
+
+/// A filter configuration as the JSON string the plugin receives.
+fn config_json<T: serde::Serialize + ?Sized>(
+    config: &T,
+    filter: &'static str,
+) -> Result<String, EmitError> {
+    serde_json::to_string(config).map_err(|e| EmitError::FilterConfig {
+        filter,
+        detail: e.to_string(),
+    })
 }
 
 /// The wasm filter entry for a wasmesh filter: root id picks it inside the shared module; all
@@ -109,61 +132,17 @@ fn wasm(root_id: &str, name: String, config_json: String, layout: &Layout) -> Ht
 
 impl Translate for headers::HeadersConfig {
     const KIND: &'static str = "headers";
-    fn http_filter(
-        &self,
-        layout: &Layout,
-        proxy: &str,
-        index: usize,
-    ) -> Result<HttpFilter, EmitError> {
-        let json = serde_json::to_string(self).map_err(|e| EmitError::FilterConfig {
-            filter: Self::KIND,
-            detail: e.to_string(),
-        })?;
-        Ok(wasm(
-            Self::KIND,
-            format!("{proxy}.{}.{index}", Self::KIND),
-            json,
-            layout,
-        ))
-    }
+    const ROOT_ID: &'static str = "headers";
 }
 
 impl Translate for auth::AuthConfig {
     const KIND: &'static str = "authn";
-    fn http_filter(
-        &self,
-        layout: &Layout,
-        proxy: &str,
-        index: usize,
-    ) -> Result<HttpFilter, EmitError> {
-        let json = serde_json::to_string(self).map_err(|e| EmitError::FilterConfig {
-            filter: Self::KIND,
-            detail: e.to_string(),
-        })?;
-        // Root id `auth` in the module; the plugin name (also its stats scope) `<proxy>.auth.<i>`.
-        Ok(wasm("auth", format!("{proxy}.auth.{index}"), json, layout))
-    }
+    const ROOT_ID: &'static str = "auth";
 }
 
 impl Translate for ratelimit::RateLimitConfig {
     const KIND: &'static str = "ratelimit";
-    fn http_filter(
-        &self,
-        layout: &Layout,
-        proxy: &str,
-        index: usize,
-    ) -> Result<HttpFilter, EmitError> {
-        let json = serde_json::to_string(self).map_err(|e| EmitError::FilterConfig {
-            filter: Self::KIND,
-            detail: e.to_string(),
-        })?;
-        Ok(wasm(
-            Self::KIND,
-            format!("{proxy}.{}.{index}", Self::KIND),
-            json,
-            layout,
-        ))
-    }
+    const ROOT_ID: &'static str = "ratelimit";
 }
 
 fn stage<T: Translate>(
@@ -231,10 +210,7 @@ pub fn listener_stages(
     let config = chain::ChainConfig {
         stages: ordered.into_iter().map(|(_, s)| s).collect(),
     };
-    let json = serde_json::to_string(&config).map_err(|e| EmitError::FilterConfig {
-        filter: "chain",
-        detail: e.to_string(),
-    })?;
+    let json = config_json(&config, "chain")?;
     Ok(vec![Stage {
         order,
         filter: wasm("chain", format!("{proxy}.chain.0"), json, layout),
