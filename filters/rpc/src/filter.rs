@@ -574,16 +574,9 @@ impl Compiled {
         deltas: &mut Deltas,
     ) -> Verdict {
         let dir = Direction::Downstream;
-        if conn.closed {
-            let _ = host.set_data(dir, len, &[]);
-            return Verdict::Pause;
-        }
-        let chunk = match host.data(dir, len) {
+        let chunk = match take_chunk(host, conn.closed, dir, len) {
             Ok(c) => c,
-            Err(e) => {
-                host.warn(&format!("rpc: reading downstream data: {e}"));
-                return Verdict::Continue;
-            }
+            Err(verdict) => return verdict,
         };
         let mut changed = conn.down.buffered() > 0;
         // One clock read per callback: every frame of a chunk arrived at the same time.
@@ -728,16 +721,9 @@ impl Compiled {
         deltas: &mut Deltas,
     ) -> Verdict {
         let dir = Direction::Upstream;
-        if conn.closed {
-            let _ = host.set_data(dir, len, &[]);
-            return Verdict::Pause;
-        }
-        let chunk = match host.data(dir, len) {
+        let chunk = match take_chunk(host, conn.closed, dir, len) {
             Ok(c) => c,
-            Err(e) => {
-                host.warn(&format!("rpc: reading upstream data: {e}"));
-                return Verdict::Continue;
-            }
+            Err(verdict) => return verdict,
         };
         let mut changed = conn.up.buffered() > 0;
         let mut now: Option<SystemTime> = None;
@@ -815,3 +801,25 @@ impl Compiled {
 
 /// The metadata key the caller identity travels in (re-exported for users of the config).
 pub const CALLER_KEY: &str = keys::CALLER;
+
+/// This callback's bytes, or the verdict to return at once: on a connection already closed
+/// the bytes are dropped; bytes the host cannot hand over pass through, logged.
+fn take_chunk<H: L4Host>(
+    host: &mut H,
+    closed: bool,
+    dir: Direction,
+    len: usize,
+) -> Result<Vec<u8>, Verdict> {
+    if closed {
+        let _ = host.set_data(dir, len, &[]);
+        return Err(Verdict::Pause);
+    }
+    host.data(dir, len).map_err(|e| {
+        let side = match dir {
+            Direction::Downstream => "downstream",
+            Direction::Upstream => "upstream",
+        };
+        host.warn(&format!("rpc: reading {side} data: {e}"));
+        Verdict::Continue
+    })
+}
