@@ -13,6 +13,7 @@
 pub mod bucket;
 pub mod config;
 mod filter;
+pub mod global_config;
 mod keys;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ pub use filter::{
     Compiled, DEFAULT_SLOTS, MAX_LOCAL_ENTRIES, MAX_RULES, MAX_SLOTS, SLOT_VALUE_LEN, Stream,
     compile,
 };
+pub use global_config::{GlobalConfig, LimitEntry, LimitsFile};
 pub use keys::key_hash;
 
 use thiserror::Error;
