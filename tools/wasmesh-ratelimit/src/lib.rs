@@ -17,15 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-    Code, DescriptorStatus,
-};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use limitador::{AsyncRateLimiter, RateLimiter};
 use limitador::limit::{Context, Expression, Limit, Namespace};
+use limitador::{AsyncRateLimiter, RateLimiter};
 use ratelimit::LimitsFile;
 use thiserror::Error;
 
@@ -232,7 +230,9 @@ mod tests {
         assert_eq!(limits[0].max_value(), 3);
         assert_eq!(limits[0].seconds(), 60);
         assert_eq!(limits[0].name(), Some("per-ip"));
-        let e = limitador_limits(&file(&["a", "a"])).err().map(|e| e.to_string());
+        let e = limitador_limits(&file(&["a", "a"]))
+            .err()
+            .map(|e| e.to_string());
         assert_eq!(
             e.as_deref(),
             Some("limits file: limits[1].name: duplicate limit in this domain: \"a\"")
@@ -293,7 +293,10 @@ mod tests {
         // Unknown rules are ignored.
         assert_eq!(code(&s, &[("nope", "x")]).await, ok);
         // All or nothing: an over-limit descriptor keeps the other from counting.
-        assert_eq!(code(&s, &[("other", "k"), ("per-ip", "1.2.3.4")]).await, over);
+        assert_eq!(
+            code(&s, &[("other", "k"), ("per-ip", "1.2.3.4")]).await,
+            over
+        );
         for _ in 0..3 {
             assert_eq!(code(&s, &[("other", "k")]).await, ok);
         }

@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use limitador::{AsyncRateLimiter, RateLimiter};
 use limitador::storage::redis::AsyncRedisStorage;
+use limitador::{AsyncRateLimiter, RateLimiter};
 use ratelimit::LimitsFile;
 use wasmesh_ratelimit::{Limiter, Service, limitador_limits};
 
