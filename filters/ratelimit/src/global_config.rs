@@ -122,7 +122,11 @@ impl LimitsFile {
                 reason,
             };
             if !valid_name(&l.domain) {
-                return Err(bad("domain", l.domain.clone(), "letters, digits, _ and - only"));
+                return Err(bad(
+                    "domain",
+                    l.domain.clone(),
+                    "letters, digits, _ and - only",
+                ));
             }
             if !valid_name(&l.name) {
                 return Err(bad("name", l.name.clone(), "letters, digits, _ and - only"));
@@ -134,7 +138,11 @@ impl LimitsFile {
                 return Err(bad("seconds", "0".into(), "must be at least 1"));
             }
             if !seen.insert((l.domain.as_str(), l.name.as_str())) {
-                return Err(bad("name", l.name.clone(), "duplicate limit in this domain"));
+                return Err(bad(
+                    "name",
+                    l.name.clone(),
+                    "duplicate limit in this domain",
+                ));
             }
         }
         Ok(())
