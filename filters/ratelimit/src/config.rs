@@ -3,9 +3,8 @@
 //!
 //! These serde types are the single source of truth: the filter parses them and the SDK emits
 //! them. Every struct denies unknown fields. [`crate::compile`] validates and compiles a
-//! [`RateLimitConfig`] once, at configure time. A `global` section (limits shared by many Envoy
-//! instances through a rate limit service) is planned as a further optional field; existing
-//! configurations stay valid when it is added.
+//! [`RateLimitConfig`] once, at configure time. The optional `global` section (limits shared by
+//! many Envoy instances through a rate limit service) is in [`crate::global_config`].
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +42,10 @@ pub struct RateLimitConfig {
     /// Leases: how many tokens a worker may take from a shared bucket at once.
     #[serde(default, skip_serializing_if = "is_default")]
     pub lease: LeaseConfig,
+    /// Global limits through a rate limit service, checked after the local rules admit a
+    /// request (see [`crate::global_config::GlobalConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<crate::global_config::GlobalConfig>,
 }
 
 impl Default for RateLimitConfig {
@@ -56,6 +59,7 @@ impl Default for RateLimitConfig {
             failure_mode: FailureMode::default(),
             cas_attempts: default_cas_attempts(),
             lease: LeaseConfig::default(),
+            global: None,
         }
     }
 }

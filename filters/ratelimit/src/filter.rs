@@ -81,6 +81,8 @@ pub struct Compiled {
     reads: ReadPlan,
     needs_peer: bool,
     state: RefCell<WorkerState>,
+    /// Global limits (rate limit service), checked after the local rules admit.
+    global: Option<crate::global::Global>,
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +241,14 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
         r.key.needs(&mut headers);
         needs_peer |= r.key.needs_peer();
     }
+    let global = match &config.global {
+        Some(g) => Some(crate::global::Global::compile(g, &config.domain, config.status)?),
+        None => None,
+    };
+    if let Some(g) = &global {
+        g.needs(&mut headers);
+        needs_peer |= g.needs_peer();
+    }
     let reads = match headers.as_slice() {
         [] => ReadPlan::Nothing,
         [one] => ReadPlan::One(one.clone()),
@@ -270,6 +280,7 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
         reads,
         needs_peer,
         state: RefCell::new(state),
+        global,
     })
 }
 
@@ -284,6 +295,8 @@ fn valid_name(s: &str) -> bool {
 pub struct Stream {
     /// Headers to add to the response (allowed requests with `response_headers` set).
     headers: Vec<(&'static str, String)>,
+    /// A global check in flight.
+    global: crate::global::GlobalStream,
 }
 
 /// One rule's standing for one request.
@@ -480,7 +493,39 @@ impl Compiled {
             self.allowed_headers(stream, rule_i, remaining, reset_ns);
         }
         self.flush_if_due(host, &mut state);
+        if let Some(g) = &self.global {
+            let peer = match peer_cache {
+                Some(p) => p,
+                None if self.needs_peer => host
+                    .property(&["source", "address"])
+                    .ok()
+                    .flatten()
+                    .and_then(|raw| String::from_utf8(raw).ok()),
+                None => None,
+            };
+            return g.start(host, &map, &mut || peer.clone(), &mut stream.global);
+        }
         Decision::Continue
+    }
+
+    /// Whether a global-limit call with this token belongs to `stream`.
+    pub fn owns_global_call(&self, stream: &Stream, token: u32) -> bool {
+        stream.global.owns(token)
+    }
+
+    /// The global-limit call of `stream` finished with gRPC `status` (0 = OK) and, when there
+    /// is one, the response message: `Continue` to resume the request, or the reply.
+    pub fn on_global_response<H: Host>(
+        &self,
+        host: &mut H,
+        stream: &mut Stream,
+        status: u32,
+        body: Option<&[u8]>,
+    ) -> Decision {
+        match &self.global {
+            Some(g) => g.on_response(host, &mut stream.global, status, body),
+            None => Decision::Continue,
+        }
     }
 
     /// Response phase: adds the rate-limit headers chosen for allowed responses.

@@ -13,6 +13,7 @@
 pub mod bucket;
 pub mod config;
 mod filter;
+pub mod global;
 pub mod global_config;
 mod keys;
 #[cfg(test)]

@@ -3,10 +3,15 @@
 //! All logic is in the `ratelimit` crate; the compiled filter (with this worker's leases) is
 //! shared by every stream of the worker through an `Rc`. The response phase runs only when
 //! rate-limit headers go on allowed responses.
+//!
+//! Global limits: when the request phase pauses for a `ShouldRateLimit` call, Envoy hands the
+//! answer (or the gRPC error, including its own timeout) to this stream's
+//! `on_grpc_call_response`; the filter decides and the stream resumes or gets the reply.
 
 use std::rc::Rc;
 use std::time::Duration;
 
+use filter_core::Decision;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
@@ -37,7 +42,35 @@ impl RateLimitHttp {
     }
 }
 
-impl Context for RateLimitHttp {}
+/// Largest `RateLimitResponse` read (the filter needs a few bytes of it).
+const MAX_GLOBAL_RESPONSE: usize = 64 * 1024;
+
+impl Context for RateLimitHttp {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if !self.filter.owns_global_call(&self.stream, token_id) {
+            return;
+        }
+        let body = if status_code == 0 && response_size <= MAX_GLOBAL_RESPONSE {
+            self.get_grpc_call_response_body(0, response_size)
+        } else {
+            None
+        };
+        let mut host = ProxyWasmHost;
+        let d = self.filter.on_global_response(
+            &mut host,
+            &mut self.stream,
+            status_code,
+            body.as_deref(),
+        );
+        match d {
+            Decision::Continue => self.resume_http_request(),
+            d => {
+                // Sends the reply; the stream stays paused.
+                let _ = to_action(&mut host, d);
+            }
+        }
+    }
+}
 
 impl HttpContext for RateLimitHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
