@@ -242,7 +242,11 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
         needs_peer |= r.key.needs_peer();
     }
     let global = match &config.global {
-        Some(g) => Some(crate::global::Global::compile(g, &config.domain, config.status)?),
+        Some(g) => Some(crate::global::Global::compile(
+            g,
+            &config.domain,
+            config.status,
+        )?),
         None => None,
     };
     if let Some(g) = &global {
