@@ -1,8 +1,11 @@
 //! The rate-limit filter's benchmark variants for `cargo xtask bench` (issue 10 targets): one
 //! rule with a constant key and one keyed by a header, allowed traffic, next to Envoy's native
 //! `local_ratelimit` with a limit that is never reached; and both with every counted request
-//! limited (1 per hour: the warm-up spends the token), for the cost of a rejection. Selected
-//! with `--only ratelimit` (or when no `--only` is given).
+//! limited (1 per hour: the warm-up spends the token), for the cost of a rejection. Each next to
+//! its straightforward peer in `bench/peers`: `ratelimit` (a per-request shared-data CAS bucket,
+//! constant key, same limit) and `local_reply` (only answers with the same 429: the cost of one
+//! local reply, for the issue's "a rejected request costs at most the allowed cost plus one
+//! local reply"). Selected with `--only ratelimit` (or when no `--only` is given).
 
 use std::path::Path;
 
@@ -33,8 +36,15 @@ fn native(tokens: u64, seconds: u64) -> Value {
     })
 }
 
-/// `(name, what, filters)` of each variant.
-pub fn variants(wasm: &Path) -> Vec<(String, String, Vec<Value>)> {
+/// `(job, peer)` variant-name prefixes compared in the ratio table (`<job>.wasmesh` vs
+/// `<job>.peer`).
+pub const PEER_JOBS: [&str; 1] = ["ratelimit-constant"];
+
+/// The variant answering every request with one local reply (and no other work).
+pub const LOCAL_REPLY: &str = "local-reply.peer";
+
+/// `(name, what, filters)` of each variant; `peer` builds a filter of `bench_peers.wasm`.
+pub fn variants(wasm: &Path, peer: &dyn Fn(&str) -> Value) -> Vec<(String, String, Vec<Value>)> {
     vec![
         (
             "ratelimit.native".into(),
@@ -55,6 +65,16 @@ pub fn variants(wasm: &Path) -> Vec<(String, String, Vec<Value>)> {
                 &json!({"domain": "bench_limited", "rules": [{"name": "bench", "key": {"constant": "all"},
                     "limit": {"requests": 1, "per": "hour"}}]}),
             )],
+        ),
+        (
+            LOCAL_REPLY.into(),
+            "peer `local_reply`: answers every request with the rate limiter's 429".into(),
+            vec![peer("local_reply")],
+        ),
+        (
+            "ratelimit-constant.peer".into(),
+            "peer `ratelimit`: shared-data CAS bucket per request, constant key, allowed".into(),
+            vec![peer("ratelimit")],
         ),
         (
             "ratelimit-constant.wasmesh".into(),

@@ -1066,6 +1066,15 @@ impl Compiled {
         }
     }
 
+    /// The request headers this filter reads, planned at configure time: `Some(names)`, or
+    /// `None` when the whole map is read (several names). A chain plans its read from this.
+    pub fn request_reads(&self) -> Option<&[String]> {
+        match &self.reads {
+            ReadPlan::One(name) => Some(std::slice::from_ref(name)),
+            ReadPlan::All => None,
+        }
+    }
+
     /// The headers this filter writes on success (identity, claims, payload): a client-sent copy
     /// of each is replaced or removed.
     fn outputs(&self) -> impl Iterator<Item = &str> {

@@ -5,7 +5,7 @@ use filter_core::{Decision, HeaderMapKind, Host};
 
 use crate::ConfigError;
 use crate::config::{ChainConfig, Stage};
-use crate::phase::Phase;
+use crate::phase::{Phase, ReadPlan};
 
 /// One compiled stage: exactly its standalone filter's compiled form. (Few per chain, built
 /// once: the size difference between variants does not matter.)
@@ -24,6 +24,10 @@ pub enum CompiledStage {
 #[derive(Debug)]
 pub struct Compiled {
     stages: Vec<CompiledStage>,
+    /// How the request phase reads the request headers: the union of the stages' reads.
+    request_reads: ReadPlan,
+    /// How the response phase reads the response headers.
+    response_reads: ReadPlan,
 }
 
 /// Per-request state of one stage.
@@ -80,7 +84,36 @@ pub fn compile(config: &ChainConfig) -> Result<Compiled, ConfigError> {
             }
         });
     }
-    Ok(Compiled { stages })
+    // Headers an earlier stage always writes on the way to a later one: the auth stage's
+    // identity header (replaced, or removed, on every path that continues).
+    let written: Vec<Vec<String>> = config
+        .stages
+        .iter()
+        .map(|s| match s {
+            Stage::Auth(c) => vec![c.identity_header.to_ascii_lowercase()],
+            _ => Vec::new(),
+        })
+        .collect();
+    let request_reads = ReadPlan::union(stages.iter().zip(&written).map(|(s, w)| {
+        let need = match s {
+            CompiledStage::Auth(f) => f.request_reads(),
+            CompiledStage::RateLimit(f) => f.request_reads(),
+            CompiledStage::Headers(f) => f.request_reads(),
+        };
+        (need, w.as_slice())
+    }));
+    let response_reads = ReadPlan::union(stages.iter().map(|s| {
+        let need = match s {
+            CompiledStage::Headers(f) => f.response_reads(),
+            CompiledStage::Auth(_) | CompiledStage::RateLimit(_) => Some(&[][..]),
+        };
+        (need, &[][..])
+    }));
+    Ok(Compiled {
+        stages,
+        request_reads,
+        response_reads,
+    })
 }
 
 impl Compiled {
@@ -89,13 +122,23 @@ impl Compiled {
         &self.stages
     }
 
+    /// How the request phase reads the request headers (planned at configure time).
+    pub fn request_reads(&self) -> &ReadPlan {
+        &self.request_reads
+    }
+
+    /// How the response phase reads the response headers (planned at configure time).
+    pub fn response_reads(&self) -> &ReadPlan {
+        &self.response_reads
+    }
+
     /// Request phase: runs the stages in order over one read of the request headers; the first
     /// local reply ends the chain (pending request-header writes are dropped: nothing goes
     /// upstream); otherwise every change is written once at the end.
     pub fn on_request_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
         stream.stages.clear();
         stream.ran = 0;
-        let mut phase = Phase::new(host, HeaderMapKind::Request);
+        let mut phase = Phase::new(host, HeaderMapKind::Request, &self.request_reads);
         for stage in &self.stages {
             let (d, s) = match stage {
                 CompiledStage::Auth(f) => {
@@ -139,7 +182,7 @@ impl Compiled {
     /// them, or up to and including the one that answered locally), in order, over one read
     /// of the response headers and one write.
     pub fn on_response_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
-        let mut phase = Phase::new(host, HeaderMapKind::Response);
+        let mut phase = Phase::new(host, HeaderMapKind::Response, &self.response_reads);
         let mut decision = Decision::Continue;
         for (stage, s) in self.stages.iter().zip(stream.stages.iter_mut()) {
             let d = match (stage, s) {

@@ -1,12 +1,28 @@
 //! One phase of the chain as a [`Host`]: every stage runs its standalone code against it.
 //!
-//! The phase's header map (request or response) is read from the real host at most once,
-//! whole, when a stage first reads it; later reads come from memory, including what earlier
-//! stages wrote (the consumer header auth sets is what the rate limiter sees, no host call).
-//! Writes are kept in memory and reach the host once, in [`Phase::finish`]: the changed
-//! headers by single calls, or one whole-map write when the probe-table estimate says that is
-//! cheaper. Writes made before any read are replayed as they were made. Everything else
-//! (properties, shared data, callouts, clock, metrics, the other map) passes through.
+//! # Reads
+//!
+//! What the phase reads from Envoy is planned at configure time ([`ReadPlan`]): the union of
+//! the stages' own read plans, minus the headers an earlier stage always writes (the auth
+//! stage's identity header), priced with the probe table of docs/benchmarks.md: nothing, single
+//! reads when one name is needed (~10,700 instructions each), the whole map in one call
+//! (~16,200) when more are. A stage reading a header an earlier stage wrote gets the written
+//! value from memory (the consumer the auth stage sets reaches the rate limiter without a host
+//! call). Unplanned reads still work (a single read, or the whole map), they only cost more.
+//!
+//! # Writes
+//!
+//! Writes are kept in memory, as a short list of changed names (an overlay on what Envoy has),
+//! and reach the host once, in [`Phase::finish`]: the changed headers by single calls, or one
+//! whole-map write when the whole map was read and the probe-table estimate says that is
+//! cheaper. A write whose result equals what Envoy already has (known from a whole read) is
+//! dropped. Nothing scans the whole map at the end: the cost is per changed name.
+//!
+//! # Clock
+//!
+//! The first `now` of the phase asks the host; later stages get the same instant without a
+//! host call. Everything else (properties, shared data, callouts, metrics, the other map)
+//! passes through.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,144 +30,317 @@ use filter_core::host::Property;
 use filter_core::{HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind};
 use headers::write_cost as cost;
 
-/// A write made before the map was read.
-#[derive(Debug, Clone)]
-enum Op {
-    Replace(String, String),
-    Add(String, String),
-    Remove(String),
+/// How a phase reads its header map from the host, decided at configure time.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ReadPlan {
+    /// No stage reads the map (reads, if any, fall back to single reads).
+    #[default]
+    Nothing,
+    /// Exactly one header is needed: single reads.
+    One(String),
+    /// Several headers, or a stage reads the whole map: one whole-map read.
+    Whole,
+}
+
+impl ReadPlan {
+    /// The plan for stages whose own plans are `needs` (in order; `None`: the whole map), where
+    /// `written[i]` lists the headers stage `i` always writes before a later stage runs (their
+    /// reads are served from memory, so they are not read from the host).
+    pub fn union<'a>(
+        needs: impl IntoIterator<Item = (Option<&'a [String]>, &'a [String])>,
+    ) -> Self {
+        let mut names: Vec<&str> = Vec::new();
+        let mut produced: Vec<&str> = Vec::new();
+        for (need, writes) in needs {
+            let Some(need) = need else {
+                return Self::Whole;
+            };
+            for n in need {
+                let seen = |v: &Vec<&str>| v.iter().any(|x| x.eq_ignore_ascii_case(n));
+                if !seen(&produced) && !seen(&names) {
+                    names.push(n);
+                }
+            }
+            produced.extend(writes.iter().map(String::as_str));
+        }
+        match names.as_slice() {
+            [] => Self::Nothing,
+            // Two single reads (~21,400) cost more than one whole-map read (~16,200).
+            [one] => Self::One(one.to_ascii_lowercase()),
+            _ => Self::Whole,
+        }
+    }
+}
+
+/// What the phase knows of the host's map.
+#[derive(Debug)]
+enum Base {
+    /// Single headers read so far: name and first value (`None`: absent).
+    Singles(Vec<(String, Option<String>)>),
+    /// The whole map.
+    Whole(HeaderMap),
+}
+
+/// What the phase knows of a header on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    Absent,
+    /// Present with this many values.
+    Values(usize),
+    Unknown,
+}
+
+/// A changed header.
+#[derive(Debug)]
+enum Change {
+    /// Every value replaced by these (empty: removed).
+    Set(Vec<String>),
+    /// These values added to whatever the host has (not read).
+    Add(Vec<String>),
 }
 
 /// The chain's view of one phase over the real host `H`.
 pub struct Phase<'h, H: Host> {
     host: &'h mut H,
     kind: HeaderMapKind,
-    /// The map as read from the host (`None`: not read yet).
-    read: Option<HeaderMap>,
-    /// The current map (valid once read).
-    current: HeaderMap,
-    /// Writes made before the read; replayed in order at the end when nothing read the map.
-    ops: Vec<Op>,
-    /// A stage replaced the whole map without reading it.
+    plan: &'h ReadPlan,
+    base: Base,
+    /// Changed headers, in first-change order.
+    overlay: Vec<(String, Change)>,
+    /// A stage replaced the whole map: it is written whole at the end.
     replaced: bool,
+    now: Option<SystemTime>,
 }
 
 impl<'h, H: Host> Phase<'h, H> {
-    /// A phase addressing `kind` on `host`.
-    pub fn new(host: &'h mut H, kind: HeaderMapKind) -> Self {
+    /// A phase addressing `kind` on `host`, reading as `plan` says.
+    pub fn new(host: &'h mut H, kind: HeaderMapKind, plan: &'h ReadPlan) -> Self {
         Self {
             host,
             kind,
-            read: None,
-            current: HeaderMap::default(),
-            ops: Vec::new(),
+            plan,
+            base: Base::Singles(Vec::new()),
+            overlay: Vec::new(),
             replaced: false,
+            now: None,
         }
     }
 
-    fn ensure_read(&mut self) -> Result<(), HostError> {
-        if self.read.is_some() || self.replaced {
-            return Ok(());
+    fn read_whole(&mut self) -> Result<&HeaderMap, HostError> {
+        if !matches!(self.base, Base::Whole(_)) {
+            self.base = Base::Whole(self.host.header_map(self.kind)?);
         }
-        let map = self.host.header_map(self.kind)?;
-        let mut current = map.clone();
-        for op in self.ops.drain(..) {
-            match op {
-                Op::Replace(n, v) => current.set(&n, v),
-                Op::Add(n, v) => current.add(&n, v),
-                Op::Remove(n) => {
-                    current.remove(&n);
+        match &self.base {
+            Base::Whole(m) => Ok(m),
+            Base::Singles(_) => Err(HostError::Failed {
+                call: "get_header_map_pairs",
+                detail: "not read".into(),
+            }),
+        }
+    }
+
+    /// The host's first value of `name` (before this phase's changes).
+    fn base_value(&mut self, name: &str) -> Result<Option<String>, HostError> {
+        if let Base::Singles(read) = &self.base {
+            if let Some((_, v)) = read.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                return Ok(v.clone());
+            }
+            if *self.plan == ReadPlan::Whole {
+                self.read_whole()?;
+            } else {
+                let v = self.host.header(self.kind, name)?;
+                if let Base::Singles(read) = &mut self.base {
+                    read.push((name.to_ascii_lowercase(), v.clone()));
                 }
+                return Ok(v);
             }
         }
-        self.read = Some(map);
-        self.current = current;
-        Ok(())
+        match &self.base {
+            Base::Whole(m) => Ok(m.get(name).map(str::to_owned)),
+            Base::Singles(_) => Ok(None),
+        }
     }
 
-    fn known(&self) -> bool {
-        self.read.is_some() || self.replaced
+    /// What the phase knows of the host's values of `name`.
+    fn known(&self, name: &str) -> Known {
+        match &self.base {
+            Base::Whole(m) => match values(m, name).count() {
+                0 => Known::Absent,
+                n => Known::Values(n),
+            },
+            Base::Singles(read) => match read.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                Some((_, None)) => Known::Absent,
+                _ => Known::Unknown,
+            },
+        }
+    }
+
+    /// Whether the host's values of `name` are exactly `vs` (false when not known).
+    fn unchanged(&self, name: &str, vs: &[String]) -> bool {
+        match &self.base {
+            Base::Whole(m) => values(m, name).eq(vs.iter().map(String::as_str)),
+            Base::Singles(_) => vs.is_empty() && self.known(name) == Known::Absent,
+        }
+    }
+
+    fn change(&mut self, name: &str) -> Option<&mut Change> {
+        self.overlay
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, c)| c)
+    }
+
+    fn set_change(&mut self, name: &str, change: Change) {
+        match self.change(name) {
+            Some(c) => *c = change,
+            None => self.overlay.push((name.to_ascii_lowercase(), change)),
+        }
+    }
+
+    /// The map with this phase's changes applied (needs the whole base).
+    fn current(&mut self) -> Result<HeaderMap, HostError> {
+        let mut map = self.read_whole()?.clone();
+        apply(&mut map, &self.overlay);
+        Ok(map)
     }
 
     /// Drops every pending write (the chain answers locally; nothing goes upstream).
     pub fn discard(self) {}
 
     /// Writes the phase's changes to the host: once, at the end of the phase.
-    pub fn finish(self) {
+    pub fn finish(mut self) {
         let kind = self.kind;
         if self.replaced {
-            let _ = self.host.set_header_map(kind, &self.current);
-            return;
-        }
-        let Some(before) = self.read else {
-            for op in &self.ops {
-                let _ = match op {
-                    Op::Replace(n, v) => self.host.replace_header(kind, n, v),
-                    Op::Add(n, v) => self.host.add_header(kind, n, v),
-                    Op::Remove(n) => self.host.remove_header(kind, n),
-                };
+            if let Base::Whole(m) = &mut self.base {
+                apply(m, &self.overlay);
+                let _ = self.host.set_header_map(kind, m);
             }
             return;
+        }
+        // The writes, per changed name, with whether the host has the header (`Some(false)`:
+        // known absent, `Some(true)`: known present, `None`: unknown).
+        let mut writes: Vec<(&str, &Change, Option<bool>)> = Vec::with_capacity(self.overlay.len());
+        // Pairs of the map after the writes, when the whole map was read.
+        let mut pairs = match &self.base {
+            Base::Whole(m) => m.pairs.len(),
+            Base::Singles(_) => 0,
         };
-        let after = &self.current;
-        // Changed names, in order of first appearance.
-        let mut names: Vec<&str> = Vec::new();
-        for (n, _) in before.pairs.iter().chain(after.pairs.iter()) {
-            if names.iter().any(|k| k.eq_ignore_ascii_case(n)) {
-                continue;
-            }
-            if !values(&before, n).eq(values(after, n)) {
-                names.push(n);
+        for (name, change) in &self.overlay {
+            let known = self.known(name);
+            let had = match known {
+                Known::Absent => Some(false),
+                Known::Values(_) => Some(true),
+                Known::Unknown => None,
+            };
+            match change {
+                Change::Set(vs) => {
+                    if let Known::Values(n) = known {
+                        pairs = pairs.saturating_sub(n);
+                    }
+                    pairs += vs.len();
+                    if !self.unchanged(name, vs) {
+                        writes.push((name, change, had));
+                    }
+                }
+                Change::Add(vs) if vs.is_empty() => {}
+                Change::Add(vs) => {
+                    pairs += vs.len();
+                    writes.push((name, change, had));
+                }
             }
         }
-        if names.is_empty() {
+        if writes.is_empty() {
             return;
         }
-        let mut replaced_once = false;
-        let single: u32 = names
-            .iter()
-            .map(|n| {
-                let was = values(&before, n).next().is_some();
-                let now = u32::try_from(values(after, n).count()).unwrap_or(u32::MAX);
-                match (now, was) {
-                    (0, _) => cost::REMOVE,
-                    (1, false) => cost::ADD,
-                    (n, _) => {
-                        let r = if std::mem::replace(&mut replaced_once, true) {
-                            cost::REPLACE_MORE
+        if writes.len() > 1
+            && let Base::Whole(m) = &self.base
+        {
+            let mut replaced_once = false;
+            let single: u32 = writes
+                .iter()
+                .map(|(_, c, had)| single_cost(c, *had, &mut replaced_once))
+                .sum();
+            let pairs = u32::try_from(pairs).unwrap_or(u32::MAX);
+            let whole =
+                cost::WHOLE_MAP_BASE.saturating_add(cost::WHOLE_MAP_PER_PAIR.saturating_mul(pairs));
+            if whole < single {
+                let mut after = m.clone();
+                apply(&mut after, &self.overlay);
+                let _ = self.host.set_header_map(kind, &after);
+                return;
+            }
+        }
+        for (name, change, had) in writes {
+            match change {
+                Change::Set(vs) => match (vs.split_first(), had) {
+                    (None, Some(false)) => {}
+                    (None, _) => {
+                        let _ = self.host.remove_header(kind, name);
+                    }
+                    (Some((first, rest)), had) => {
+                        let _ = if had == Some(false) {
+                            self.host.add_header(kind, name, first)
                         } else {
-                            cost::REPLACE_FIRST
+                            self.host.replace_header(kind, name, first)
                         };
-                        r.saturating_add(cost::ADD.saturating_mul(n.saturating_sub(1)))
+                        for v in rest {
+                            let _ = self.host.add_header(kind, name, v);
+                        }
+                    }
+                },
+                Change::Add(vs) => {
+                    for v in vs {
+                        let _ = self.host.add_header(kind, name, v);
                     }
                 }
-            })
-            .sum();
-        let pairs = u32::try_from(after.pairs.len()).unwrap_or(u32::MAX);
-        let whole =
-            cost::WHOLE_MAP_BASE.saturating_add(cost::WHOLE_MAP_PER_PAIR.saturating_mul(pairs));
-        if names.len() > 1 && whole < single {
-            let _ = self.host.set_header_map(kind, after);
-            return;
+            }
         }
-        for n in names {
-            let was = values(&before, n).next().is_some();
-            let mut vs = values(after, n);
-            match (vs.next(), was) {
-                (None, _) => {
-                    let _ = self.host.remove_header(kind, n);
-                }
-                (Some(v), false) => {
-                    let _ = self.host.add_header(kind, n, v);
-                    for v in vs {
-                        let _ = self.host.add_header(kind, n, v);
+    }
+}
+
+/// Probe-table cost of writing one change by single calls.
+fn single_cost(change: &Change, had: Option<bool>, replaced_once: &mut bool) -> u32 {
+    let adds = |n: usize| cost::ADD.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+    match change {
+        Change::Add(vs) => adds(vs.len()),
+        Change::Set(vs) if vs.is_empty() => {
+            if had == Some(false) {
+                0
+            } else {
+                cost::REMOVE
+            }
+        }
+        Change::Set(vs) if had == Some(false) => adds(vs.len()),
+        Change::Set(vs) => {
+            let r = if std::mem::replace(replaced_once, true) {
+                cost::REPLACE_MORE
+            } else {
+                cost::REPLACE_FIRST
+            };
+            r.saturating_add(adds(vs.len().saturating_sub(1)))
+        }
+    }
+}
+
+/// Applies the changes to `map`.
+fn apply(map: &mut HeaderMap, overlay: &[(String, Change)]) {
+    for (name, change) in overlay {
+        match change {
+            Change::Set(vs) => {
+                let mut vs = vs.iter();
+                match vs.next() {
+                    Some(first) => map.set(name, first.clone()),
+                    None => {
+                        map.remove(name);
                     }
                 }
-                (Some(v), true) => {
-                    let _ = self.host.replace_header(kind, n, v);
-                    for v in vs {
-                        let _ = self.host.add_header(kind, n, v);
-                    }
+                for v in vs {
+                    map.add(name, v.clone());
+                }
+            }
+            Change::Add(vs) => {
+                for v in vs {
+                    map.add(name, v.clone());
                 }
             }
         }
@@ -170,27 +359,29 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.header_map(kind);
         }
-        self.ensure_read()?;
-        Ok(self.current.clone())
+        self.current()
     }
 
     fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError> {
         if kind != self.kind {
             return self.host.header(kind, name);
         }
-        self.ensure_read()?;
-        Ok(self.current.get(name).map(str::to_owned))
+        let base_needed = match self.change(name) {
+            Some(Change::Set(vs)) => return Ok(vs.first().cloned()),
+            Some(Change::Add(vs)) => vs.first().cloned(),
+            None => None,
+        };
+        let base = self.base_value(name)?;
+        Ok(base.or(base_needed))
     }
 
     fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError> {
         if kind != self.kind {
             return self.host.set_header_map(kind, map);
         }
-        if !self.known() {
-            self.replaced = true;
-            self.ops.clear();
-        }
-        self.current = map.clone();
+        self.overlay.clear();
+        self.base = Base::Whole(map.clone());
+        self.replaced = true;
         Ok(())
     }
 
@@ -203,12 +394,7 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.replace_header(kind, name, value);
         }
-        if self.known() {
-            self.current.set(name, value.to_owned());
-        } else {
-            self.ops
-                .push(Op::Replace(name.to_owned(), value.to_owned()));
-        }
+        self.set_change(name, Change::Set(vec![value.to_owned()]));
         Ok(())
     }
 
@@ -221,11 +407,21 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.add_header(kind, name, value);
         }
-        if self.known() {
-            self.current.add(name, value.to_owned());
-        } else {
-            self.ops.push(Op::Add(name.to_owned(), value.to_owned()));
+        if let Some(Change::Set(vs) | Change::Add(vs)) = self.change(name) {
+            vs.push(value.to_owned());
+            return Ok(());
         }
+        let change = match (self.known(name), &self.base) {
+            (Known::Absent, _) => Change::Set(vec![value.to_owned()]),
+            // Known: the result is exactly the host's values plus this one.
+            (Known::Values(_), Base::Whole(m)) => {
+                let mut vs: Vec<String> = values(m, name).map(str::to_owned).collect();
+                vs.push(value.to_owned());
+                Change::Set(vs)
+            }
+            _ => Change::Add(vec![value.to_owned()]),
+        };
+        self.overlay.push((name.to_ascii_lowercase(), change));
         Ok(())
     }
 
@@ -233,11 +429,7 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.remove_header(kind, name);
         }
-        if self.known() {
-            self.current.remove(name);
-        } else {
-            self.ops.push(Op::Remove(name.to_owned()));
-        }
+        self.set_change(name, Change::Set(Vec::new()));
         Ok(())
     }
 
@@ -285,7 +477,7 @@ impl<H: Host> Host for Phase<'_, H> {
     }
 
     fn now(&mut self) -> SystemTime {
-        self.host.now()
+        *self.now.get_or_insert_with(|| self.host.now())
     }
 
     fn random_u64(&mut self) -> u64 {

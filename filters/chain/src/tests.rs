@@ -326,7 +326,8 @@ fn stage_errors_name_the_stage_and_the_field() {
 #[test]
 fn writes_before_any_read_are_replayed_in_order() {
     let mut m = MockHost::new().with_response(&[("server", "up")]);
-    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Response);
+    let plan = crate::phase::ReadPlan::Nothing;
+    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Response, &plan);
     p.replace_header(HeaderMapKind::Response, "a", "1").unwrap();
     p.remove_header(HeaderMapKind::Response, "server").unwrap();
     p.finish();
@@ -338,7 +339,8 @@ fn writes_before_any_read_are_replayed_in_order() {
 #[test]
 fn writes_then_read_see_the_writes_and_diff_at_the_end() {
     let mut m = MockHost::new().with_request(&[("a", "0"), ("b", "1")]);
-    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Request);
+    let plan = crate::phase::ReadPlan::Whole;
+    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Request, &plan);
     p.replace_header(HeaderMapKind::Request, "a", "1").unwrap();
     assert_eq!(
         p.header(HeaderMapKind::Request, "a").unwrap().as_deref(),
@@ -364,6 +366,8 @@ struct Counting {
     map_writes: usize,
     single_writes: usize,
     log: Vec<bool>,
+    /// Every host call by name, in order (what a request costs, call by call).
+    calls: Vec<&'static str>,
 }
 
 impl Counting {
@@ -374,6 +378,7 @@ impl Counting {
             map_writes: 0,
             single_writes: 0,
             log: Vec::new(),
+            calls: Vec::new(),
         }
     }
     fn reset(&mut self) {
@@ -381,6 +386,7 @@ impl Counting {
         self.map_writes = 0;
         self.single_writes = 0;
         self.log.clear();
+        self.calls.clear();
     }
     /// How many writes came after the last read (all of them, when writes wait for the end).
     fn writes_after_last_read(&self) -> usize {
@@ -391,45 +397,55 @@ impl Counting {
 
 impl Host for Counting {
     fn header_map(&mut self, kind: HeaderMapKind) -> Result<HeaderMap, HostError> {
+        self.calls.push("get_header_map_pairs");
         self.reads += 1;
         self.log.push(false);
         self.inner.header_map(kind)
     }
     fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError> {
+        self.calls.push("get_header_map_value");
         self.reads += 1;
         self.log.push(false);
         self.inner.header(kind, name)
     }
     fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError> {
+        self.calls.push("set_header_map_pairs");
         self.map_writes += 1;
         self.log.push(true);
         self.inner.set_header_map(kind, map)
     }
     fn replace_header(&mut self, kind: HeaderMapKind, n: &str, v: &str) -> Result<(), HostError> {
+        self.calls.push("replace_header_map_value");
         self.single_writes += 1;
         self.log.push(true);
         self.inner.replace_header(kind, n, v)
     }
     fn add_header(&mut self, kind: HeaderMapKind, n: &str, v: &str) -> Result<(), HostError> {
+        self.calls.push("add_header_map_value");
         self.single_writes += 1;
         self.log.push(true);
         self.inner.add_header(kind, n, v)
     }
     fn remove_header(&mut self, kind: HeaderMapKind, n: &str) -> Result<(), HostError> {
+        self.calls.push("remove_header_map_value");
         self.single_writes += 1;
         self.log.push(true);
         self.inner.remove_header(kind, n)
     }
     fn property(&mut self, p: filter_core::Property<'_>) -> Result<Option<Vec<u8>>, HostError> {
+        self.calls.push("get_property");
         self.inner.property(p)
     }
     fn send_local_reply(&mut self, r: &LocalReply) -> Result<(), HostError> {
+        self.calls.push("send_local_response");
         self.inner.send_local_reply(r)
     }
     fn shared_data(&mut self, k: &str) -> Result<(Option<Vec<u8>>, Option<u32>), HostError> {
+        self.calls.push("get_shared_data");
         self.inner.shared_data(k)
     }
     fn set_shared_data(&mut self, k: &str, v: &[u8], c: Option<u32>) -> Result<(), HostError> {
+        self.calls.push("set_shared_data");
         self.inner.set_shared_data(k, v, c)
     }
     fn http_call(
@@ -439,6 +455,7 @@ impl Host for Counting {
         b: Option<&[u8]>,
         t: Duration,
     ) -> Result<u32, HostError> {
+        self.calls.push("http_call");
         self.inner.http_call(u, h, b, t)
     }
     fn grpc_call(
@@ -449,21 +466,272 @@ impl Host for Counting {
         b: &[u8],
         t: Duration,
     ) -> Result<u32, HostError> {
+        self.calls.push("grpc_call");
         self.inner.grpc_call(u, s, m, b, t)
     }
     fn now(&mut self) -> std::time::SystemTime {
+        self.calls.push("get_current_time");
         self.inner.now()
     }
     fn random_u64(&mut self) -> u64 {
         self.inner.random_u64()
     }
     fn define_metric(&mut self, k: MetricKind, n: &str) -> Result<u32, HostError> {
+        self.calls.push("define_metric");
         self.inner.define_metric(k, n)
     }
     fn increment_metric(&mut self, id: u32, d: i64) -> Result<(), HostError> {
+        self.calls.push("increment_metric");
         self.inner.increment_metric(id, d)
     }
     fn record_metric(&mut self, id: u32, v: u64) -> Result<(), HostError> {
+        self.calls.push("record_metric");
         self.inner.record_metric(id, v)
     }
+}
+
+/// The `cargo xtask bench --only chain` configuration (xtask/src/bench_chain.rs): API-key auth,
+/// one rule keyed by the consumer (never reached), the headers job.
+fn bench_chain(stages: &[&str]) -> Compiled {
+    let all = [
+        (
+            "auth",
+            json!({"api_keys": {"consumers": [{"name": "mobile", "keys_sha256": [KEY_A]}]}}),
+        ),
+        (
+            "ratelimit",
+            json!({"domain": "d", "rules": [{"name": "per-consumer", "key": {"consumer": {}},
+                "limit": {"requests": 1_000_000_000u64, "per": "second"}}]}),
+        ),
+        (
+            "headers",
+            json!({
+                "request_id": {},
+                "trace_context": {},
+                "request_headers": [{"ops": [
+                    {"set": {"name": "x-mesh", "value": "wasmesh"}},
+                    {"set": {"name": "x-route", "value": "${method} ${path}"}}
+                ]}]
+            }),
+        ),
+    ];
+    let stages: Vec<Value> = all
+        .iter()
+        .filter(|(k, _)| stages.contains(k))
+        .map(|(k, v)| json!({ *k: v }))
+        .collect();
+    compile(&ChainConfig::from_json(json!({ "stages": stages }).to_string().as_bytes()).unwrap())
+        .unwrap()
+}
+
+/// The bench request as Envoy hands it over (Envoy has added `x-request-id`).
+fn bench_request() -> HeaderMap {
+    HeaderMap::new(
+        [
+            (":method", "GET"),
+            (":path", "/api/users?page=1"),
+            (":authority", "bench.local"),
+            (":scheme", "http"),
+            ("user-agent", "wasmesh-bench"),
+            ("x-api-key", "key-a"),
+            ("x-forwarded-proto", "http"),
+            ("x-request-id", "7b2c5f0e-4c1a-4a8e-9a57-2d9c1f0b6e3a"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect(),
+    )
+}
+
+fn count(calls: &[&str], name: &str) -> usize {
+    calls.iter().filter(|c| **c == name).count()
+}
+
+/// The bench job's host calls, request by request: one whole-map read (the union of the three
+/// stages' reads), one clock read (shared by auth and the rate limiter), no property or metric
+/// call, the five header changes written once at the end (the key removed; `x-consumer`,
+/// `traceparent`, `x-mesh`, `x-route` added), and shared data only when the lease runs out:
+/// 2 calls in 16 requests (leases of 16 tokens). The response phase makes no host call.
+#[test]
+fn bench_job_host_calls_per_request() {
+    let c = bench_chain(&["auth", "ratelimit", "headers"]);
+    assert_eq!(*c.request_reads(), crate::phase::ReadPlan::Whole);
+    assert_eq!(*c.response_reads(), crate::phase::ReadPlan::Nothing);
+    let mut h = Counting::new(MockHost::new());
+    let mut shared = 0;
+    let n = 160;
+    for i in 0..n {
+        h.inner.request = bench_request();
+        h.inner.response = HeaderMap::new(vec![(":status".into(), "200".into())]);
+        h.reset();
+        let mut s = Stream::default();
+        assert_eq!(c.on_request_headers(&mut h, &mut s), Decision::Continue);
+        let req = std::mem::take(&mut h.calls);
+        let writes: Vec<&str> = req
+            .iter()
+            .copied()
+            .filter(|c| c.ends_with("header_map_value") && !c.starts_with("get"))
+            .collect();
+        assert_eq!(
+            count(&req, "get_header_map_pairs"),
+            1,
+            "request {i}: {req:?}"
+        );
+        assert_eq!(
+            count(&req, "get_header_map_value"),
+            0,
+            "request {i}: {req:?}"
+        );
+        assert_eq!(count(&req, "get_current_time"), 1, "request {i}: {req:?}");
+        assert_eq!(
+            writes,
+            [
+                "remove_header_map_value",
+                "add_header_map_value",
+                "add_header_map_value",
+                "add_header_map_value",
+                "add_header_map_value"
+            ],
+            "request {i}: {req:?}"
+        );
+        for none in [
+            "get_property",
+            "increment_metric",
+            "define_metric",
+            "set_header_map_pairs",
+        ] {
+            assert_eq!(count(&req, none), 0, "request {i}: {req:?}");
+        }
+        let sd = count(&req, "get_shared_data") + count(&req, "set_shared_data");
+        assert_eq!(req.len(), 1 + 1 + 5 + sd, "request {i}: {req:?}");
+        shared += sd;
+        c.on_response_headers(&mut h, &mut s);
+        assert!(h.calls.is_empty(), "response {i}: {:?}", h.calls);
+        let up = &h.inner.request;
+        assert_eq!(up.get("x-consumer"), Some("mobile"));
+        assert_eq!(up.get("x-api-key"), None);
+        assert_eq!(up.get("x-route"), Some("GET /api/users"));
+        h.inner.advance(Duration::from_micros(300));
+    }
+    // One exchange (a read and a CAS write) per 16 requests.
+    assert_eq!(shared, 2 * n / 16);
+}
+
+/// Auth by API key + a per-consumer rule: the union of the reads is the key alone (the
+/// consumer header is the auth stage's own write, served from memory), so one single-header
+/// read (~10,700 instructions) instead of the map (~16,200).
+#[test]
+fn auth_and_consumer_rule_read_one_header() {
+    let c = bench_chain(&["auth", "ratelimit"]);
+    assert_eq!(
+        *c.request_reads(),
+        crate::phase::ReadPlan::One("x-api-key".into())
+    );
+    let mut h = Counting::new(MockHost::new());
+    h.inner.request = bench_request();
+    h.inner.request.set("x-consumer", "mallory".into());
+    let mut s = Stream::default();
+    assert_eq!(c.on_request_headers(&mut h, &mut s), Decision::Continue);
+    // One read: the key. The rate limiter's read of `x-consumer` came from memory (what auth
+    // set), not from the client's header on the host.
+    assert_eq!(count(&h.calls, "get_header_map_value"), 1, "{:?}", h.calls);
+    assert_eq!(count(&h.calls, "get_header_map_pairs"), 0, "{:?}", h.calls);
+    // The rule had its key: one lease taken from the shared bucket.
+    assert_eq!(count(&h.calls, "get_shared_data"), 1, "{:?}", h.calls);
+    // Blind writes: the key removed, the consumer replaced (whatever the client sent).
+    assert_eq!(h.inner.request.get("x-consumer"), Some("mobile"));
+    assert_eq!(h.inner.request.get("x-api-key"), None);
+}
+
+#[test]
+fn read_plans_are_the_union_of_the_stages() {
+    use crate::phase::ReadPlan;
+    let one = |n: &str| vec![n.to_owned()];
+    let (k, c, p) = (one("x-api-key"), one("x-consumer"), one(":path"));
+    let none: Vec<String> = Vec::new();
+    assert_eq!(ReadPlan::union([]), ReadPlan::Nothing);
+    // The consumer is written by the first stage: not read from the host.
+    assert_eq!(
+        ReadPlan::union([(Some(&k[..]), &c[..]), (Some(&c[..]), &none[..])]),
+        ReadPlan::One("x-api-key".into())
+    );
+    // Read before it is written: it counts.
+    assert_eq!(
+        ReadPlan::union([(Some(&c[..]), &none[..]), (Some(&k[..]), &c[..])]),
+        ReadPlan::Whole
+    );
+    assert_eq!(
+        ReadPlan::union([(Some(&k[..]), &none[..]), (Some(&p[..]), &none[..])]),
+        ReadPlan::Whole
+    );
+    assert_eq!(
+        ReadPlan::union([(Some(&none[..]), &none[..]), (None, &none[..])]),
+        ReadPlan::Whole
+    );
+}
+
+#[test]
+fn unchanged_headers_are_not_written_and_many_changes_to_a_small_map_go_whole() {
+    let plan = crate::phase::ReadPlan::Whole;
+    // Set back to what the host has: no write at all.
+    let mut m = Counting::new(MockHost::new().with_request(&[("a", "1"), ("b", "2")]));
+    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Request, &plan);
+    assert_eq!(
+        p.header(HeaderMapKind::Request, "a").unwrap().as_deref(),
+        Some("1")
+    );
+    p.remove_header(HeaderMapKind::Request, "a").unwrap();
+    p.add_header(HeaderMapKind::Request, "a", "1").unwrap();
+    p.remove_header(HeaderMapKind::Request, "zz").unwrap();
+    p.finish();
+    assert_eq!(m.calls, ["get_header_map_pairs"]);
+
+    // Six changes to a two-pair map: one whole-map write (8,600 + 2,000 x 6 pairs) beats six
+    // single calls (~25,000).
+    let mut m = Counting::new(MockHost::new().with_request(&[("a", "1"), ("b", "2")]));
+    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Request, &plan);
+    p.header(HeaderMapKind::Request, "a").unwrap();
+    for (k, v) in [("a", "x"), ("c", "3"), ("d", "4"), ("e", "5"), ("f", "6")] {
+        p.replace_header(HeaderMapKind::Request, k, v).unwrap();
+    }
+    p.remove_header(HeaderMapKind::Request, "b").unwrap();
+    p.finish();
+    assert_eq!(m.calls, ["get_header_map_pairs", "set_header_map_pairs"]);
+    let mut got = m.inner.request.pairs.clone();
+    got.sort();
+    assert_eq!(got.len(), 5);
+    assert_eq!(m.inner.request.get("a"), Some("x"));
+    assert_eq!(m.inner.request.get("b"), None);
+}
+
+#[test]
+fn adds_to_an_unread_header_are_blind_adds_and_the_clock_is_read_once() {
+    let plan = crate::phase::ReadPlan::Nothing;
+    let mut m = Counting::new(MockHost::new().with_request(&[("v", "0")]));
+    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Request, &plan);
+    p.add_header(HeaderMapKind::Request, "v", "1").unwrap();
+    // Reading it needs the host's first value: one single read, not the map.
+    assert_eq!(
+        p.header(HeaderMapKind::Request, "v").unwrap().as_deref(),
+        Some("0")
+    );
+    let t = p.now();
+    assert_eq!(p.now(), t);
+    p.finish();
+    assert_eq!(
+        m.calls,
+        [
+            "get_header_map_value",
+            "get_current_time",
+            "add_header_map_value"
+        ]
+    );
+    let vs: Vec<&str> = m
+        .inner
+        .request
+        .pairs
+        .iter()
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(vs, ["0", "1"]);
 }

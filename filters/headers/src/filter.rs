@@ -59,6 +59,15 @@ impl ReadPlan {
         }
     }
 
+    /// The names read (`None`: the whole map).
+    fn names(&self) -> Option<&[String]> {
+        match self {
+            Self::Nothing => Some(&[]),
+            Self::One(name) => Some(std::slice::from_ref(name)),
+            Self::All => None,
+        }
+    }
+
     fn read<H: Host>(&self, host: &mut H, kind: HeaderMapKind) -> Result<HeaderMap, HostError> {
         match self {
             Self::Nothing => Ok(HeaderMap::default()),
@@ -468,6 +477,18 @@ impl Compiled {
     /// Whether the filter ever needs the response phase.
     pub fn has_response_work(&self) -> bool {
         !self.response_rules.is_empty() || self.request_id.as_ref().is_some_and(|r| r.echo)
+    }
+
+    /// The request headers the request phase reads, planned at configure time: `Some(names)`
+    /// (empty: none), or `None` for the whole map. A chain plans the union of its stages'
+    /// reads from this.
+    pub fn request_reads(&self) -> Option<&[String]> {
+        self.reads.names()
+    }
+
+    /// As [`Compiled::request_reads`], for the response phase's read of the response headers.
+    pub fn response_reads(&self) -> Option<&[String]> {
+        self.response_reads.names()
     }
 
     /// The filter's counters (flush them from a timer with [`Stats::flush`]).

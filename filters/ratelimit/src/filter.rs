@@ -379,6 +379,17 @@ impl Compiled {
         self.response_headers != ResponseHeaders::None
     }
 
+    /// The request headers the rules read, planned at configure time: `Some(names)` (empty:
+    /// none), or `None` when the whole map is read (several names). A chain plans the union
+    /// of its stages' reads from this.
+    pub fn request_reads(&self) -> Option<&[String]> {
+        match &self.reads {
+            ReadPlan::Nothing => Some(&[]),
+            ReadPlan::One(name) => Some(std::slice::from_ref(name)),
+            ReadPlan::All => None,
+        }
+    }
+
     /// The slot table size of each rule, by name (for documentation and tests).
     pub fn slots(&self) -> Vec<(&str, u32)> {
         self.rules
