@@ -180,7 +180,7 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
         });
     }
     if only.is_empty() || only.iter().any(|o| o == bench_ratelimit::JOB) {
-        for (name, what, filters) in bench_ratelimit::variants(wasm) {
+        for (name, what, filters) in bench_ratelimit::variants(wasm, &|id| peer_filter(peers, id)) {
             v.push(Variant {
                 name,
                 what,
@@ -243,7 +243,7 @@ const PATH: &str = "/api/users?page=1";
 /// The status every counted request of variant `name` must get: 429 for the rate-limit
 /// variants that measure limited requests, 200 otherwise.
 fn expected_status(name: &str) -> u16 {
-    if name.starts_with("ratelimit-limited") {
+    if name.starts_with("ratelimit-limited") || name == bench_ratelimit::LOCAL_REPLY {
         429
     } else {
         200
@@ -439,6 +439,45 @@ fn throughput(
     Ok((rates, rss_kib(&envoy)))
 }
 
+/// The issue 10/11 targets that compare variants of the same run, when they were measured.
+fn targets(delta: &dyn Fn(&str) -> Option<f64>) {
+    let mut lines = Vec::new();
+    if let (Some(limited), Some(allowed), Some(reply), Some(empty)) = (
+        delta("ratelimit-limited.wasmesh"),
+        delta("ratelimit-constant.wasmesh"),
+        delta(bench_ratelimit::LOCAL_REPLY),
+        delta("peer-empty"),
+    ) {
+        // One local reply: the reply peer's delta over the empty peer's (the floor is in both).
+        let bound = allowed + (reply - empty);
+        lines.push(format!(
+            "rejected (429) {limited:+.0} vs allowed {allowed:+.0} + one local reply {:+.0} = {bound:+.0}: {}",
+            reply - empty,
+            if limited <= bound { "met" } else { "NOT met" }
+        ));
+    }
+    if let (Some(chain), Some(stacked), Some(job)) = (
+        delta("chain-one-pass.wasmesh"),
+        delta("chain-stacked.wasmesh"),
+        delta("headers-job.wasmesh"),
+    ) {
+        lines.push(format!(
+            "chain {chain:+.0} vs headers job {job:+.0} + 15,000 = {:+.0}: {}; vs 0.6 x stacked {stacked:+.0} = {:+.0} ({:.2}x): {}",
+            job + 15_000.0,
+            if chain <= job + 15_000.0 { "met" } else { "NOT met" },
+            0.6 * stacked,
+            chain / stacked,
+            if chain <= 0.6 * stacked { "met" } else { "NOT met" }
+        ));
+    }
+    if !lines.is_empty() {
+        println!();
+        for l in lines {
+            println!("{l}");
+        }
+    }
+}
+
 /// Options of `cargo xtask bench`.
 pub struct Options {
     /// Requests counted under callgrind, per variant.
@@ -536,6 +575,16 @@ pub fn run(opts: &Options) -> Result<(), String> {
         };
         println!("| {} | {:+.0} | {:+.0} | {:.3} |", job.name, w, p, w / p);
     }
+    for prefix in bench_ratelimit::PEER_JOBS {
+        let (Some(w), Some(p)) = (
+            delta(&format!("{prefix}.wasmesh")),
+            delta(&format!("{prefix}.peer")),
+        ) else {
+            continue;
+        };
+        println!("| {prefix} | {w:+.0} | {p:+.0} | {:.3} |", w / p);
+    }
+    targets(&delta);
     println!();
     println!("wasm module: {} ({} bytes)", wasm.display(), size);
     println!("peers module: {} ({} bytes)", peers.display(), peers_size);
@@ -655,7 +704,7 @@ mod tests {
             .iter()
             .map(|l| l["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names.len(), 4 + 2 * jobs().len() + 5);
+        assert_eq!(names.len(), 4 + 2 * jobs().len() + 7);
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();
