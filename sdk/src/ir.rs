@@ -166,6 +166,8 @@ pub struct ServiceIr {
     pub endpoints: EndpointSource,
     /// Ingress filter stack.
     pub filters: Vec<Filter>,
+    /// One pass or separate plugins for the ingress's wasmesh filters.
+    pub chain: crate::spec::ChainMode,
     /// The rpc network filter's configuration (protocol thrift / wasmesh-rpc).
     pub rpc: Option<rpc::RpcConfig>,
 }
@@ -598,6 +600,7 @@ fn service(c: &mut Check, i: usize, s: &Service, by_name: &BTreeMap<&str, &Servi
         resilience: resilience(c, &format!("{at}.resilience"), &s.resilience, s.protocol),
         endpoints: s.endpoints,
         filters: s.filters.clone(),
+        chain: s.chain,
         rpc: crate::rpc_listener::check(s.protocol, s.rpc.as_ref()).unwrap_or_else(|e| {
             c.err(format!("{at}.rpc"), e);
             None

@@ -274,6 +274,10 @@ pub struct Service {
     /// HTTP filters on the sidecar's ingress listener, before the router.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
+    /// How two or more wasmesh filters on the sidecar's ingress run: one pass (one `chain`
+    /// plugin, default) or one plugin each, as on a front listener.
+    #[serde(default, skip_serializing_if = "ChainMode::is_default")]
+    pub chain: ChainMode,
     /// The rpc network filter's configuration (protocol thrift / wasmesh-rpc; absent: metrics
     /// only). The filter crate's own type.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -277,7 +277,12 @@ fn sidecar(mesh: &Mesh, s: &ServiceIr, layout: &Layout) -> Result<Bootstrap, Emi
     let local = format!("inbound|{}", s.name);
     let ingress_filters = match s.protocol {
         Protocol::Http => {
-            let stages = filters::http_stages(&s.filters, layout, &format!("{}-sidecar", s.name))?;
+            let stages = filters::listener_stages(
+                &s.filters,
+                s.chain,
+                layout,
+                &format!("{}-sidecar", s.name),
+            )?;
             let routes = RouteConfiguration {
                 name: "inbound".into(),
                 virtual_hosts: vec![VirtualHost {

@@ -1,5 +1,6 @@
 //! The listener's `chain` switch: a small spec (not the demo) with auth, ratelimit and headers
-//! on one front listener generates, per mode, the committed golden front-proxy config: one
+//! on one front listener (and ratelimit + headers on service `a`'s sidecar, which honours the
+//! same switch) generates, per mode, the committed golden front-proxy and sidecar configs: one
 //! `chain` plugin whose stages are the filters' own configs in run order (`one_pass`, the
 //! default) or one plugin per filter (`separate`). Both pass `envoy --mode validate` (which
 //! runs the configure step in the module). `UPDATE_GOLDEN=1 cargo test -p sdk --test
@@ -49,12 +50,27 @@ services:
   - name: a
     port: 8000
     instances: [{ address: 127.0.0.1 }]
+{SIDECAR_CHAIN}    filters:
+      - headers:
+          request_id: {}
+          request_headers:
+            - ops: [{ set: { name: x-served-by, value: a } }]
+      - ratelimit:
+          rules:
+            - name: per-caller
+              key: { header: x-consumer }
+              limit: { requests: 100, per: second }
 "#;
 
+/// The spec with `mode` (None: the default) on the front listener and on service `a`.
 fn spec(mode: Option<&str>) -> String {
     SPEC.replace(
         "{CHAIN}",
         &mode.map_or(String::new(), |m| format!("      chain: {m}\n")),
+    )
+    .replace(
+        "{SIDECAR_CHAIN}",
+        &mode.map_or(String::new(), |m| format!("    chain: {m}\n")),
     )
 }
 
@@ -70,6 +86,10 @@ fn front(text: &str, layout: &Layout) -> String {
     generate::files(&mesh(text), layout).unwrap()["envoy-configs/front-proxy.yaml"].clone()
 }
 
+fn sidecar(text: &str, layout: &Layout) -> String {
+    generate::files(&mesh(text), layout).unwrap()["envoy-configs/a-sidecar.yaml"].clone()
+}
+
 fn golden(name: &str, got: &str) {
     let path = root().join(format!("tests/golden/chain/{name}"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -80,7 +100,7 @@ fn golden(name: &str, got: &str) {
     assert_eq!(
         got,
         want,
-        "front proxy differs from {} (UPDATE_GOLDEN=1 if intended)",
+        "{name} differs from {} (UPDATE_GOLDEN=1 if intended)",
         path.display()
     );
 }
@@ -115,6 +135,29 @@ fn separate_is_one_plugin_per_filter() {
 }
 
 #[test]
+fn sidecars_honour_the_switch_too() {
+    let layout = Layout::container();
+    let default = sidecar(&spec(None), &layout);
+    assert_eq!(default, sidecar(&spec(Some("one_pass")), &layout));
+    golden("a-sidecar.one_pass.yaml", &default);
+    assert_eq!(default.matches("envoy.filters.http.wasm").count(), 1);
+    assert!(default.contains("root_id: chain"));
+    assert!(default.contains("name: a-sidecar.chain.0"));
+    // Stages in ORDER: the rate limiter before the headers filter.
+    let rl_at = default.find(r#"{"ratelimit":"#).unwrap();
+    let headers_at = default.find(r#"{"headers":"#).unwrap();
+    assert!(rl_at < headers_at);
+
+    let separate = sidecar(&spec(Some("separate")), &layout);
+    golden("a-sidecar.separate.yaml", &separate);
+    assert_eq!(separate.matches("envoy.filters.http.wasm").count(), 2);
+    assert!(!separate.contains("root_id: chain"));
+    assert!(
+        separate.find("root_id: ratelimit").unwrap() < separate.find("root_id: headers").unwrap()
+    );
+}
+
+#[test]
 fn an_unknown_mode_is_refused() {
     let e = generate::parse_spec(&spec(Some("sideways")), "chain.yaml").unwrap_err();
     assert!(e.to_string().contains("sideways"), "{e}");
@@ -133,8 +176,10 @@ fn both_forms_pass_envoy_validation() {
         };
         let files = generate::files(&mesh(&spec(Some(mode))), &layout).unwrap();
         generate::write(&dir, &files).unwrap();
-        if let Err(log) = validate_file(&dir.join("envoy-configs/front-proxy.yaml")) {
-            panic!("Envoy refused the {mode} front proxy:\n{log}");
+        for proxy in ["front-proxy", "a-sidecar"] {
+            if let Err(log) = validate_file(&dir.join(format!("envoy-configs/{proxy}.yaml"))) {
+                panic!("Envoy refused the {mode} {proxy}:\n{log}");
+            }
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
