@@ -94,9 +94,15 @@ compose-build:
 ci:
     bash .ci/run
 
-# Run the pure filter crates' unit tests compiled for wasm32-wasip1, under Wasmtime.
+# Run the pure filter crates' unit tests compiled for wasm32-wasip1, under Wasmtime (and the
+# wasm-bindgen-test tier below).
 test-wasm32:
     cargo test -p toolchain --test pure_crates_on_wasm32 -- --nocapture
+
+# Run the pure crates' unit tests compiled for wasm32-unknown-unknown, under Node through
+# wasm-bindgen-test (builds the pinned wasm-bindgen-cli into .tools/ once; SKIPPED without node).
+test-wasm-bindgen:
+    cargo test -p toolchain --test pure_crates_on_wasm32 wasm_bindgen -- --nocapture
 
 # Fuzz the auth filter's token and JWKS parsing for a bounded time per target (needs the
 # nightly toolchain; installs cargo-fuzz when missing). Any panic is a failure.

@@ -9,6 +9,10 @@
 //! - [`test_on_wasm32`]: runs pure crates' unit tests compiled for `wasm32-wasip1` under
 //!   Wasmtime (the pinned PyPI package `wasmtime`, installed into `.tools/` the same way), so the
 //!   filter logic is tested on the target it ships for, not only on the host.
+//! - [`test_on_wasm_bindgen`]: runs the same unit tests compiled for `wasm32-unknown-unknown`
+//!   under Node through `wasm-bindgen-test-runner` (`wasm-bindgen-cli` at exactly the
+//!   `wasm-bindgen` version in `Cargo.lock`, built once with `cargo install --locked` into
+//!   `.tools/`). Only for crates without proxy-wasm: a filter needs Envoy's host, not JS.
 //!
 //! All are safe to call from many test threads and processes at once.
 
@@ -28,6 +32,9 @@ pub const WASMTIME_VERSION: &str = "50.0.1";
 
 /// The wasm target the filters build for.
 pub const WASM_TARGET: &str = "wasm32-wasip1";
+
+/// The target of the wasm-bindgen-test tier (no WASI: JS is the host).
+pub const WASM_BINDGEN_TARGET: &str = "wasm32-unknown-unknown";
 
 /// Why a tool could not be provided. Each message says what to run or set.
 #[derive(Debug, Error)]
@@ -319,19 +326,138 @@ fn build_wasm() -> Result<PathBuf, ToolchainError> {
 
 /// Adds the wasm target with rustup when the toolchain lacks it.
 pub fn ensure_wasm_target() -> Result<(), ToolchainError> {
+    ensure_target(WASM_TARGET)
+}
+
+/// Adds `target` with rustup when the toolchain lacks it.
+fn ensure_target(target: &str) -> Result<(), ToolchainError> {
     let libdir = run(Command::new("rustc").current_dir(repo_root()).args([
         "--print",
         "target-libdir",
         "--target",
-        WASM_TARGET,
+        target,
     ]))?;
     if Path::new(libdir.trim()).is_dir() {
         return Ok(());
     }
     run(Command::new("rustup")
         .current_dir(repo_root())
-        .args(["target", "add", WASM_TARGET]))
+        .args(["target", "add", target]))
     .map(|_| ())
+}
+
+/// The version of package `name` in a `Cargo.lock` text (the first entry of that name).
+fn locked_version(lock: &str, name: &str) -> Option<String> {
+    let want = format!("name = \"{name}\"");
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == want {
+            let version = lines.next()?.trim().strip_prefix("version = \"")?;
+            return Some(version.strip_suffix('"')?.to_owned());
+        }
+    }
+    None
+}
+
+/// The `wasm-bindgen` version in the workspace's `Cargo.lock`: `wasm-bindgen-test-runner` must be
+/// exactly this version, or it refuses the test binaries.
+pub fn locked_wasm_bindgen_version() -> Result<String, ToolchainError> {
+    let path = repo_root().join("Cargo.lock");
+    let lock = std::fs::read_to_string(&path).map_err(|source| ToolchainError::Io {
+        what: "reading",
+        path: path.clone(),
+        source,
+    })?;
+    locked_version(&lock, "wasm-bindgen").ok_or_else(|| ToolchainError::Command {
+        command: format!("reading {}", path.display()),
+        detail: "no wasm-bindgen package (a pure crate's wasm32 dev-dependency brings it)".into(),
+    })
+}
+
+/// Whether `node` (which `wasm-bindgen-test-runner` runs) answers `node --version`.
+pub fn node_available() -> bool {
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `wasm-bindgen-test-runner` at the locked `wasm-bindgen` version, built on first use with
+/// `cargo install --locked wasm-bindgen-cli` into `.tools/wasm-bindgen-<version>/` (a staging
+/// root first, renamed into place, so concurrent installers never see half an install).
+pub fn wasm_bindgen_test_runner() -> Result<PathBuf, ToolchainError> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let version = locked_wasm_bindgen_version()?;
+    let dir = tools_dir().join(format!("wasm-bindgen-{version}"));
+    let bin = dir.join("bin").join("wasm-bindgen-test-runner");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let staging = tools_dir().join(format!(".wasm-bindgen-{version}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    eprintln!(
+        "wasmesh: building wasm-bindgen-cli {version} (cargo install --locked) into {}",
+        dir.display()
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run(Command::new(cargo)
+        .current_dir(repo_root())
+        // Its own target directory: the caller's `cargo test` holds the main one's lock.
+        .env(
+            "CARGO_TARGET_DIR",
+            repo_root().join("target").join("wasm-bindgen-cli"),
+        )
+        .args(["install", "--locked", "--quiet", "wasm-bindgen-cli"])
+        .args(["--version", &format!("={version}")])
+        .arg("--root")
+        .arg(&staging))?;
+    match std::fs::rename(&staging, &dir) {
+        Ok(()) => {}
+        // Another process won the race: its install is complete, drop ours.
+        Err(_) if bin.is_file() => {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        Err(source) => {
+            return Err(ToolchainError::Io {
+                what: "moving the install into",
+                path: dir,
+                source,
+            });
+        }
+    }
+    Ok(bin)
+}
+
+/// The target directory of the wasm-bindgen-test tier.
+pub fn wasm_bindgen_test_target_dir() -> PathBuf {
+    repo_root().join("target").join("wasm-bindgen-test")
+}
+
+/// Runs `cargo test` for `packages` compiled for `wasm32-unknown-unknown`, each test binary
+/// under Node through `wasm-bindgen-test-runner` (cargo's runner for that target), with the
+/// `features` given. Every `#[test]` of those crates is a `#[wasm_bindgen_test]` on that target
+/// (each test module imports `wasm_bindgen_test as test` there). Needs `node` on `PATH` (see
+/// [`node_available`]). Returns the tests' output.
+pub fn test_on_wasm_bindgen(
+    packages: &[&str],
+    features: &[&str],
+) -> Result<String, ToolchainError> {
+    ensure_target(WASM_BINDGEN_TARGET)?;
+    let runner = wasm_bindgen_test_runner()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root())
+        .env("CARGO_TARGET_DIR", wasm_bindgen_test_target_dir())
+        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", runner)
+        .args(["test", "--locked", "--target", WASM_BINDGEN_TARGET]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
+    run(&mut cmd)
 }
 
 #[cfg(test)]
@@ -384,6 +510,19 @@ mod tests {
             "envoy  version: 0000/1.39.2/Clean/RELEASE/BoringSSL"
         ));
         assert!(!is_pinned_version("envoy  version: 0000/1.40.01/Clean"));
+    }
+
+    #[test]
+    fn the_locked_version_is_read_from_cargo_lock() {
+        let lock = "[[package]]\nname = \"wasm-bindgen-test\"\nversion = \"0.3.79\"\n\n\
+                    [[package]]\nname = \"wasm-bindgen\"\nversion = \"0.2.129\"\n";
+        assert_eq!(
+            locked_version(lock, "wasm-bindgen").as_deref(),
+            Some("0.2.129")
+        );
+        assert_eq!(locked_version(lock, "js-sys"), None);
+        let real = locked_wasm_bindgen_version().unwrap_or_default();
+        assert!(real.starts_with("0.2."), "{real}");
     }
 
     #[test]

@@ -174,6 +174,8 @@ pub trait Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn map() -> HeaderMap {
         HeaderMap::new(vec![

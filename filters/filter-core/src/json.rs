@@ -131,6 +131,8 @@ pub fn path_at(text: &[u8], line: usize, column: usize) -> String {
 mod tests {
     use super::*;
     use serde::Deserialize;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

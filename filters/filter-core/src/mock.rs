@@ -330,6 +330,8 @@ impl Host for MockHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn cas_write_fails_after_concurrent_update() {

@@ -161,6 +161,8 @@ pub(crate) fn format_traceparent(trace_id: &str, span_id: &str, flags: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn uuid_has_version_and_variant_bits() {

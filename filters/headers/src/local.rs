@@ -85,6 +85,8 @@ impl Local for HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn set_replaces_in_place_and_drops_later_values() {

@@ -202,6 +202,8 @@ pub(crate) fn host_of(map: &HeaderMap) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn req(pairs: &[(&str, &str)]) -> HeaderMap {
         HeaderMap::new(

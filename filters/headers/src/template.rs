@@ -113,6 +113,8 @@ fn parse_attr(name: &str) -> Result<Attr, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn compiles_literals_placeholders_and_escapes() {

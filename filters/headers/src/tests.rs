@@ -1,6 +1,9 @@
 //! Behaviour tests of the whole filter over the mock host: exact, because time and randomness are
 //! injected.
 
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
 use filter_core::mock::MockHost;
 use filter_core::{Decision, Host};
 

@@ -9,6 +9,9 @@
 //! real-Envoy side of duplicates, casing and OWS is `w3c_trace_context_cases_envoy_shapes` in
 //! `integration/tests/headers.rs`.
 
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
 use filter_core::mock::MockHost;
 
 use crate::{Compiled, HeadersConfig, Stream, compile};

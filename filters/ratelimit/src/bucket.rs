@@ -341,6 +341,8 @@ impl Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const S: u64 = NANOS_PER_SECOND;
 

@@ -346,6 +346,8 @@ pub fn key_hash(rule: &str, key: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         HeaderMap::new(

@@ -2,6 +2,9 @@
 //! [`Compiled`] instances over one mock host stand for Envoy workers sharing one process's
 //! shared data.
 
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
 use std::time::Duration;
 
 use filter_core::Decision;

@@ -3,6 +3,9 @@
 //! Property tests use a seeded generator (`filter_core::rng`), so every run checks the same
 //! cases on every target and a failure names its seed.
 
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
 use std::time::Duration;
 
 use filter_core::rng::Xoshiro256;
