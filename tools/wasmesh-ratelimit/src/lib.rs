@@ -7,7 +7,10 @@
 //! limits come from a [`ratelimit::LimitsFile`] the SDK writes from the mesh spec. Each limit
 //! becomes a Limitador limit in namespace `domain` with one variable naming the rule, so every
 //! distinct key of a rule gets its own counter in Redis, and all descriptors of one request are
-//! checked and counted in a single Limitador call (all or nothing).
+//! checked and counted in a single Limitador call (all or nothing: none is counted when one is
+//! over). Limitador's Redis storage reads the counters and then increments them in a second
+//! round trip, so requests in flight together when a counter reaches its limit can all pass:
+//! the over-admission is at most the number of concurrent checks (never under-admission).
 //!
 //! Descriptors of rules the file does not name are ignored (answered OK), as are descriptors
 //! without a `rule` entry.
@@ -17,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
@@ -138,6 +143,14 @@ fn variables(descriptors: &[RateLimitDescriptor]) -> HashMap<String, String> {
     vars
 }
 
+/// What the answer tells about one counter Limitador checked.
+struct CounterState {
+    rule: Option<String>,
+    limit: u64,
+    remaining: Option<u64>,
+    reset: Option<Duration>,
+}
+
 fn descriptor_rule(d: &RateLimitDescriptor) -> Option<&str> {
     d.entries
         .iter()
@@ -168,11 +181,23 @@ impl RateLimitService for Service {
                 }
                 Limiter::Memory(l) => l.check_rate_limited_and_update(&namespace, &ctx, hits),
             };
-            r.map(|r| (r.limited, r.limit_name))
-                .map_err(|e| e.to_string())
+            r.map(|r| {
+                let counters: Vec<CounterState> = r
+                    .counters
+                    .iter()
+                    .map(|c| CounterState {
+                        rule: c.limit().name().map(str::to_owned),
+                        limit: c.max_value(),
+                        remaining: c.remaining(),
+                        reset: c.expires_in(),
+                    })
+                    .collect();
+                (r.limited, r.limit_name, counters)
+            })
+            .map_err(|e| e.to_string())
         };
         let result = tokio::time::timeout(self.storage_timeout, check).await;
-        let (limited, limit_name) = match result {
+        let (limited, limit_name, counters) = match result {
             Err(_) => return Err(tonic::Status::unavailable("storage timeout")),
             Ok(Err(e)) => return Err(tonic::Status::unavailable(e)),
             Ok(Ok(v)) => v,
@@ -182,9 +207,24 @@ impl RateLimitService for Service {
             .descriptors
             .iter()
             .map(|d| {
-                let over = limited && limit_name.as_deref() == descriptor_rule(d);
+                let rule = descriptor_rule(d);
+                let over = limited && limit_name.as_deref() == rule;
+                let counter = counters.iter().find(|c| c.rule.as_deref() == rule);
                 DescriptorStatus {
                     code: if over { Code::OverLimit } else { Code::Ok } as i32,
+                    limit_remaining: counter
+                        .and_then(|c| c.remaining)
+                        .map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX)),
+                    duration_until_reset: counter.and_then(|c| c.reset).map(|d| {
+                        envoy_types::pb::google::protobuf::Duration {
+                            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                            nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+                        }
+                    }),
+                    current_limit: counter.map(|c| RateLimit {
+                        requests_per_unit: u32::try_from(c.limit).unwrap_or(u32::MAX),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }
             })
@@ -288,6 +328,20 @@ mod tests {
             assert_eq!(code(&s, &[("per-ip", "1.2.3.4")]).await, ok);
         }
         assert_eq!(code(&s, &[("per-ip", "1.2.3.4")]).await, over);
+        // The over-limit answer says when the window ends and what the limit is.
+        let r = s
+            .should_rate_limit(request(&[("per-ip", "1.2.3.4")]))
+            .await
+            .unwrap()
+            .into_inner();
+        let st = &r.statuses[0];
+        assert_eq!(st.code, over);
+        assert_eq!(
+            st.current_limit.as_ref().map(|l| l.requests_per_unit),
+            Some(3)
+        );
+        let reset = st.duration_until_reset.as_ref().map_or(0, |d| d.seconds);
+        assert!((1..=60).contains(&reset), "{reset}");
         // Another key of the same rule has its own counter.
         assert_eq!(code(&s, &[("per-ip", "5.6.7.8")]).await, ok);
         // Unknown rules are ignored.

@@ -2,6 +2,14 @@
 //! gRPC: two service instances share one limit through Redis; with Redis gone the service
 //! answers `UNAVAILABLE` within its storage timeout instead of hanging.
 
+// Test helpers outside #[test] fns: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -48,8 +56,10 @@ async fn two_instances_share_one_limit_through_redis() {
         t0.elapsed()
     );
     assert!(per[0] + per[1] > 0 && per[2] + per[3] > 0, "{per:?}");
-    // Exact: Limitador's Redis storage counts atomically (Lua script).
-    assert_eq!(total, 300);
+    // Limitador's Redis storage reads the counters, then increments them (two round trips),
+    // so requests in flight together at the boundary can all pass: over-admission is at most
+    // the concurrency (4 here), within the issue's ±2%. Never under.
+    assert!((300..=304).contains(&total), "{total}");
     // A different key of the same rule, and another rule, have their own counters.
     assert_eq!(admitted(a.port, "shared", "k2", 10).await, 10);
     assert_eq!(admitted(b.port, "other", "k", 10).await, 5);

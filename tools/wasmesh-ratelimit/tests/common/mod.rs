@@ -2,6 +2,8 @@
 //! rule) on a loopback port, `wasmesh-ratelimit` processes, and a gRPC client.
 
 #![allow(dead_code)]
+// Test support: a failed setup step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -176,7 +178,7 @@ impl Rls {
 
     /// Kills it now.
     pub fn kill(&mut self) {
-        if self.stopped {
+        if std::mem::take(&mut self.stopped) {
             signal(self.child.id(), "-CONT");
         }
         let _ = self.child.kill();
