@@ -490,6 +490,10 @@ pub struct Options {
     pub out: PathBuf,
     /// Jobs to run (empty: all).
     pub only: Vec<String>,
+    /// `--only rpc`: rounds of the three setups for calls/s.
+    pub rounds: usize,
+    /// `--only rpc`: pin Envoy and the load to separate CPUs with `taskset` when possible.
+    pub pin: bool,
 }
 
 /// Builds `bench_peers.wasm` next to the wasmesh module (same target dir and profile).

@@ -6,8 +6,13 @@
 //! listener `CONNECTIONS` connections each send batches of `BATCH` pipelined framed-binary Thrift
 //! calls (built with the `rpc` crate's codec) to an in-process Thrift server (not under
 //! valgrind) and read every answer; after warm-up the worker thread's count over the counted
-//! calls. Calls/s: a second Envoy without valgrind, the three listeners measured in turn,
-//! `rounds` times, so the spread between rounds shows how noisy the machine is.
+//! calls. Calls/s: a second Envoy without valgrind, `--rounds` rounds of the three listeners
+//! back to back, in an order rotated each round (ABC, BCA, CAB, ...) so drift and position hit
+//! all three alike; by default Envoy is pinned to the last CPU and the client and server threads
+//! to the others (`taskset`), so they do not take turns on the same core. Each segment also reads
+//! Envoy's CPU time (`/proc/<pid>/stat`), which gives calls per Envoy CPU-second: the capacity
+//! ratio when Envoy, not the load generator, is the bottleneck. Ratios are taken within a round
+//! and reported as median and interquartile range.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -293,15 +298,65 @@ fn instructions(
     Ok(result)
 }
 
-/// Calls/s over `CONNECTIONS` connections, one thread each, for `seconds`.
-fn calls_per_second(port: u16, seconds: f64) -> Result<f64, String> {
+/// One load segment on one listener.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    /// Calls answered per wall-clock second.
+    calls_per_s: f64,
+    /// Envoy's CPU time (user + system, all threads) per call, in microseconds.
+    envoy_us_per_call: f64,
+}
+
+/// Envoy's CPU time so far (user + system, all threads) in clock ticks, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> Result<u64, String> {
+        f.get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("/proc/{pid}/stat: no field {}", i + 3))
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The machine's load averages (`/proc/loadavg`: 1, 5, 15 minutes).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Calls/s over `CONNECTIONS` connections, one thread each, for `seconds`, and Envoy's CPU time
+/// per call over the same interval.
+fn segment(port: u16, envoy_pid: u32, tck: f64, seconds: f64) -> Result<Segment, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..CONNECTIONS)
-        .map(|c| {
+    let mut clients = (0..CONNECTIONS)
+        .map(|c| Client::open(port, c))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Routing happens on the first frame: one batch per connection before the clock starts.
+    for c in &mut clients {
+        c.round()?;
+    }
+    let ticks0 = cpu_ticks(envoy_pid)?;
+    let start = Instant::now();
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
             let (stop, total) = (Arc::clone(&stop), Arc::clone(&total));
             std::thread::spawn(move || -> Result<(), String> {
-                let mut client = Client::open(port, c)?;
                 while !stop.load(Ordering::Relaxed) {
                     client.round()?;
                     total.fetch_add(BATCH as u64, Ordering::Relaxed);
@@ -310,40 +365,133 @@ fn calls_per_second(port: u16, seconds: f64) -> Result<f64, String> {
             })
         })
         .collect();
-    let start = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(seconds));
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().map_err(|_| "load thread panicked".to_owned())??;
     }
-    Ok(total.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    let elapsed = start.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(envoy_pid)?.saturating_sub(ticks0);
+    let calls = total.load(Ordering::Relaxed) as f64;
+    Ok(Segment {
+        calls_per_s: calls / elapsed,
+        envoy_us_per_call: ticks as f64 / tck * 1e6 / calls.max(1.0),
+    })
 }
 
-/// Calls/s per variant, `rounds` rounds of the three in turn (one Envoy, no valgrind).
+/// How the calls/s Envoy and the load share the CPUs.
+#[derive(Debug, Clone)]
+struct Pinning {
+    /// `taskset` CPU list for Envoy (the last CPU).
+    envoy: String,
+    /// CPU list for this process: the client and server threads (the others).
+    load: String,
+    /// Every CPU, to restore this process afterwards.
+    all: String,
+}
+
+/// Envoy on the last CPU and the client and server threads on the rest, when `taskset` exists and
+/// this process may use at least two CPUs.
+fn pinning(wanted: bool) -> Option<Pinning> {
+    let n = std::thread::available_parallelism().map_or(1, usize::from);
+    let taskset = std::process::Command::new("taskset")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !wanted || n < 2 || !taskset {
+        return None;
+    }
+    let load = if n == 2 {
+        "0".to_owned()
+    } else {
+        format!("0-{}", n - 2)
+    };
+    Some(Pinning {
+        envoy: (n - 1).to_string(),
+        load,
+        all: format!("0-{}", n - 1),
+    })
+}
+
+/// Sets the CPU list of every thread of this process (threads started later inherit it).
+fn pin_self(cpus: &str) -> Result<(), String> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("taskset: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("taskset -a -p -c {cpus}: {status}"))
+    }
+}
+
+/// Per-variant segments of `rounds` rounds (one Envoy, no valgrind). Every round runs the three
+/// listeners back to back, in an order rotated by one each round (ABC, BCA, CAB, ...), so drift
+/// and position effects hit all three alike; ratios are taken within a round.
 fn throughput(
     wasm: &Path,
     calc: u16,
     admin: u16,
     seconds: f64,
     rounds: usize,
-) -> Result<Vec<Vec<f64>>, String> {
-    let envoy = Envoy::new(bootstrap(wasm, calc, admin))
-        .log_level("warning")
-        .try_start()?;
+    pin: Option<&Pinning>,
+) -> Result<Vec<Vec<Segment>>, String> {
+    let mut envoy = Envoy::new(bootstrap(wasm, calc, admin)).log_level("warning");
+    if let Some(p) = pin {
+        envoy = envoy.wrapper(&["taskset", "-c", &p.envoy]);
+    }
+    let envoy = envoy.try_start()?;
+    let pid = envoy.pid();
+    let tck = clock_ticks_per_second();
     let vs = variants(wasm);
-    for (name, _, _) in &vs {
-        let mut c = vec![Client::open(envoy.listener_port(name), 1)?];
+    let ports: Vec<u16> = vs.iter().map(|(n, _, _)| envoy.listener_port(n)).collect();
+    for &port in &ports {
+        let mut c = vec![Client::open(port, 1)?];
         drive(&mut c, 100)?;
     }
-    let mut rates = vec![Vec::new(); vs.len()];
-    for _ in 0..rounds {
-        for (i, (name, _, _)) in vs.iter().enumerate() {
-            let r = calls_per_second(envoy.listener_port(name), seconds)?;
-            eprintln!("bench rpc: {name} {r:.0} calls/s");
-            rates[i].push(r);
+    let mut out = vec![Vec::new(); vs.len()];
+    for round in 0..rounds {
+        for k in 0..vs.len() {
+            let i = (k + round) % vs.len();
+            let s = segment(ports[i], pid, tck, seconds)?;
+            eprintln!(
+                "bench rpc: round {} {} {:.0} calls/s, Envoy {:.2} us CPU/call (load {})",
+                round + 1,
+                vs[i].0,
+                s.calls_per_s,
+                s.envoy_us_per_call,
+                loadavg()
+            );
+            out[i].push(s);
         }
     }
-    Ok(rates)
+    Ok(out)
+}
+
+/// The `q` quantile (0..=1) of `v`, linearly interpolated between order statistics.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return 0.0;
+    }
+    let x = q * (s.len() - 1) as f64;
+    let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (x - lo as f64)
+}
+
+/// `median (IQR q1–q3), n of m >= target` for per-round ratios.
+fn summary(v: &[f64], target: f64) -> String {
+    let met = v.iter().filter(|&&r| r >= target).count();
+    format!(
+        "{:.2} ({:.2}–{:.2}), {met} of {} ≥ {target}",
+        quantile(v, 0.5),
+        quantile(v, 0.25),
+        quantile(v, 0.75),
+        v.len()
+    )
 }
 
 /// Runs the rpc variants and prints Markdown tables.
@@ -370,21 +518,44 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
     } else {
         vec![]
     };
-    let rounds = 5;
-    let rates = if opts.seconds > 0.0 {
-        throughput(&wasm, calc, admin, opts.seconds, rounds)?
+    let pin = pinning(opts.pin);
+    let load_before = loadavg();
+    let segments = if opts.seconds > 0.0 && opts.rounds > 0 {
+        if let Some(p) = &pin {
+            pin_self(&p.load)?;
+        }
+        let r = throughput(&wasm, calc, admin, opts.seconds, opts.rounds, pin.as_ref());
+        if let Some(p) = &pin {
+            pin_self(&p.all)?;
+        }
+        r?
     } else {
         vec![]
     };
+    let load_after = loadavg();
+    let rates: Vec<Vec<f64>> = segments
+        .iter()
+        .map(|v| v.iter().map(|s| s.calls_per_s).collect())
+        .collect();
+    let cpu: Vec<Vec<f64>> = segments
+        .iter()
+        .map(|v| v.iter().map(|s| s.envoy_us_per_call).collect())
+        .collect();
     let base = irs.first().copied().unwrap_or(0.0);
     println!(
-        "| variant | instructions/call | delta over plain | calls/s per round ({CONNECTIONS} conns x {BATCH} pipelined) | median |"
+        "| variant | instructions/call | delta over plain | calls/s median (IQR) | Envoy CPU µs/call median (IQR) |"
     );
-    println!("|---|---:|---:|---|---:|");
-    let median = |v: &[f64]| {
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
-        s.get(s.len() / 2).copied().unwrap_or(0.0)
+    println!("|---|---:|---:|---:|---:|");
+    let iqr = |v: &[f64], digits: usize| {
+        if v.is_empty() {
+            return "-".to_owned();
+        }
+        format!(
+            "{:.digits$} ({:.digits$}–{:.digits$})",
+            quantile(v, 0.5),
+            quantile(v, 0.25),
+            quantile(v, 0.75)
+        )
     };
     for (i, (name, what, _)) in vs.iter().enumerate() {
         let ir = irs.get(i).map_or("-".to_owned(), |x| format!("{x:.0}"));
@@ -392,21 +563,75 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
             .get(i)
             .map_or("-".to_owned(), |x| format!("{:+.0}", x - base));
         let r = rates.get(i).cloned().unwrap_or_default();
-        let list: Vec<String> = r.iter().map(|x| format!("{x:.0}")).collect();
+        let c = cpu.get(i).cloned().unwrap_or_default();
         println!(
-            "| {name} ({what}) | {ir} | {delta} | {} | {:.0} |",
-            list.join(", "),
-            median(&r)
+            "| {name} ({what}) | {ir} | {delta} | {} | {} |",
+            iqr(&r, 0),
+            iqr(&c, 2)
         );
     }
     if rates.len() == 3 {
-        println!();
-        println!("| round | filter / plain (target >= 0.8) | filter / native (target >= 1.0) |");
-        println!("|---|---:|---:|");
         let (plain, filter, native) = (&rates[0], &rates[1], &rates[2]);
-        for (k, ((p, f), n)) in plain.iter().zip(filter).zip(native).enumerate() {
-            println!("| {} | {:.2} | {:.2} |", k + 1, f / p, f / n);
+        let ratio =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+        let fp = ratio(filter, plain);
+        let fnat = ratio(filter, native);
+        // Envoy capacity: calls per Envoy-CPU-second, filter over plain (CPU/call plain / filter).
+        let cap_fp = ratio(&cpu[0], &cpu[1]);
+        let cap_fn = ratio(&cpu[2], &cpu[1]);
+        println!();
+        println!(
+            "| round | plain calls/s | filter calls/s | native calls/s | filter / plain (≥ 0.8) | filter / native (≥ 1.0) | Envoy CPU/call plain, filter, native (µs) |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---|");
+        for k in 0..plain.len() {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2}, {:.2}, {:.2} |",
+                k + 1,
+                plain[k],
+                filter[k],
+                native[k],
+                fp[k],
+                fnat[k],
+                cpu[0][k],
+                cpu[1][k],
+                cpu[2][k]
+            );
         }
+        println!();
+        println!(
+            "filter / plain calls/s per round: median {}",
+            summary(&fp, 0.8)
+        );
+        println!(
+            "filter / native calls/s per round: median {}",
+            summary(&fnat, 1.0)
+        );
+        println!(
+            "Envoy capacity (calls per Envoy CPU-second) filter / plain per round: median {}",
+            summary(&cap_fp, 0.8)
+        );
+        println!(
+            "Envoy capacity filter / native per round: median {}",
+            summary(&cap_fn, 1.0)
+        );
+        println!(
+            "{} rounds x 3 segments of {} s, order rotated each round; client and server built {}; {}; load average before {load_before}, after {load_after}",
+            plain.len(),
+            opts.seconds,
+            if cfg!(debug_assertions) {
+                "unoptimized (debug: run `cargo run --release -p xtask -- bench --only rpc`)"
+            } else {
+                "optimized (release)"
+            },
+            match &pin {
+                Some(p) => format!(
+                    "Envoy pinned to CPU {}, client and server threads to CPU {} (taskset)",
+                    p.envoy, p.load
+                ),
+                None => "not pinned".to_owned(),
+            }
+        );
     }
     println!();
     println!(

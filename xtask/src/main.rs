@@ -21,8 +21,9 @@ Commands:
             --out DIR (target/bench) --only JOB[,JOB] (one-each-way, headers-job, ten-sets,
             front-proxy, sidecar, ratelimit, auth, chain)
             --only rpc: Thrift calls instead (instructions/call for plain tcp_proxy,
-            the rpc filter + tcp_proxy, native thrift_proxy; calls/s over 5 rounds;
-            --requests 0 skips callgrind)
+            the rpc filter + tcp_proxy, native thrift_proxy; calls/s over --rounds N
+            (15) rounds, the three interleaved in rotating order, Envoy and the load
+            pinned to separate CPUs unless --pin no; --requests 0 skips callgrind)
   wasm      Build wasmesh_module.wasm and print its path and size.
   envoy     Install the pinned Envoy if needed and print its path.
 
@@ -65,6 +66,8 @@ fn bench_options(args: &[String]) -> Result<bench::Options, String> {
         seconds: 5.0,
         out: toolchain::repo_root().join("target").join("bench"),
         only: Vec::new(),
+        rounds: 15,
+        pin: true,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -76,6 +79,8 @@ fn bench_options(args: &[String]) -> Result<bench::Options, String> {
             "--seconds" => o.seconds = value.parse().map_err(|_| bad())?,
             "--out" => o.out = PathBuf::from(value),
             "--only" => o.only = value.split(',').map(str::to_owned).collect(),
+            "--rounds" => o.rounds = value.parse().map_err(|_| bad())?,
+            "--pin" => o.pin = value != "0" && value != "no",
             _ => return Err(format!("unknown option {flag}\n\n{HELP}")),
         }
     }
