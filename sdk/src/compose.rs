@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::emit::{self, EmitError};
 use crate::ir::{InstanceIr, Mesh, ServiceIr};
-use crate::spec::EndpointSource;
+use crate::spec::{EndpointSource, Protocol};
 
 /// Where `cargo xtask wasm` / the tests build the module, relative to the repository root.
 pub const WASM_HOST_PATH: &str = "./target/wasm-build/wasm32-wasip1/wasm/wasmesh_module.wasm";
@@ -135,12 +135,13 @@ fn healthcheck_volume() -> String {
 /// A health check that GETs `http://127.0.0.1:<port><path>` inside the container and passes on
 /// 2xx (Envoy's admin `/ready` answers 200 only when the server is LIVE).
 fn healthcheck(port: u16, path: &str) -> Healthcheck {
+    probe(format!("http://127.0.0.1:{port}{path}"))
+}
+
+/// A health check running the mounted binary on `url` (`http://...` or `tcp://ip:port`).
+fn probe(url: String) -> Healthcheck {
     Healthcheck {
-        test: vec![
-            "CMD".into(),
-            HEALTHCHECK_PATH.into(),
-            format!("http://127.0.0.1:{port}{path}"),
-        ],
+        test: vec!["CMD".into(), HEALTHCHECK_PATH.into(), url],
         interval: "2s",
         timeout: "2s",
         retries: 30,
@@ -308,6 +309,20 @@ pub fn render(mesh: &Mesh) -> Result<String, EmitError> {
             if !s.dependencies.is_empty() {
                 environment.insert("CALLS".to_owned(), s.dependencies.join(","));
             }
+            // wasmesh-rpc dependencies: the sidecar's loopback listener on their port.
+            let rpc_calls: Vec<String> = s
+                .dependencies
+                .iter()
+                .filter_map(|d| mesh.service(d))
+                .filter(|d| d.protocol == Protocol::WasmeshRpc)
+                .map(|d| format!("{}=127.0.0.1:{}", d.name, d.port))
+                .collect();
+            if !rpc_calls.is_empty() {
+                environment.insert("RPC_CALLS".to_owned(), rpc_calls.join(","));
+            }
+            if s.protocol == Protocol::WasmeshRpc {
+                environment.insert("PROTOCOL".to_owned(), "wasmesh-rpc".to_owned());
+            }
             for (k, v) in &inst.labels {
                 environment.insert(
                     format!("LABEL_{}", k.to_uppercase().replace(['-', '.', '/'], "_")),
@@ -333,7 +348,7 @@ pub fn render(mesh: &Mesh) -> Result<String, EmitError> {
                     environment,
                     network_mode: Some(format!("service:{sidecar_name}")),
                     depends_on,
-                    healthcheck: app_health_path(s).map(|p| healthcheck(s.port, p)),
+                    healthcheck: app_healthcheck(s),
                     volumes: vec![healthcheck_volume()],
                     ..Default::default()
                 },
@@ -370,9 +385,19 @@ fn app_health_path(s: &ServiceIr) -> Option<&str> {
         .and_then(|h| h.http_path.as_deref())
 }
 
-/// What a dependent waits for: the app healthy when it has a health path, else started.
+/// The app's health check: a GET of its health path (http services), a TCP connect to its port
+/// (other protocols), none for an http service without a health path.
+fn app_healthcheck(s: &ServiceIr) -> Option<Healthcheck> {
+    match (app_health_path(s), s.protocol) {
+        (Some(p), _) => Some(healthcheck(s.port, p)),
+        (None, Protocol::Http) => None,
+        (None, _) => Some(probe(format!("tcp://127.0.0.1:{}", s.port))),
+    }
+}
+
+/// What a dependent waits for: the app healthy when it has a health check, else started.
 fn app_ready(s: &ServiceIr) -> Condition {
-    if app_health_path(s).is_some() {
+    if app_healthcheck(s).is_some() {
         healthy()
     } else {
         started()

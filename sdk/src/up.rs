@@ -542,7 +542,8 @@ pub struct ProcState {
     pub pid: u32,
     /// Restarts so far.
     pub restarts: u32,
-    /// Readiness URL (Envoy admin `/ready` or the app's `/ready`).
+    /// Readiness URL (Envoy admin `/ready`, the app's `/ready`, or `tcp://ip:port` for an app
+    /// that does not speak HTTP).
     pub ready_url: String,
     /// Log file.
     pub log: PathBuf,
@@ -617,6 +618,21 @@ pub fn http_status(url: &str) -> Option<u16> {
     http_status_with(url, &[])
 }
 
+/// A readiness probe: `tcp://ip:port` (apps that do not speak HTTP, e.g. wasmesh-rpc) answers
+/// `Some(200)` when a TCP connection opens within a second; any other URL is a GET
+/// ([`http_status`]).
+pub fn ready_status(url: &str) -> Option<u16> {
+    match url.strip_prefix("tcp://") {
+        Some(addr) => {
+            let addr: SocketAddr = addr.parse().ok()?;
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                .ok()
+                .map(|_| 200)
+        }
+        None => http_status(url),
+    }
+}
+
 /// GET `url` with request `headers`: the status, or `None` when nothing answered.
 pub fn http_status_with(url: &str, headers: &[(String, String)]) -> Option<u16> {
     let mut req = agent(Duration::from_secs(1)).get(url);
@@ -685,7 +701,7 @@ impl Proc {
                     tail: tail(&self.state.log, 20),
                 });
             }
-            if http_status(&self.state.ready_url) == Some(200) {
+            if ready_status(&self.state.ready_url) == Some(200) {
                 self.state.ready_unix_ms = Some(unix_ms());
                 return Ok(());
             }
@@ -1092,16 +1108,20 @@ impl Running {
             .mesh
             .service(&inst.service)
             .ok_or_else(|| UpError::Layout(format!("unknown service {}", inst.service)))?;
-        let calls: Vec<&str> = svc
-            .dependencies
-            .iter()
-            .filter(|d| {
-                self.mesh
-                    .service(d)
-                    .is_some_and(|s| s.protocol == Protocol::Http)
-            })
-            .map(String::as_str)
-            .collect();
+        // The demo services call HTTP dependencies through the egress listener and wasmesh-rpc
+        // ones on the sidecar's loopback listener for them (`<instance ip>:<their port>`).
+        let mut calls: Vec<&str> = Vec::new();
+        let mut rpc_calls: Vec<String> = Vec::new();
+        for d in svc.dependencies.iter().filter_map(|d| self.mesh.service(d)) {
+            match d.protocol {
+                Protocol::Http => calls.push(&d.name),
+                Protocol::WasmeshRpc => {
+                    calls.push(&d.name);
+                    rpc_calls.push(format!("{}={}:{}", d.name, inst.ip, d.port));
+                }
+                Protocol::Tcp | Protocol::Thrift => {}
+            }
+        }
         let mut env = vec![
             ("SERVICE".to_owned(), inst.service.clone()),
             ("INSTANCE".to_owned(), inst.name.clone()),
@@ -1112,7 +1132,16 @@ impl Running {
                 format!("http://{}:{}", inst.ip, inst.egress_port),
             ),
             ("CALLS".to_owned(), calls.join(",")),
+            ("RPC_CALLS".to_owned(), rpc_calls.join(",")),
         ];
+        if svc.protocol == Protocol::WasmeshRpc {
+            env.push(("PROTOCOL".to_owned(), "wasmesh-rpc".to_owned()));
+        }
+        // Apps that do not speak HTTP are ready once their port accepts connections.
+        let app_ready_url = match svc.protocol {
+            Protocol::Http => format!("http://{}:{}/ready", inst.ip, inst.app_port),
+            _ => format!("tcp://{}:{}", inst.ip, inst.app_port),
+        };
         for (k, v) in &inst.labels {
             env.push((
                 format!("LABEL_{}", k.to_uppercase().replace(['-', '.', '/'], "_")),
@@ -1125,7 +1154,7 @@ impl Running {
                 kind: Kind::App,
                 pid: 0,
                 restarts: 0,
-                ready_url: format!("http://{}:{}/ready", inst.ip, inst.app_port),
+                ready_url: app_ready_url,
                 log: run_dir.join(format!("logs/{}.log", inst.name)),
                 started_unix_ms: 0,
                 ready_unix_ms: None,
@@ -1256,7 +1285,7 @@ impl Running {
                     let ready = |name: &str| {
                         running
                             .get(name)
-                            .is_some_and(|url| http_status(url) == Some(200))
+                            .is_some_and(|url| ready_status(url) == Some(200))
                     };
                     for p in &mut g.procs {
                         if let Some(child) = p.child.as_mut()
@@ -1547,7 +1576,7 @@ pub fn status(run_dir: &Path) -> Result<(State, String), UpError> {
         }
     );
     for p in &state.procs {
-        let ready = match http_status(&p.ready_url) {
+        let ready = match ready_status(&p.ready_url) {
             Some(200) => "ready".to_owned(),
             Some(code) => format!("answers {code}"),
             None => "not answering".to_owned(),

@@ -36,10 +36,14 @@ fn health_checks_exec_the_mounted_static_binary_not_a_shell() {
             .unwrap_or_else(|| panic!("{name} has no health check"));
         assert_eq!(test[0], "CMD", "{name}: exec form, no shell");
         assert_eq!(test[1], HEALTHCHECK_PATH, "{name}");
-        assert!(
-            test[2].as_str().unwrap().starts_with("http://127.0.0.1:"),
-            "{name}: {test:?}"
-        );
+        // HTTP for Envoy and http apps; a TCP connect for the wasmesh-rpc app (C).
+        let url = test[2].as_str().unwrap();
+        let want = if name == "c-1" {
+            "tcp://127.0.0.1:9000"
+        } else {
+            "http://127.0.0.1:"
+        };
+        assert!(url.starts_with(want), "{name}: {test:?}");
         let mounted = svc["volumes"].as_array().unwrap().iter().any(|v| {
             v.as_str()
                 .unwrap()

@@ -244,7 +244,33 @@ fn demo_mesh_routes_traces_faults_endpoints_and_restarts() {
         assert_eq!(who.received.consumer.as_deref(), Some("demo"), "{who:?}");
     }
     assert_eq!(header(&headers, "x-ratelimit-limit"), Some("1000"));
+    // A called C over wasmesh-rpc (through its sidecar's loopback listener for C; C's sidecar
+    // ran the rpc filter, which added its metadata entry) and B over HTTP.
+    let rpc = rpc_of(&root, "c");
+    assert_eq!(
+        (rpc.method.as_str(), rpc.reply.as_str(), rpc.status),
+        ("c.describe", "response", 0)
+    );
+    let c = called(&root, "c");
+    assert_eq!(c.request, "wasmesh-rpc c.describe");
+    let seen = |k: &str| c.received.mesh_headers.get(k).map(String::as_str);
+    assert_eq!(
+        (seen("caller"), seen("x-served-by")),
+        (Some("a"), Some("c-sidecar rpc")),
+        "{c:?}"
+    );
+    assert_eq!(
+        root.calls.iter().find(|c| c.to == "b").unwrap().status,
+        Some(200)
+    );
     auth_and_rate_limit(&a, &public);
+    rpc_acl(&mesh, &a, &public);
+    // The internal listener authenticates nobody: a client-sent x-consumer is removed.
+    let (_, body, _) = get(&a, &format!("{internal}/"), &[("x-consumer", "forged")]);
+    let root = answer(&body);
+    for who in [&root, called(&root, "b"), called(&root, "c")] {
+        assert_eq!(who.received.consumer, None, "{who:?}");
+    }
     // Without a traceparent the front proxy starts a trace, and everyone continues it.
     let (_, body, _) = get(&a, &format!("{public}/"), &[]);
     let root = answer(&body);
@@ -398,7 +424,11 @@ fn demo_mesh_routes_traces_faults_endpoints_and_restarts() {
                         r.calls
                             .iter()
                             .find(|c| c.to == "c")
-                            .filter(|c| c.status == Some(200))
+                            .filter(|c| {
+                                c.rpc
+                                    .as_ref()
+                                    .is_some_and(|r| r.reply == "response" && r.status == 0)
+                            })
                             .and_then(|c| match &c.answer {
                                 Some(Body::Answer(b)) => Some(b.instance.clone()),
                                 _ => None,
@@ -495,6 +525,112 @@ fn demo_mesh_routes_traces_faults_endpoints_and_restarts() {
         );
     }
     assert!(!mesh.options().run_dir.join("state.json").exists());
+}
+
+/// How A's call to `to` went over wasmesh-rpc.
+fn rpc_of<'a>(a: &'a Answer, to: &str) -> &'a demo_services::Rpc {
+    let call = a
+        .calls
+        .iter()
+        .find(|c| c.to == to)
+        .unwrap_or_else(|| panic!("no call to {to}: {a:?}"));
+    call.rpc
+        .as_ref()
+        .unwrap_or_else(|| panic!("the call to {to} was not wasmesh-rpc: {call:?}"))
+}
+
+/// `GET url` until it is not the /c route's injected 503 (1% of requests).
+fn get_past_aborts(a: &ureq::Agent, url: &str) -> String {
+    for _ in 0..10 {
+        let (status, body, _) = get(a, url, &[]);
+        if status == 200 {
+            return body;
+        }
+        assert_eq!(status, 503, "{body}");
+    }
+    panic!("{url}: 10 aborts in a row");
+}
+
+/// C's sidecar denies `c.admin` with the protocol's error reply and lets `c.describe` through:
+/// seen by the Rust wasmesh-rpc client on A's sidecar's listener for C, and through the front
+/// proxy's `/c` route (A calls only C, the method from the path).
+fn rpc_acl(mesh: &Running, a: &ureq::Agent, public: &str) {
+    use rpc::wasmesh_rpc::{status, types};
+    let plan = mesh.plan();
+    let a_ip = plan.instance("a").unwrap().ip;
+    let c_port = mesh.mesh().service("c").unwrap().port;
+    let addr = std::net::SocketAddr::from((a_ip, c_port));
+    let mut client = rpc_client::Client::connect(addr, Duration::from_secs(5)).unwrap();
+    let mut admin = rpc_client::Call::new("c", "admin", b"").caller("a");
+    admin
+        .headers
+        .push(("request-id".into(), "rpc-test-1".into()));
+    let denied = client.call(&admin).unwrap();
+    assert_eq!(
+        (denied.kind, denied.status),
+        (types::ERROR, status::DENIED),
+        "{denied:?}"
+    );
+    assert_eq!(
+        rpc_client::header(&denied, "error-message"),
+        Some("wasmesh: call denied by policy")
+    );
+    // The connection stays up; an allowed method on it is answered by C.
+    let mut describe = rpc_client::Call::new("c", "describe", b"").caller("a");
+    describe
+        .headers
+        .push(("request-id".into(), "rpc-test-2".into()));
+    let ok = client.call(&describe).unwrap();
+    assert_eq!(
+        (ok.kind, ok.status),
+        (types::RESPONSE, status::OK),
+        "{ok:?}"
+    );
+    let c: Answer = serde_json::from_slice(&ok.payload).unwrap();
+    assert_eq!(
+        (c.service.as_str(), c.request.as_str()),
+        ("c", "wasmesh-rpc c.describe")
+    );
+    assert_eq!(c.received.request_id.as_deref(), Some("rpc-test-2"));
+    let c1 = plan.instance("c-1").unwrap();
+    let c_admin = format!("http://{}:{}", c1.ip, c1.admin_port);
+    assert_eq!(
+        stat(&c_admin, "wasmcustom.rpc.wasmesh_rpc.c.admin.denied"),
+        1
+    );
+    assert!(
+        stat(
+            &c_admin,
+            "wasmcustom.rpc.wasmesh_rpc.c.describe.responses.ok"
+        ) >= 1
+    );
+
+    // Through the front proxy: /c/admin -> A -> c.admin, denied; A reports the error frame.
+    let root = answer(&get_past_aborts(a, &format!("{public}/c/admin")));
+    assert_eq!(root.service, "a");
+    assert_eq!(
+        root.calls.iter().map(|c| c.to.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    let rpc = rpc_of(&root, "c");
+    assert_eq!(
+        (rpc.method.as_str(), rpc.reply.as_str(), rpc.status),
+        ("c.admin", "error", status::DENIED)
+    );
+    assert_eq!(
+        rpc.error_message.as_deref(),
+        Some("wasmesh: call denied by policy")
+    );
+    assert!(root.calls[0].answer.is_none());
+    let root = answer(&get_past_aborts(a, &format!("{public}/c")));
+    assert_eq!(rpc_of(&root, "c").status, status::OK);
+    let c = called(&root, "c");
+    assert_eq!(c.received.request_id, root.received.request_id);
+    assert_eq!(c.received.consumer.as_deref(), Some("demo"));
+    assert_eq!(
+        stat(&c_admin, "wasmcustom.rpc.wasmesh_rpc.c.admin.denied"),
+        2
+    );
 }
 
 /// The public listener's auth and rate-limit stages, as the demo spec configures them (keys and

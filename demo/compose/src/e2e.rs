@@ -255,6 +255,10 @@ pub fn run() -> anyhow::Result<()> {
         "GET / : front proxy -> A -> B and C, one request id and trace id, the consumer",
         || full_path(public, &creds),
     )?;
+    step(
+        "GET /c/admin : A -> c.admin over wasmesh-rpc, denied by C's sidecar with the protocol's error (status 2)",
+        || rpc_denied(public, &creds),
+    )?;
     step("GET / without credentials -> 401", || {
         unauthenticated(public)
     })?;
@@ -348,6 +352,11 @@ fn json(r: &Response) -> anyhow::Result<Value> {
     serde_json::from_slice(&r.body).with_context(|| format!("not JSON: {}", r.text()))
 }
 
+/// Whether A's call answered: HTTP 200, or a wasmesh-rpc response with status 0.
+fn answered(call: &Value) -> bool {
+    call["status"] == 200 || (call["rpc"]["reply"] == "response" && call["rpc"]["status"] == 0)
+}
+
 /// A's answer once A, B and C all answered 200 (retried while Envoy's first health checks
 /// settle), with the raw response.
 fn first_full_answer(port: u16, creds: &[(&str, &str)]) -> anyhow::Result<(Response, Value)> {
@@ -362,7 +371,7 @@ fn first_full_answer(port: u16, creds: &[(&str, &str)]) -> anyhow::Result<(Respo
                 let body = json(&r)?;
                 let calls_ok = body["calls"]
                     .as_array()
-                    .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c["status"] == 200));
+                    .is_some_and(|c| !c.is_empty() && c.iter().all(answered));
                 if calls_ok {
                     return Ok((r, body));
                 }
@@ -417,7 +426,7 @@ fn full_path(port: u16, creds: &[(&str, &str)]) -> anyhow::Result<()> {
     for call in a["calls"].as_array().context("A reports no calls")? {
         let to = call["to"].as_str().unwrap_or("?");
         let ans = &call["answer"];
-        ensure!(call["status"] == 200, "A -> {to}: {call}");
+        ensure!(answered(call), "A -> {to}: {call}");
         ensure!(
             ans["service"] == to,
             "A -> {to} answered by {}",
@@ -442,7 +451,46 @@ fn full_path(port: u16, creds: &[(&str, &str)]) -> anyhow::Result<()> {
     }
     called.sort_unstable();
     ensure!(called == ["b", "c"], "A called {called:?}");
+    let c = a["calls"]
+        .as_array()
+        .and_then(|calls| calls.iter().find(|c| c["to"] == "c"))
+        .context("no call to c")?;
+    ensure!(
+        c["rpc"]["method"] == "c.describe" && c["answer"]["request"] == "wasmesh-rpc c.describe",
+        "A -> C was not a wasmesh-rpc call: {c}"
+    );
+    ensure!(
+        c["answer"]["received"]["mesh_headers"]["x-served-by"] == "c-sidecar rpc",
+        "C's sidecar's rpc filter did not add its metadata: {c}"
+    );
     println!("    request id {id}, trace id {trace} and consumer {consumer} seen by A, B and C");
+    Ok(())
+}
+
+fn rpc_denied(port: u16, creds: &[(&str, &str)]) -> anyhow::Result<()> {
+    // The /c route injects a 503 into 1% of requests: retry those.
+    let mut r = get(port, "/c/admin", creds)?;
+    for _ in 0..5 {
+        if r.status != 503 {
+            break;
+        }
+        r = get(port, "/c/admin", creds)?;
+    }
+    ensure!(r.status == 200, "{} {}", r.status, r.text());
+    let a = json(&r)?;
+    let calls = a["calls"].as_array().context("A reports no calls")?;
+    ensure!(calls.len() == 1, "A should call only C for /c/admin: {a}");
+    let rpc = &calls[0]["rpc"];
+    ensure!(
+        calls[0]["to"] == "c"
+            && rpc["method"] == "c.admin"
+            && rpc["reply"] == "error"
+            && rpc["status"] == 2
+            && rpc["error_message"] == "wasmesh: call denied by policy",
+        "expected c.admin denied with an error frame, status 2: {}",
+        calls[0]
+    );
+    println!("    {}", calls[0]);
     Ok(())
 }
 

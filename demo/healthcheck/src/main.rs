@@ -1,6 +1,7 @@
 //! `healthcheck <url> [timeout-ms]`: a container health check that needs no shell and no curl.
 //! It sends `GET <url>` (plain HTTP, a literal IPv4 address or `localhost`, no DNS) and exits 0
-//! when the answer is 2xx, 1 otherwise, printing one line saying why. Built as a static binary
+//! when the answer is 2xx, 1 otherwise, printing one line saying why; `tcp://<ip>:<port>` only
+//! opens a TCP connection (apps that do not speak HTTP, such as the demo's wasmesh-rpc C). Built as a static binary
 //! and mounted into every container of the docker-compose mesh (Envoy's admin `/ready`, the
 //! apps' health paths), so it works in `FROM scratch` images and in the official Envoy image
 //! alike.
@@ -41,11 +42,21 @@ fn run(args: &[String]) -> anyhow::Result<String> {
             url,
             Duration::from_millis(ms.parse().with_context(|| format!("timeout {ms:?}"))?),
         ),
-        _ => bail!("usage: healthcheck <http://127.0.0.1:PORT/path> [timeout-ms]"),
+        _ => bail!(
+            "usage: healthcheck <http://127.0.0.1:PORT/path | tcp://127.0.0.1:PORT> [timeout-ms]"
+        ),
     };
+    if let Some(addr) = url.strip_prefix("tcp://") {
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .with_context(|| format!("url {url:?}: tcp:// needs ip:port"))?;
+        std::net::TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connect {addr}"))?;
+        return Ok(format!("connect {addr} -> ok"));
+    }
     let uri: Uri = url.parse().with_context(|| format!("url {url:?}"))?;
     if uri.scheme_str() != Some("http") {
-        bail!("url {url:?}: only http:// is supported");
+        bail!("url {url:?}: only http:// and tcp:// are supported");
     }
     let host = uri
         .host()

@@ -70,3 +70,22 @@ fn bad_arguments_are_unhealthy_with_usage() {
         assert!(stdout(&o).starts_with("unhealthy: "), "{}", stdout(&o));
     }
 }
+
+#[test]
+fn tcp_probes_only_connect() {
+    let open = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = open.local_addr().unwrap().port();
+    let o = healthcheck(&[&format!("tcp://127.0.0.1:{port}")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert_eq!(stdout(&o).trim(), format!("connect 127.0.0.1:{port} -> ok"));
+    drop(open);
+    let o = healthcheck(&[&format!("tcp://127.0.0.1:{port}"), "500"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("unhealthy: connect 127.0.0.1:"),
+        "{}",
+        stdout(&o)
+    );
+    let o = healthcheck(&["tcp://localhost:1"]);
+    assert_eq!(o.status.code(), Some(1));
+}

@@ -150,3 +150,99 @@ fn refuses_to_start_without_a_role_and_names_the_variable() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SERVICE"), "{err}");
 }
+
+#[test]
+fn speaks_wasmesh_rpc_as_c_and_calls_rpc_dependencies_with_ids_as_metadata() {
+    use rpc::wasmesh_rpc::{FLAG_REPLY, status, types};
+    let (pc, pa) = (free_port(), free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .envs([
+            ("SERVICE", "c"),
+            ("INSTANCE", "c-1"),
+            ("BIND", "127.0.0.1"),
+            ("PORT", &pc.to_string()),
+            ("PROTOCOL", "wasmesh-rpc"),
+        ]);
+    let _c = Service(cmd.spawn().unwrap());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], pc));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "C did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Directly: a response carrying C's JSON answer; heartbeats are answered.
+    let mut client = rpc_client::Client::connect(addr, Duration::from_secs(5)).unwrap();
+    let mut call = rpc_client::Call::new("c", "describe", b"").caller("test");
+    call.headers.push(("request-id".into(), "r-1".into()));
+    let reply = client.call(&call).unwrap();
+    assert_eq!((reply.kind, reply.status), (types::RESPONSE, status::OK));
+    let c: Answer = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        (c.service.as_str(), c.instance.as_str(), c.request.as_str()),
+        ("c", "c-1", "wasmesh-rpc c.describe")
+    );
+    assert_eq!(c.received.request_id.as_deref(), Some("r-1"));
+    assert_eq!(c.received.mesh_headers["caller"], "test");
+    let pong = client.heartbeat().unwrap();
+    assert_eq!((pong.kind, pong.flags), (types::HEARTBEAT, FLAG_REPLY));
+
+    // A calls C over wasmesh-rpc: /c/admin -> only c, method admin (nothing denies it without
+    // a sidecar), with the request id, trace and consumer as metadata.
+    let rpc_calls = format!("c=127.0.0.1:{pc}");
+    let pa = pa.to_string();
+    let _a = start(&[
+        ("SERVICE", "a"),
+        ("BIND", "127.0.0.1"),
+        ("PORT", &pa),
+        ("CALLS", "b,c"),
+        ("RPC_CALLS", &rpc_calls),
+    ]);
+    let mut r = agent()
+        .get(&format!("http://127.0.0.1:{pa}/c/admin"))
+        .header("x-request-id", "rid-2")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("x-consumer", "alice")
+        .call()
+        .unwrap();
+    let a: Answer = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(a.calls.len(), 1, "{a:?}");
+    let call = &a.calls[0];
+    let rpc = call.rpc.as_ref().unwrap();
+    assert_eq!(
+        (
+            call.to.as_str(),
+            call.status,
+            rpc.method.as_str(),
+            rpc.reply.as_str(),
+            rpc.status
+        ),
+        ("c", None, "c.admin", "response", 0)
+    );
+    let Some(demo_services::Body::Answer(c)) = &call.answer else {
+        panic!("{call:?}");
+    };
+    assert_eq!(c.request, "wasmesh-rpc c.admin");
+    assert_eq!(c.received.request_id.as_deref(), Some("rid-2"));
+    assert_eq!(
+        c.received.trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(c.received.consumer.as_deref(), Some("alice"));
+    assert_eq!(c.received.mesh_headers["caller"], "a");
+    // Nothing listening: the call is reported as failed, A still answers 200.
+    drop(_c);
+    let mut r = agent()
+        .get(&format!("http://127.0.0.1:{pa}/c"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let a: Answer = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let err = a.calls[0].error.as_deref().unwrap_or_default();
+    assert!(err.starts_with("wasmesh-rpc 127.0.0.1:"), "{a:?}");
+}
