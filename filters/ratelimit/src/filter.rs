@@ -96,6 +96,8 @@ struct CompiledRule {
     shadow: bool,
     /// `wasmesh.rl|<domain>|<rule>|` (the slot number is appended).
     key_prefix: String,
+    /// The limit's rate in decimal, for the 429's `x-ratelimit-limit` (built once).
+    limit_text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +234,7 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
             slots,
             shadow: r.shadow || config.shadow,
             key_prefix: format!("wasmesh.rl|{}|{}|", config.domain, r.name),
+            limit_text: limit.rate().to_string(),
         });
     }
     let mut headers = Vec::new();
@@ -367,6 +370,27 @@ impl Slot {
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// `n` in decimal, without core::fmt.
+fn decimal(mut n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            // n % 10 < 10: the cast cannot truncate.
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    digits
+        .get(at..)
+        .map(|d| d.iter().map(|&b| char::from(b)).collect())
+        .unwrap_or_default()
 }
 
 fn secs_ceil(ns: u64) -> u64 {
@@ -752,22 +776,31 @@ impl Compiled {
     }
 
     fn limited_reply(&self, rule_i: usize, retry_ns: u64) -> LocalReply {
+        // Built without `format!`: core::fmt is a large share of a rejection's cost in wasm,
+        // and a rejected request should cost little more than the local reply itself.
         let (name, limit) = match self.rules.get(rule_i) {
-            Some(r) => (r.name.as_str(), r.limit.rate()),
-            None => ("", 0),
+            Some(r) => (r.name.as_str(), r.limit_text.as_str()),
+            None => ("", "0"),
         };
-        let retry = secs_ceil(retry_ns).max(1);
-        let body = format!(
-            "{{\"error\":\"rate_limited\",\"rule\":\"{name}\",\"retry_after_seconds\":{retry}}}\n"
-        );
+        let retry = decimal(secs_ceil(retry_ns).max(1));
+        let mut body = String::with_capacity(64 + name.len());
+        for part in [
+            "{\"error\":\"rate_limited\",\"rule\":\"",
+            name,
+            "\",\"retry_after_seconds\":",
+            &retry,
+            "}\n",
+        ] {
+            body.push_str(part);
+        }
         LocalReply {
             status: self.status,
             headers: vec![
                 ("content-type".into(), "application/json".into()),
-                ("retry-after".into(), retry.to_string()),
-                ("x-ratelimit-limit".into(), limit.to_string()),
+                ("retry-after".into(), retry.clone()),
+                ("x-ratelimit-limit".into(), limit.to_owned()),
                 ("x-ratelimit-remaining".into(), "0".into()),
-                ("x-ratelimit-reset".into(), retry.to_string()),
+                ("x-ratelimit-reset".into(), retry),
             ],
             body: body.into_bytes(),
             details: Some("wasmesh_ratelimit_limited".into()),
@@ -822,4 +855,16 @@ struct Exchanged {
     wait_one_ns: u64,
     full_in_ns: u64,
     shared: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_matches_to_string() {
+        for n in [0, 1, 9, 10, 99, 100, 3600, 1_000_000_000, u64::MAX] {
+            assert_eq!(decimal(n), n.to_string());
+        }
+    }
 }
