@@ -185,7 +185,12 @@ pub fn listener_stages(
     layout: &Layout,
     proxy: &str,
 ) -> Result<Vec<Stage>, EmitError> {
-    if mode == ChainMode::Separate || filters.len() < 2 {
+    // A chain stage cannot wait for the rate limit service: a listener with global limits
+    // runs its filters as separate plugins.
+    let global = filters
+        .iter()
+        .any(|f| matches!(f, Filter::RateLimit(c) if c.global.is_some()));
+    if mode == ChainMode::Separate || filters.len() < 2 || global {
         return http_stages(filters, layout, proxy);
     }
     let mut ordered: Vec<(u32, chain::Stage)> = filters

@@ -31,6 +31,9 @@ pub enum GenerateError {
     /// Emitting failed.
     #[error(transparent)]
     Emit(#[from] EmitError),
+    /// The global limits did not serialise.
+    #[error("global limits: {0}")]
+    Limits(String),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -77,7 +80,21 @@ pub fn files(mesh: &Mesh, layout: &Layout) -> Result<Files, GenerateError> {
         out.insert(format!("envoy-configs/endpoints/{name}"), text);
     }
     out.insert("docker-compose.yaml".into(), compose::render(mesh)?);
+    if !mesh.global_limits.limits.is_empty() {
+        out.insert(LIMITS_FILE.into(), limits_file(mesh)?);
+    }
     Ok(out)
+}
+
+/// Where `gen` writes the global limits `wasmesh-ratelimit --limits` reads.
+pub const LIMITS_FILE: &str = "envoy-configs/ratelimit-limits.json";
+
+/// The global limits of every `ratelimit` filter, as `wasmesh-ratelimit` reads them.
+pub fn limits_file(mesh: &Mesh) -> Result<String, GenerateError> {
+    let mut text = serde_json::to_string_pretty(&mesh.global_limits)
+        .map_err(|e| GenerateError::Limits(e.to_string()))?;
+    text.push('\n');
+    Ok(text)
 }
 
 /// The endpoint files of every file-sourced cluster: the initial ClusterLoadAssignments.

@@ -50,6 +50,10 @@ pub struct Mesh {
     pub front: FrontProxy,
     /// Services, in spec order.
     pub services: Vec<ServiceIr>,
+    /// The rate limit service, when a filter has global limits.
+    pub ratelimit_service: Option<crate::spec::RateLimitService>,
+    /// Every filter's global limits: what `wasmesh-ratelimit` reads.
+    pub global_limits: ratelimit::LimitsFile,
 }
 
 /// The validated front proxy.
@@ -399,11 +403,15 @@ impl Mesh {
             }
         }
 
+        let global_limits = global_limits(&mut c, spec);
+
         if c.errors.is_empty() {
             Ok(Mesh {
                 name: spec.name.clone(),
                 front,
                 services,
+                ratelimit_service: spec.ratelimit_service.clone(),
+                global_limits,
             })
         } else {
             Err(SpecErrors(c.errors))
@@ -422,6 +430,85 @@ impl MeshSpec {
     pub fn validate(&self) -> Result<Mesh, SpecErrors> {
         Mesh::from_spec(self)
     }
+}
+
+/// Collects the global limits of every `ratelimit` filter (front proxy listeners, then
+/// services), checking that the mesh has a `ratelimit_service`, that filters use its cluster,
+/// and that two filters do not give one (domain, rule) different limits.
+fn global_limits(c: &mut Check, spec: &MeshSpec) -> ratelimit::LimitsFile {
+    let stacks = spec
+        .front_proxy
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("front_proxy.listeners[{i}].filters"), &l.filters))
+        .chain(
+            spec.services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("services[{i}].filters"), &s.filters)),
+        );
+    let mut out = ratelimit::LimitsFile::default();
+    for (at, filters) in stacks {
+        for (j, f) in filters.iter().enumerate() {
+            let Filter::RateLimit(cfg) = f else { continue };
+            let Some(g) = &cfg.global else { continue };
+            let at = format!("{at}[{j}].ratelimit.global");
+            if spec.ratelimit_service.is_none() {
+                c.err(
+                    &at,
+                    "global limits need a `ratelimit_service` section in the mesh spec",
+                );
+            }
+            if g.cluster != ratelimit::global_config::DEFAULT_CLUSTER {
+                c.err(
+                    format!("{at}.cluster"),
+                    format!(
+                        "{:?}: leave it out; the SDK generates the cluster {:?} for \
+                         ratelimit_service",
+                        g.cluster,
+                        ratelimit::global_config::DEFAULT_CLUSTER
+                    ),
+                );
+            }
+            for l in g.limits(&cfg.domain) {
+                match out
+                    .limits
+                    .iter()
+                    .find(|o| o.domain == l.domain && o.name == l.name)
+                {
+                    Some(o) if o != &l => c.err(
+                        &at,
+                        format!(
+                            "rule {:?} in domain {:?} has another limit elsewhere in the \
+                             spec ({} per {} s); give the filter its own domain",
+                            l.name, l.domain, o.requests, o.seconds
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => out.limits.push(l),
+                }
+            }
+        }
+    }
+    if let Some(r) = &spec.ratelimit_service {
+        if r.address.parse::<IpAddr>().is_err() {
+            c.err(
+                "ratelimit_service.address",
+                format!("not an IP address: {:?}", r.address),
+            );
+        }
+        if r.port == 0 {
+            c.err("ratelimit_service.port", "port 0 is not allowed");
+        }
+        if !r.redis.starts_with("redis://") && !r.redis.starts_with("rediss://") {
+            c.err(
+                "ratelimit_service.redis",
+                format!("not a redis:// URL: {:?}", r.redis),
+            );
+        }
+    }
+    out
 }
 
 /// Reports ports used twice (or 0) among `named`, each `(location, port)`; returns the map of

@@ -19,6 +19,32 @@ pub struct MeshSpec {
     pub front_proxy: FrontProxy,
     /// The services, each with a sidecar.
     pub services: Vec<Service>,
+    /// The rate limit service (`wasmesh-ratelimit`: Limitador over Redis) that `ratelimit`
+    /// filters' `global` limits call. Required when any filter has global limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratelimit_service: Option<RateLimitService>,
+}
+
+/// Where the proxies reach the rate limit service, and where it counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitService {
+    /// Its IP address as the proxies reach it.
+    pub address: String,
+    /// Its gRPC port (default 8081).
+    #[serde(default = "default_rls_port")]
+    pub port: u16,
+    /// The Redis it counts in (default `redis://127.0.0.1:6379`).
+    #[serde(default = "default_redis")]
+    pub redis: String,
+}
+
+fn default_rls_port() -> u16 {
+    8081
+}
+
+fn default_redis() -> String {
+    "redis://127.0.0.1:6379".to_owned()
 }
 
 /// The edge proxy.

@@ -30,6 +30,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
@@ -262,6 +265,14 @@ fn front_proxy(mesh: &Mesh, layout: &Layout) -> Result<Bootstrap, EmitError> {
         ));
         target_clusters(mesh, &l.routes, layout, &mut clusters);
     }
+    let stacks: Vec<&[crate::spec::Filter]> = front
+        .listeners
+        .iter()
+        .map(|l| l.filters.as_slice())
+        .collect();
+    if let Some(c) = ratelimit_cluster(mesh, &stacks) {
+        clusters.insert(c.name.clone(), c);
+    }
     Ok(Bootstrap {
         admin: Some(admin(front.admin_port)),
         static_resources: Some(StaticResources {
@@ -376,6 +387,7 @@ fn sidecar(mesh: &Mesh, s: &ServiceIr, layout: &Layout) -> Result<Bootstrap, Emi
         s.resilience.connect_timeout,
     )];
     all_clusters.extend(clusters.into_values());
+    all_clusters.extend(ratelimit_cluster(mesh, &[s.filters.as_slice()]));
     Ok(Bootstrap {
         admin: Some(admin(s.admin_port)),
         static_resources: Some(StaticResources {
@@ -385,6 +397,35 @@ fn sidecar(mesh: &Mesh, s: &ServiceIr, layout: &Layout) -> Result<Bootstrap, Emi
         }),
         ..Default::default()
     })
+}
+
+/// The rate limit service's cluster (gRPC, so HTTP/2), when a `ratelimit` filter among
+/// `stacks` has global limits.
+fn ratelimit_cluster(mesh: &Mesh, stacks: &[&[crate::spec::Filter]]) -> Option<Cluster> {
+    let uses = stacks
+        .iter()
+        .flat_map(|s| s.iter())
+        .any(|f| matches!(f, crate::spec::Filter::RateLimit(c) if c.global.is_some()));
+    let rls = mesh.ratelimit_service.as_ref().filter(|_| uses)?;
+    let name = ratelimit::global_config::DEFAULT_CLUSTER;
+    let mut c = static_cluster(name, &rls.address, rls.port, Duration::from_secs(1));
+    let http2 = HttpProtocolOptions {
+        upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Default::default(),
+                    ),
+                ),
+            },
+        )),
+        ..Default::default()
+    };
+    c.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        pack_any(http2),
+    );
+    Some(c)
 }
 
 fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {

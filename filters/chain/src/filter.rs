@@ -77,6 +77,14 @@ pub fn compile(config: &ChainConfig) -> Result<Compiled, ConfigError> {
                 CompiledStage::Auth(auth::compile(c).map_err(|e| err(e.to_string()))?)
             }
             Stage::RateLimit(c) => {
+                if c.global.is_some() {
+                    // The chain has no way to wait for the rate limit service's answer.
+                    return Err(err(
+                        "global: global limits need the standalone ratelimit filter \
+                         (root id ratelimit), not a chain stage"
+                            .into(),
+                    ));
+                }
                 CompiledStage::RateLimit(ratelimit::compile(c).map_err(|e| err(e.to_string()))?)
             }
             Stage::Headers(c) => {

@@ -15,7 +15,9 @@ use crate::config::{FailureMode, Key, Match, Unit};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalConfig {
-    /// Envoy cluster of the rate limit service (HTTP/2, gRPC).
+    /// Envoy cluster of the rate limit service (HTTP/2, gRPC). Default
+    /// [`DEFAULT_CLUSTER`], the cluster the SDK generates for the mesh's `ratelimit_service`.
+    #[serde(default = "default_cluster")]
     pub cluster: String,
     /// How long a request waits for the service's answer before `failure_mode` applies
     /// (1..=10,000 ms). Envoy enforces it, also when the cluster has no healthy host.
@@ -28,6 +30,13 @@ pub struct GlobalConfig {
     /// The global rules. Every rule whose `when` matches and whose key is present becomes one
     /// descriptor of a single `ShouldRateLimit` call; the request is limited if any is over.
     pub rules: Vec<GlobalRule>,
+}
+
+/// The name of the cluster the SDK generates for the rate limit service.
+pub const DEFAULT_CLUSTER: &str = "wasmesh_ratelimit";
+
+fn default_cluster() -> String {
+    DEFAULT_CLUSTER.to_owned()
 }
 
 fn default_timeout_ms() -> u64 {

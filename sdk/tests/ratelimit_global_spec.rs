@@ -1,0 +1,237 @@
+//! Global rate limits in the mesh spec: a `ratelimit` filter with a `global` section on the
+//! front proxy and on a sidecar, and the mesh's `ratelimit_service`. The SDK emits the filter's
+//! own config type, the service's gRPC cluster (HTTP/2) in exactly the proxies that need it,
+//! separate plugins on a listener with global limits (a chain stage cannot wait for the
+//! service), and the limits file `wasmesh-ratelimit` reads (the filter crate's `LimitsFile`);
+//! both bootstraps pass `envoy --mode validate`, and a bad section is refused with its place.
+//! `UPDATE_GOLDEN=1 cargo test -p sdk --test ratelimit_global_spec` rewrites the golden files.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::PathBuf;
+
+use integration::envoy::validate_file;
+use sdk::generate;
+use sdk::ir::Mesh;
+use sdk::translate::Layout;
+
+const SPEC: &str = r#"name: rlglobal
+ratelimit_service:
+  address: 127.0.0.1
+  port: 8081
+  redis: redis://127.0.0.1:6379
+front_proxy:
+  listeners:
+    - name: public
+      port: 8080
+      filters:
+        - headers: { request_id: {} }
+        - ratelimit:
+            domain: public
+            rules:
+              - name: per-client
+                key: { client_address: {} }
+                limit: { requests: 100, per: second }
+            global:
+              timeout_ms: 50
+              failure_mode: open
+              rules:
+                - name: per-consumer
+                  key: { header: x-consumer }
+                  limit: { requests: 1000, per: minute }
+                - name: writes
+                  when: { methods: [POST, PUT, DELETE] }
+                  key: { constant: writes }
+                  limit: { requests: 50, per: second }
+      routes:
+        - match: { prefix: / }
+          service: a
+services:
+  - name: a
+    port: 8000
+    instances: [{ address: 127.0.0.1 }]
+    filters:
+      - ratelimit:
+          domain: a-ingress
+          global:
+            failure_mode: closed
+            rules:
+              - name: per-client
+                key: { client_address: { trusted_hops: 1 } }
+                limit: { requests: 20, per: second }
+  - name: b
+    port: 8001
+    instances: [{ address: 127.0.0.1 }]
+"#;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn mesh(text: &str) -> Result<Mesh, String> {
+    Mesh::from_spec(&generate::parse_spec(text, "global.yaml").map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())
+}
+
+fn golden(name: &str, got: &str) {
+    let path = root().join("tests/golden/ratelimit").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        got,
+        want,
+        "{name} differs from {} (UPDATE_GOLDEN=1 if intended)",
+        path.display()
+    );
+}
+
+#[test]
+fn global_limits_emit_the_cluster_the_plugins_and_the_limits_file() {
+    let files = generate::files(&mesh(SPEC).unwrap(), &Layout::container()).unwrap();
+    let front = files.get("envoy-configs/front-proxy.yaml").unwrap();
+    let a = files.get("envoy-configs/a-sidecar.yaml").unwrap();
+    let b = files.get("envoy-configs/b-sidecar.yaml").unwrap();
+    let limits = files.get(generate::LIMITS_FILE).unwrap();
+    golden("global-front-proxy.yaml", front);
+    golden("global-limits.json", limits);
+    // The cluster where a filter has global limits, and only there.
+    for (name, text, has) in [("front", front, true), ("a", a, true), ("b", b, false)] {
+        assert_eq!(
+            text.contains("name: wasmesh_ratelimit"),
+            has,
+            "{name}: cluster"
+        );
+    }
+    assert!(front.contains("http2_protocol_options"));
+    // Two wasmesh filters but global limits: separate plugins, not one chain.
+    assert!(front.contains("root_id: ratelimit") && front.contains("root_id: headers"));
+    assert!(!front.contains("root_id: chain"));
+    // The limits file is the filter crate's type, one entry per global rule.
+    let file = ratelimit::LimitsFile::from_json(limits.as_bytes()).unwrap();
+    file.validate().unwrap();
+    let got: Vec<(&str, &str, u64, u64)> = file
+        .limits
+        .iter()
+        .map(|l| (l.domain.as_str(), l.name.as_str(), l.requests, l.seconds))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("public", "per-consumer", 1000, 60),
+            ("public", "writes", 50, 1),
+            ("a-ingress", "per-client", 20, 1)
+        ]
+    );
+}
+
+#[test]
+fn without_global_limits_there_is_no_cluster_and_no_limits_file() {
+    let plain = SPEC
+        .split("front_proxy:")
+        .nth(1)
+        .map(|rest| format!("name: plain\nfront_proxy:{rest}"))
+        .unwrap();
+    // Drop every global section: keep the local rule only on the front proxy, no ingress filter.
+    let plain = plain
+        .split("            global:")
+        .next()
+        .map(|head| {
+            format!(
+                "{head}      routes:\n        - match: {{ prefix: / }}\n          service: a\n\
+                 services:\n  - name: a\n    port: 8000\n    instances: [{{ address: 127.0.0.1 }}]\n"
+            )
+        })
+        .unwrap();
+    let files = generate::files(&mesh(&plain).unwrap(), &Layout::container()).unwrap();
+    assert!(!files.contains_key(generate::LIMITS_FILE));
+    let front = files.get("envoy-configs/front-proxy.yaml").unwrap();
+    assert!(!front.contains("wasmesh_ratelimit"), "{front}");
+}
+
+#[test]
+fn bad_global_sections_are_refused_with_their_place() {
+    let no_service = SPEC.replace(
+        "ratelimit_service:\n  address: 127.0.0.1\n  port: 8081\n  redis: redis://127.0.0.1:6379\n",
+        "",
+    );
+    let e = mesh(&no_service).unwrap_err();
+    assert!(
+        e.contains("front_proxy.listeners[0].filters[1].ratelimit.global: global limits need a `ratelimit_service`")
+            && e.contains("services[0].filters[0].ratelimit.global"),
+        "{e}"
+    );
+    let other_cluster = SPEC.replace(
+        "timeout_ms: 50",
+        "timeout_ms: 50\n              cluster: mine",
+    );
+    let e = mesh(&other_cluster).unwrap_err();
+    assert!(
+        e.contains("front_proxy.listeners[0].filters[1].ratelimit.global.cluster"),
+        "{e}"
+    );
+    let conflict = SPEC.replace("domain: a-ingress", "domain: public").replace(
+        "              - name: per-client\n                key: { client_address: { trusted_hops: 1 } }",
+        "              - name: writes\n                key: { client_address: { trusted_hops: 1 } }",
+    );
+    let e = mesh(&conflict).unwrap_err();
+    assert!(
+        e.contains("services[0].filters[0].ratelimit.global: rule \"writes\" in domain \"public\""),
+        "{e}"
+    );
+    let bad_timeout = SPEC.replace("timeout_ms: 50", "timeout_ms: 0");
+    let e = mesh(&bad_timeout).unwrap_err();
+    assert!(e.contains("global.timeout_ms"), "{e}");
+    let bad_address = SPEC.replace(
+        "address: 127.0.0.1\n  port: 8081",
+        "address: rls\n  port: 8081",
+    );
+    let e = mesh(&bad_address).unwrap_err();
+    assert!(e.contains("ratelimit_service.address"), "{e}");
+}
+
+#[test]
+fn global_bootstraps_pass_envoy_validation() {
+    let dir = std::env::temp_dir().join(format!(
+        "wasmesh-sdk-ratelimit-global-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let layout = Layout {
+        wasm: toolchain::wasm_module().unwrap().display().to_string(),
+        endpoints_dir: dir.join("envoy-configs/endpoints").display().to_string(),
+        bind: "127.0.0.1".into(),
+    };
+    let files = generate::files(&mesh(SPEC).unwrap(), &layout).unwrap();
+    generate::write(&dir, &files).unwrap();
+    for proxy in ["front-proxy", "a-sidecar"] {
+        if let Err(log) = validate_file(&dir.join(format!("envoy-configs/{proxy}.yaml"))) {
+            panic!("Envoy refused {proxy}:\n{log}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_chain_refuses_a_ratelimit_stage_with_global_limits() {
+    let spec = generate::parse_spec(SPEC, "global.yaml").unwrap();
+    let sdk::spec::Filter::RateLimit(cfg) = &spec.front_proxy.listeners[0].filters[1] else {
+        panic!("second filter is ratelimit");
+    };
+    let config = chain::ChainConfig {
+        stages: vec![chain::Stage::RateLimit(cfg.clone())],
+    };
+    let e = chain::compile(&config).err().map(|e| e.to_string());
+    assert!(
+        e.as_deref()
+            .is_some_and(|e| e.contains("global limits need the standalone ratelimit filter")),
+        "{e:?}"
+    );
+}
