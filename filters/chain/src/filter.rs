@@ -147,7 +147,11 @@ impl Compiled {
         stream.stages.clear();
         stream.ran = 0;
         let mut phase = Phase::new(host, HeaderMapKind::Request, &self.request_reads);
-        for stage in &self.stages {
+        let last = self.stages.len().saturating_sub(1);
+        for (i, stage) in self.stages.iter().enumerate() {
+            if i == last {
+                phase.last_stage();
+            }
             let (d, s) = match stage {
                 CompiledStage::Auth(f) => {
                     let mut s = auth::Stream::default();
@@ -192,7 +196,11 @@ impl Compiled {
     pub fn on_response_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
         let mut phase = Phase::new(host, HeaderMapKind::Response, &self.response_reads);
         let mut decision = Decision::Continue;
-        for (stage, s) in self.stages.iter().zip(stream.stages.iter_mut()) {
+        let last = stream.stages.len().saturating_sub(1);
+        for (i, (stage, s)) in self.stages.iter().zip(stream.stages.iter_mut()).enumerate() {
+            if i == last {
+                phase.last_stage();
+            }
             let d = match (stage, s) {
                 (CompiledStage::RateLimit(f), StageStream::RateLimit(s)) => {
                     if f.has_response_work() {

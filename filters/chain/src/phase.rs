@@ -16,7 +16,9 @@
 //! and reach the host once, in [`Phase::finish`]: the changed headers by single calls, or one
 //! whole-map write when the whole map was read and the probe-table estimate says that is
 //! cheaper. A write whose result equals what Envoy already has (known from a whole read) is
-//! dropped. Nothing scans the whole map at the end: the cost is per changed name.
+//! dropped. Nothing scans the whole map at the end: the cost is per changed name. The phase's
+//! last stage gets the map itself, not a copy, when it reads it whole ([`Phase::last_stage`]):
+//! one map per phase, as in a standalone filter.
 //!
 //! # Clock
 //!
@@ -79,15 +81,27 @@ enum Base {
     Singles(Vec<(String, Option<String>)>),
     /// The whole map.
     Whole(HeaderMap),
+    /// The whole map was handed to the phase's last stage (no clone); nothing reads it again.
+    Moved,
 }
 
-/// What the phase knows of a header on the host.
+/// What the phase knew of a header on the host when a stage first changed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Known {
+enum Had {
     Absent,
     /// Present with this many values.
-    Values(usize),
+    Present(usize),
     Unknown,
+}
+
+impl Had {
+    fn present(self) -> Option<bool> {
+        match self {
+            Self::Absent => Some(false),
+            Self::Present(_) => Some(true),
+            Self::Unknown => None,
+        }
+    }
 }
 
 /// A changed header.
@@ -99,6 +113,14 @@ enum Change {
     Add(Vec<String>),
 }
 
+/// One changed header: its name (lower case), the change, and what the host had.
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    change: Change,
+    had: Had,
+}
+
 /// The chain's view of one phase over the real host `H`.
 pub struct Phase<'h, H: Host> {
     host: &'h mut H,
@@ -106,10 +128,20 @@ pub struct Phase<'h, H: Host> {
     plan: &'h ReadPlan,
     base: Base,
     /// Changed headers, in first-change order.
-    overlay: Vec<(String, Change)>,
+    overlay: Vec<Entry>,
+    /// The next whole-map read may take the map instead of cloning it (the last stage runs).
+    hand_over: bool,
     /// A stage replaced the whole map: it is written whole at the end.
     replaced: bool,
     now: Option<SystemTime>,
+}
+
+fn lower(name: &str) -> String {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase()
+    } else {
+        name.to_owned()
+    }
 }
 
 impl<'h, H: Host> Phase<'h, H> {
@@ -120,19 +152,27 @@ impl<'h, H: Host> Phase<'h, H> {
             kind,
             plan,
             base: Base::Singles(Vec::new()),
-            overlay: Vec::new(),
+            overlay: Vec::with_capacity(8),
+            hand_over: false,
             replaced: false,
             now: None,
         }
     }
 
-    fn read_whole(&mut self) -> Result<&HeaderMap, HostError> {
+    /// The phase's last stage is about to run: a whole-map read from it takes the map (with
+    /// this phase's changes applied) instead of a copy. Writes after that are issued as the
+    /// stage makes them (add stays add, replace stays replace).
+    pub fn last_stage(&mut self) {
+        self.hand_over = true;
+    }
+
+    fn read_whole(&mut self) -> Result<&mut HeaderMap, HostError> {
         if !matches!(self.base, Base::Whole(_)) {
             self.base = Base::Whole(self.host.header_map(self.kind)?);
         }
-        match &self.base {
+        match &mut self.base {
             Base::Whole(m) => Ok(m),
-            Base::Singles(_) => Err(HostError::Failed {
+            Base::Singles(_) | Base::Moved => Err(HostError::Failed {
                 call: "get_header_map_pairs",
                 detail: "not read".into(),
             }),
@@ -141,67 +181,57 @@ impl<'h, H: Host> Phase<'h, H> {
 
     /// The host's first value of `name` (before this phase's changes).
     fn base_value(&mut self, name: &str) -> Result<Option<String>, HostError> {
-        if let Base::Singles(read) = &self.base {
-            if let Some((_, v)) = read.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-                return Ok(v.clone());
-            }
-            if *self.plan == ReadPlan::Whole {
-                self.read_whole()?;
-            } else {
-                let v = self.host.header(self.kind, name)?;
-                if let Base::Singles(read) = &mut self.base {
-                    read.push((name.to_ascii_lowercase(), v.clone()));
-                }
-                return Ok(v);
-            }
-        }
         match &self.base {
-            Base::Whole(m) => Ok(m.get(name).map(str::to_owned)),
-            Base::Singles(_) => Ok(None),
+            Base::Whole(m) => return Ok(m.get(name).map(str::to_owned)),
+            Base::Singles(read) => {
+                if let Some((_, v)) = read.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                    return Ok(v.clone());
+                }
+            }
+            Base::Moved => {}
         }
+        if *self.plan == ReadPlan::Whole && !matches!(self.base, Base::Moved) {
+            return Ok(self.read_whole()?.get(name).map(str::to_owned));
+        }
+        let v = self.host.header(self.kind, name)?;
+        if let Base::Singles(read) = &mut self.base {
+            read.push((lower(name), v.clone()));
+        }
+        Ok(v)
     }
 
     /// What the phase knows of the host's values of `name`.
-    fn known(&self, name: &str) -> Known {
+    fn known(&self, name: &str) -> Had {
         match &self.base {
             Base::Whole(m) => match values(m, name).count() {
-                0 => Known::Absent,
-                n => Known::Values(n),
+                0 => Had::Absent,
+                n => Had::Present(n),
             },
             Base::Singles(read) => match read.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-                Some((_, None)) => Known::Absent,
-                _ => Known::Unknown,
+                Some((_, None)) => Had::Absent,
+                _ => Had::Unknown,
             },
+            Base::Moved => Had::Unknown,
         }
     }
 
-    /// Whether the host's values of `name` are exactly `vs` (false when not known).
-    fn unchanged(&self, name: &str, vs: &[String]) -> bool {
-        match &self.base {
-            Base::Whole(m) => values(m, name).eq(vs.iter().map(String::as_str)),
-            Base::Singles(_) => vs.is_empty() && self.known(name) == Known::Absent,
-        }
-    }
-
-    fn change(&mut self, name: &str) -> Option<&mut Change> {
+    fn entry(&mut self, name: &str) -> Option<&mut Entry> {
         self.overlay
             .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, c)| c)
+            .find(|e| e.name.eq_ignore_ascii_case(name))
     }
 
     fn set_change(&mut self, name: &str, change: Change) {
-        match self.change(name) {
-            Some(c) => *c = change,
-            None => self.overlay.push((name.to_ascii_lowercase(), change)),
+        if let Some(e) = self.entry(name) {
+            e.change = change;
+            return;
         }
-    }
-
-    /// The map with this phase's changes applied (needs the whole base).
-    fn current(&mut self) -> Result<HeaderMap, HostError> {
-        let mut map = self.read_whole()?.clone();
-        apply(&mut map, &self.overlay);
-        Ok(map)
+        let had = self.known(name);
+        self.overlay.push(Entry {
+            name: lower(name),
+            change,
+            had,
+        });
     }
 
     /// Drops every pending write (the chain answers locally; nothing goes upstream).
@@ -217,35 +247,32 @@ impl<'h, H: Host> Phase<'h, H> {
             }
             return;
         }
-        // The writes, per changed name, with whether the host has the header (`Some(false)`:
-        // known absent, `Some(true)`: known present, `None`: unknown).
-        let mut writes: Vec<(&str, &Change, Option<bool>)> = Vec::with_capacity(self.overlay.len());
-        // Pairs of the map after the writes, when the whole map was read.
-        let mut pairs = match &self.base {
-            Base::Whole(m) => m.pairs.len(),
-            Base::Singles(_) => 0,
+        let base = match &self.base {
+            Base::Whole(m) => Some(m),
+            Base::Singles(_) | Base::Moved => None,
         };
-        for (name, change) in &self.overlay {
-            let known = self.known(name);
-            let had = match known {
-                Known::Absent => Some(false),
-                Known::Values(_) => Some(true),
-                Known::Unknown => None,
-            };
-            match change {
+        // The writes, and the pairs of the map after them when the whole map is known.
+        let mut writes: Vec<&Entry> = Vec::with_capacity(self.overlay.len());
+        let mut pairs = base.map_or(0, |m| m.pairs.len());
+        for e in &self.overlay {
+            match &e.change {
                 Change::Set(vs) => {
-                    if let Known::Values(n) = known {
+                    if let Had::Present(n) = e.had {
                         pairs = pairs.saturating_sub(n);
                     }
                     pairs += vs.len();
-                    if !self.unchanged(name, vs) {
-                        writes.push((name, change, had));
+                    let unchanged = match base {
+                        Some(m) => values(m, &e.name).eq(vs.iter().map(String::as_str)),
+                        None => vs.is_empty() && e.had == Had::Absent,
+                    };
+                    if !unchanged {
+                        writes.push(e);
                     }
                 }
                 Change::Add(vs) if vs.is_empty() => {}
                 Change::Add(vs) => {
                     pairs += vs.len();
-                    writes.push((name, change, had));
+                    writes.push(e);
                 }
             }
         }
@@ -253,12 +280,12 @@ impl<'h, H: Host> Phase<'h, H> {
             return;
         }
         if writes.len() > 1
-            && let Base::Whole(m) = &self.base
+            && let Some(m) = base
         {
             let mut replaced_once = false;
             let single: u32 = writes
                 .iter()
-                .map(|(_, c, had)| single_cost(c, *had, &mut replaced_once))
+                .map(|e| single_cost(&e.change, e.had.present(), &mut replaced_once))
                 .sum();
             let pairs = u32::try_from(pairs).unwrap_or(u32::MAX);
             let whole =
@@ -270,15 +297,16 @@ impl<'h, H: Host> Phase<'h, H> {
                 return;
             }
         }
-        for (name, change, had) in writes {
-            match change {
-                Change::Set(vs) => match (vs.split_first(), had) {
-                    (None, Some(false)) => {}
+        for e in writes {
+            let name = e.name.as_str();
+            match &e.change {
+                Change::Set(vs) => match (vs.split_first(), e.had) {
+                    (None, Had::Absent) => {}
                     (None, _) => {
                         let _ = self.host.remove_header(kind, name);
                     }
                     (Some((first, rest)), had) => {
-                        let _ = if had == Some(false) {
+                        let _ = if had == Had::Absent {
                             self.host.add_header(kind, name, first)
                         } else {
                             self.host.replace_header(kind, name, first)
@@ -323,9 +351,10 @@ fn single_cost(change: &Change, had: Option<bool>, replaced_once: &mut bool) -> 
 }
 
 /// Applies the changes to `map`.
-fn apply(map: &mut HeaderMap, overlay: &[(String, Change)]) {
-    for (name, change) in overlay {
-        match change {
+fn apply(map: &mut HeaderMap, overlay: &[Entry]) {
+    for e in overlay {
+        let name = e.name.as_str();
+        match &e.change {
             Change::Set(vs) => {
                 let mut vs = vs.iter();
                 match vs.next() {
@@ -359,20 +388,39 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.header_map(kind);
         }
-        self.current()
+        if matches!(self.base, Base::Moved) {
+            // Read again after the hand-over (not planned): a fresh copy.
+            let mut map = self.host.header_map(kind)?;
+            apply(&mut map, &self.overlay);
+            return Ok(map);
+        }
+        self.read_whole()?;
+        let mut map = if self.hand_over {
+            match std::mem::replace(&mut self.base, Base::Moved) {
+                Base::Whole(m) => m,
+                other => {
+                    self.base = other;
+                    HeaderMap::default()
+                }
+            }
+        } else {
+            self.read_whole()?.clone()
+        };
+        apply(&mut map, &self.overlay);
+        Ok(map)
     }
 
     fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError> {
         if kind != self.kind {
             return self.host.header(kind, name);
         }
-        let base_needed = match self.change(name) {
+        let added = match self.entry(name).map(|e| &e.change) {
             Some(Change::Set(vs)) => return Ok(vs.first().cloned()),
             Some(Change::Add(vs)) => vs.first().cloned(),
             None => None,
         };
         let base = self.base_value(name)?;
-        Ok(base.or(base_needed))
+        Ok(base.or(added))
     }
 
     fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError> {
@@ -407,21 +455,30 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.add_header(kind, name, value);
         }
-        if let Some(Change::Set(vs) | Change::Add(vs)) = self.change(name) {
+        if let Some(Entry {
+            change: Change::Set(vs) | Change::Add(vs),
+            ..
+        }) = self.entry(name)
+        {
             vs.push(value.to_owned());
             return Ok(());
         }
-        let change = match (self.known(name), &self.base) {
-            (Known::Absent, _) => Change::Set(vec![value.to_owned()]),
+        let had = self.known(name);
+        let change = match (had, &self.base) {
+            (Had::Absent, _) => Change::Set(vec![value.to_owned()]),
             // Known: the result is exactly the host's values plus this one.
-            (Known::Values(_), Base::Whole(m)) => {
+            (Had::Present(_), Base::Whole(m)) => {
                 let mut vs: Vec<String> = values(m, name).map(str::to_owned).collect();
                 vs.push(value.to_owned());
                 Change::Set(vs)
             }
             _ => Change::Add(vec![value.to_owned()]),
         };
-        self.overlay.push((name.to_ascii_lowercase(), change));
+        self.overlay.push(Entry {
+            name: lower(name),
+            change,
+            had,
+        });
         Ok(())
     }
 
