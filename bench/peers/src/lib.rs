@@ -18,10 +18,17 @@
 //!   response.
 //! - `sidecar`: the demo service `a`'s sidecar: keep-or-generate `x-request-id`, set
 //!   `x-served-by: a <route name>`.
+//! - `ratelimit`: one rate-limit rule with a constant key, exact across workers, the obvious
+//!   way: per request one shared-data token bucket (`get_shared_data`, refill in fixed point,
+//!   take one, `set_shared_data` with the CAS token, retry on a mismatch), limit 10⁹ per second
+//!   as in the wasmesh variant; 429 when empty.
+//! - `local_reply`: only answers every request locally with the rate limiter's 429 (five
+//!   headers, a small JSON body): what one local reply from wasm costs.
 
 #![forbid(unsafe_code)]
 
 use std::cell::Cell;
+use std::time::UNIX_EPOCH;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -138,6 +145,61 @@ enum Job {
     TenSets,
     FrontProxy,
     Sidecar,
+    RateLimit,
+    LocalReply,
+}
+
+/// The `ratelimit` peer's limit: tokens per second (and burst), as in the wasmesh variant.
+const RL_RATE: u128 = 1_000_000_000;
+/// Its shared-data key.
+const RL_KEY: &str = "bench-peer.ratelimit";
+
+/// One token taken from the shared bucket `RL_KEY` at `now_ns` (read, refill, CAS write):
+/// `Some(true)` taken, `Some(false)` empty, `None` when the CAS kept failing.
+fn take_token(ctx: &dyn Context, now_ns: u64) -> Option<bool> {
+    // The level is kept in units of 1/10⁹ token (exact refill), next to the last refill time.
+    let full = RL_RATE * 1_000_000_000;
+    for _ in 0..8 {
+        let (value, cas) = ctx.get_shared_data(RL_KEY);
+        let stored = value.as_deref().and_then(|b| {
+            let level = u128::from_le_bytes(b.get(..16)?.try_into().ok()?);
+            let stamp = u64::from_le_bytes(b.get(16..24)?.try_into().ok()?);
+            Some((level, stamp))
+        });
+        let (mut level, stamp) = stored.unwrap_or((full, now_ns));
+        if now_ns > stamp {
+            level = (level + u128::from(now_ns - stamp) * RL_RATE).min(full);
+        }
+        if level < 1_000_000_000 {
+            return Some(false);
+        }
+        level -= 1_000_000_000;
+        let mut out = Vec::with_capacity(24);
+        out.extend_from_slice(&level.to_le_bytes());
+        out.extend_from_slice(&now_ns.max(stamp).to_le_bytes());
+        match ctx.set_shared_data(RL_KEY, Some(&out), cas) {
+            Ok(()) => return Some(true),
+            Err(proxy_wasm::types::Status::CasMismatch) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// The rate limiter's 429, as the wasmesh filter sends it.
+fn too_many(ctx: &dyn HttpContext) -> Action {
+    ctx.send_http_response(
+        429,
+        vec![
+            ("content-type", "application/json"),
+            ("retry-after", "1"),
+            ("x-ratelimit-limit", "1"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1"),
+        ],
+        Some(b"{\"error\":\"rate_limited\",\"rule\":\"bench\",\"retry_after_seconds\":1}\n"),
+    );
+    Action::Pause
 }
 
 struct Root(Option<Job>);
@@ -162,6 +224,8 @@ impl RootContext for Root {
             "ten_sets" => Some(Job::TenSets),
             "front_proxy" => Some(Job::FrontProxy),
             "sidecar" => Some(Job::Sidecar),
+            "ratelimit" => Some(Job::RateLimit),
+            "local_reply" => Some(Job::LocalReply),
             _ => None,
         };
         self.0.is_some()
@@ -249,6 +313,17 @@ impl HttpContext for Peer {
                     .unwrap_or_default();
                 self.set_http_request_header("x-served-by", Some(&format!("a {route}")));
             }
+            Job::RateLimit => {
+                let now = self
+                    .get_current_time()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                // Fail open when the bucket cannot be updated.
+                if take_token(self, now) == Some(false) {
+                    return too_many(self);
+                }
+            }
+            Job::LocalReply => return too_many(self),
         }
         Action::Continue
     }
@@ -262,7 +337,12 @@ impl HttpContext for Peer {
                 }
                 self.set_http_response_header("x-app-version", None);
             }
-            Job::Empty | Job::Headers | Job::TenSets | Job::Sidecar => {}
+            Job::Empty
+            | Job::Headers
+            | Job::TenSets
+            | Job::Sidecar
+            | Job::RateLimit
+            | Job::LocalReply => {}
         }
         Action::Continue
     }
