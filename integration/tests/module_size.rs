@@ -40,7 +40,8 @@ fn ready_after(filters: Vec<Value>) -> Duration {
 }
 
 /// Start to `/ready` (polled every 50 ms), median of 5, for: no wasm; the module with one
-/// filter; the module with the demo's public stack (auth -> ratelimit -> headers).
+/// filter; the module with the demo's public stack (auth -> ratelimit -> headers), as three
+/// plugins and as one chain plugin.
 #[test]
 #[ignore = "measurement: cargo test -p integration --test module_size -- --ignored --nocapture"]
 fn startup_time_with_and_without_the_module() {
@@ -72,6 +73,26 @@ fn startup_time_with_and_without_the_module() {
         (
             "wasmesh module, auth + ratelimit + headers",
             Box::new(stack),
+        ),
+        (
+            "wasmesh module, the same three as one chain plugin",
+            Box::new(|| {
+                let stage = |f: Value| {
+                    let root = f["typed_config"]["config"]["root_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
+                    let cfg: Value = serde_json::from_str(
+                        f["typed_config"]["config"]["configuration"]["value"]
+                            .as_str()
+                            .unwrap(),
+                    )
+                    .unwrap();
+                    json!({ root: cfg })
+                };
+                let stages: Vec<Value> = stack().into_iter().map(stage).collect();
+                vec![wasm_filter(&wasm, "chain", &json!({ "stages": stages }))]
+            }),
         ),
     ];
     for (name, filters) in &cases {
