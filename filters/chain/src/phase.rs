@@ -108,9 +108,53 @@ impl Had {
 #[derive(Debug)]
 enum Change {
     /// Every value replaced by these (empty: removed).
-    Set(Vec<String>),
+    Set(Vals),
     /// These values added to whatever the host has (not read).
-    Add(Vec<String>),
+    Add(Vals),
+}
+
+/// A header's values: almost always one, kept without a second allocation.
+#[derive(Debug, Default)]
+struct Vals {
+    first: Option<String>,
+    more: Vec<String>,
+}
+
+impl Vals {
+    fn one(v: String) -> Self {
+        Self {
+            first: Some(v),
+            more: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, v: String) {
+        if self.first.is_none() {
+            self.first = Some(v);
+        } else {
+            self.more.push(v);
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn first(&self) -> Option<&String> {
+        self.first.as_ref()
+    }
+
+    fn split_first(&self) -> Option<(&String, &[String])> {
+        self.first.as_ref().map(|f| (f, self.more.as_slice()))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &String> {
+        self.first.iter().chain(self.more.iter())
+    }
 }
 
 /// One changed header: its name (lower case), the change, and what the host had.
@@ -317,7 +361,7 @@ impl<'h, H: Host> Phase<'h, H> {
                     }
                 },
                 Change::Add(vs) => {
-                    for v in vs {
+                    for v in vs.iter() {
                         let _ = self.host.add_header(kind, name, v);
                     }
                 }
@@ -368,7 +412,7 @@ fn apply(map: &mut HeaderMap, overlay: &[Entry]) {
                 }
             }
             Change::Add(vs) => {
-                for v in vs {
+                for v in vs.iter() {
                     map.add(name, v.clone());
                 }
             }
@@ -442,7 +486,7 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.replace_header(kind, name, value);
         }
-        self.set_change(name, Change::Set(vec![value.to_owned()]));
+        self.set_change(name, Change::Set(Vals::one(value.to_owned())));
         Ok(())
     }
 
@@ -465,14 +509,17 @@ impl<H: Host> Host for Phase<'_, H> {
         }
         let had = self.known(name);
         let change = match (had, &self.base) {
-            (Had::Absent, _) => Change::Set(vec![value.to_owned()]),
+            (Had::Absent, _) => Change::Set(Vals::one(value.to_owned())),
             // Known: the result is exactly the host's values plus this one.
             (Had::Present(_), Base::Whole(m)) => {
-                let mut vs: Vec<String> = values(m, name).map(str::to_owned).collect();
+                let mut vs = Vals::default();
+                for v in values(m, name) {
+                    vs.push(v.to_owned());
+                }
                 vs.push(value.to_owned());
                 Change::Set(vs)
             }
-            _ => Change::Add(vec![value.to_owned()]),
+            _ => Change::Add(Vals::one(value.to_owned())),
         };
         self.overlay.push(Entry {
             name: lower(name),
@@ -486,7 +533,7 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.remove_header(kind, name);
         }
-        self.set_change(name, Change::Set(Vec::new()));
+        self.set_change(name, Change::Set(Vals::default()));
         Ok(())
     }
 
