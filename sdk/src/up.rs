@@ -889,6 +889,16 @@ pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
     let text = std::fs::read_to_string(&opts.spec).map_err(io(&opts.spec))?;
     let spec = generate::parse_spec(&text, &opts.spec.display().to_string())?;
     let mesh = Mesh::from_spec(&spec).map_err(GenerateError::from)?;
+    if !mesh.global_limits.limits.is_empty() {
+        // The local layout rewrites loopback addresses per instance, and nothing here starts
+        // Redis or wasmesh-ratelimit yet: refuse rather than run every request into the
+        // failure mode.
+        return Err(UpError::Layout(
+            "global rate limits (ratelimit_service) are not run by `wasmesh up` yet; \
+             use `wasmesh gen` and start redis-server and wasmesh-ratelimit yourself"
+                .into(),
+        ));
+    }
     let plan = plan(&mesh, &opts)?;
     let run_dir = opts.run_dir.clone();
     for sub in ["configs", "endpoints", "logs"] {

@@ -235,3 +235,22 @@ fn a_chain_refuses_a_ratelimit_stage_with_global_limits() {
         "{e:?}"
     );
 }
+
+#[test]
+fn wasmesh_up_refuses_a_spec_with_global_limits_instead_of_failing_every_request() {
+    let dir = std::env::temp_dir().join(format!("wasmesh-up-global-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("mesh.yaml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let mut opts = sdk::up::Options::new(spec, "envoy".into(), "m.wasm".into(), "svc".into());
+    opts.run_dir = dir.join("run");
+    let e = sdk::up::start(opts, &sdk::up::Progress::new(true))
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        e.as_deref()
+            .is_some_and(|e| e.contains("global rate limits (ratelimit_service) are not run")),
+        "{e:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
