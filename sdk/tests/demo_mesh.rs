@@ -793,10 +793,10 @@ fn outlier_detection_ejects_a_dead_instance_of_b_within_2s() {
         late.is_empty(),
         "errors more than 2 s after the kill: {late:?} (kill at {killed_at:?})"
     );
-    assert!(
-        served.iter().filter(|(at, _)| *at > after).count() > 100,
-        "steady load after the kill"
-    );
+    // Load went on after the 2 s mark (~3 s more; two clients manage ~400/s on an idle machine
+    // but far fewer when the 2 cores are shared with builds and benches, hence the low bar).
+    let later = served.iter().filter(|(at, _)| *at > after).count();
+    assert!(later > 20, "steady load after the kill: {later} served");
     eprintln!(
         "outlier: ejected {ejected_after:?} after the kill; {} errors seen by clients (retries hide most), {} requests served, ejections {ejections}",
         errors.len(),
