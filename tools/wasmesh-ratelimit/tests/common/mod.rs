@@ -172,26 +172,26 @@ impl Rls {
     /// SIGSTOP: the process keeps its socket (connections are accepted by the kernel) but
     /// never answers — a hung service.
     pub fn hang(&mut self) {
-        signal(self.child.id(), "-STOP");
+        signal(self.child.id(), rustix::process::Signal::STOP);
         self.stopped = true;
     }
 
     /// Kills it now.
     pub fn kill(&mut self) {
         if std::mem::take(&mut self.stopped) {
-            signal(self.child.id(), "-CONT");
+            signal(self.child.id(), rustix::process::Signal::CONT);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
 }
 
 impl Drop for Rls {
