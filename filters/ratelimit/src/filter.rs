@@ -81,6 +81,8 @@ pub struct Compiled {
     reads: ReadPlan,
     needs_peer: bool,
     state: RefCell<WorkerState>,
+    /// The last limited reply sent from this worker: rule, `Retry-After` seconds, the reply.
+    last_reply: RefCell<Option<(usize, u64, LocalReply)>>,
     /// Global limits (rate limit service), checked after the local rules admit.
     global: Option<crate::global::Global>,
 }
@@ -287,6 +289,7 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
         reads,
         needs_peer,
         state: RefCell::new(state),
+        last_reply: RefCell::new(None),
         global,
     })
 }
@@ -432,6 +435,23 @@ impl Compiled {
 
     /// Request phase: decides whether the request is admitted.
     pub fn on_request_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
+        self.request(host, stream, false)
+    }
+
+    /// As [`Compiled::on_request_headers`], except that a limited request's reply is sent from
+    /// here (`send_local_reply`) and `Decision::Pause` returned: the reply is this worker's copy
+    /// for the rule and `Retry-After`, reused while those stay the same, so a rejection
+    /// allocates nothing (the standalone glue; a rejected request should cost little more than
+    /// the local reply itself).
+    pub fn on_request_headers_sending_reply<H: Host>(
+        &self,
+        host: &mut H,
+        stream: &mut Stream,
+    ) -> Decision {
+        self.request(host, stream, true)
+    }
+
+    fn request<H: Host>(&self, host: &mut H, stream: &mut Stream, send_reply: bool) -> Decision {
         let Ok(mut state) = self.state.try_borrow_mut() else {
             return Decision::Continue;
         };
@@ -500,6 +520,10 @@ impl Compiled {
                 _ => NANOS_PER_SECOND,
             };
             self.flush_if_due(host, &mut state);
+            if send_reply {
+                self.send_limited(host, rule_i, retry_ns);
+                return Decision::Pause;
+            }
             return Decision::Reply(self.limited_reply(rule_i, retry_ns));
         }
 
@@ -773,6 +797,25 @@ impl Compiled {
             }
         }
         Err(last)
+    }
+
+    /// Sends the limited reply of `rule_i` from the worker's cached copy (rebuilt when the rule
+    /// or the `Retry-After` seconds differ from the last one sent).
+    fn send_limited<H: Host>(&self, host: &mut H, rule_i: usize, retry_ns: u64) {
+        let retry = secs_ceil(retry_ns).max(1);
+        let Ok(mut cache) = self.last_reply.try_borrow_mut() else {
+            let _ = host.send_local_reply(&self.limited_reply(rule_i, retry_ns));
+            return;
+        };
+        let reply = match &mut *cache {
+            Some((r, s, reply)) if *r == rule_i && *s == retry => reply,
+            slot => {
+                &mut slot
+                    .insert((rule_i, retry, self.limited_reply(rule_i, retry_ns)))
+                    .2
+            }
+        };
+        let _ = host.send_local_reply(reply);
     }
 
     fn limited_reply(&self, rule_i: usize, retry_ns: u64) -> LocalReply {

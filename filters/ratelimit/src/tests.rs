@@ -77,6 +77,37 @@ fn constant_key_admits_burst_then_refills_exactly() {
     assert_eq!(stats(&f, &mut h, "default.all", "limited"), 29);
 }
 
+/// The standalone glue's path: the filter sends the reply itself (from a per-worker copy kept
+/// while rule and `Retry-After` stay the same) and returns `Pause`; the reply is exactly the
+/// one `on_request_headers` returns, one host call, and a changed `Retry-After` is not served
+/// from the stale copy.
+#[test]
+fn sending_the_reply_itself_sends_the_same_reply() {
+    let config = json!({"rules": [{"name": "per-min", "key": {"constant": "x"},
+        "limit": {"requests": 6, "per": "minute", "burst": 1}}]});
+    let (f, g) = (filter(config.clone()), filter(config));
+    let (mut hf, mut hg) = (MockHost::new(), MockHost::new());
+    assert!(allowed(&run(&f, &mut hf)));
+    assert!(allowed(&run(&g, &mut hg)));
+    for (i, step_ms) in [500, 100, 100, 1_000, 0].into_iter().enumerate() {
+        hf.advance(Duration::from_millis(step_ms));
+        hg.advance(Duration::from_millis(step_ms));
+        let Decision::Reply(want) = run(&g, &mut hg) else {
+            panic!("expected a reply")
+        };
+        let calls = hf.host_calls;
+        let d = f.on_request_headers_sending_reply(&mut hf, &mut Stream::default());
+        assert_eq!(d, Decision::Pause);
+        // The first finds the shared bucket empty (one shared-data read); then only the reply.
+        let expected = if i == 0 { 2 } else { 1 };
+        assert_eq!(hf.host_calls - calls, expected, "request {i}");
+        assert_eq!(hf.replies.last(), Some(&want));
+    }
+    let retry: Vec<&str> = hf.replies.iter().map(|r| r.headers[1].1.as_str()).collect();
+    // 10 s per token; 0.5, 0.6, 0.7, 1.7, 1.7 s after the last one.
+    assert_eq!(retry, ["10", "10", "10", "9", "9"]);
+}
+
 #[test]
 fn limited_reply_has_status_headers_and_json_body() {
     let f = filter(json!({

@@ -75,7 +75,10 @@ impl Context for RateLimitHttp {
 impl HttpContext for RateLimitHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let mut host = ProxyWasmHost;
-        let d = self.filter.on_request_headers(&mut host, &mut self.stream);
+        // A limited request's reply is sent by the filter from its cached copy (then `Pause`).
+        let d = self
+            .filter
+            .on_request_headers_sending_reply(&mut host, &mut self.stream);
         to_action(&mut host, d)
     }
 
