@@ -305,10 +305,12 @@ struct Segment {
     calls_per_s: f64,
     /// Envoy's CPU time (user + system, all threads) per call, in microseconds.
     envoy_us_per_call: f64,
+    /// The user-space part of it.
+    envoy_user_us_per_call: f64,
 }
 
-/// Envoy's CPU time so far (user + system, all threads) in clock ticks, from `/proc/<pid>/stat`.
-fn cpu_ticks(pid: u32) -> Result<u64, String> {
+/// Envoy's CPU time so far (user, system; all threads) in clock ticks, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: u32) -> Result<(u64, u64), String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
     // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
@@ -318,7 +320,7 @@ fn cpu_ticks(pid: u32) -> Result<u64, String> {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("/proc/{pid}/stat: no field {}", i + 3))
     };
-    Ok(field(11)? + field(12)?)
+    Ok((field(11)?, field(12)?))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
@@ -371,11 +373,15 @@ fn segment(port: u16, envoy_pid: u32, tck: f64, seconds: f64) -> Result<Segment,
         t.join().map_err(|_| "load thread panicked".to_owned())??;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let ticks = cpu_ticks(envoy_pid)?.saturating_sub(ticks0);
+    let ticks1 = cpu_ticks(envoy_pid)?;
+    let user = ticks1.0.saturating_sub(ticks0.0) as f64;
+    let sys = ticks1.1.saturating_sub(ticks0.1) as f64;
     let calls = total.load(Ordering::Relaxed) as f64;
+    let us = |ticks: f64| ticks / tck * 1e6 / calls.max(1.0);
     Ok(Segment {
         calls_per_s: calls / elapsed,
-        envoy_us_per_call: ticks as f64 / tck * 1e6 / calls.max(1.0),
+        envoy_us_per_call: us(user + sys),
+        envoy_user_us_per_call: us(user),
     })
 }
 
@@ -457,11 +463,12 @@ fn throughput(
             let i = (k + round) % vs.len();
             let s = segment(ports[i], pid, tck, seconds)?;
             eprintln!(
-                "bench rpc: round {} {} {:.0} calls/s, Envoy {:.2} us CPU/call (load {})",
+                "bench rpc: round {} {} {:.0} calls/s, Envoy {:.2} us CPU/call ({:.2} user) (load {})",
                 round + 1,
                 vs[i].0,
                 s.calls_per_s,
                 s.envoy_us_per_call,
+                s.envoy_user_us_per_call,
                 loadavg()
             );
             out[i].push(s);
@@ -541,11 +548,15 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
         .iter()
         .map(|v| v.iter().map(|s| s.envoy_us_per_call).collect())
         .collect();
+    let user: Vec<Vec<f64>> = segments
+        .iter()
+        .map(|v| v.iter().map(|s| s.envoy_user_us_per_call).collect())
+        .collect();
     let base = irs.first().copied().unwrap_or(0.0);
     println!(
-        "| variant | instructions/call | delta over plain | calls/s median (IQR) | Envoy CPU µs/call median (IQR) |"
+        "| variant | instructions/call | delta over plain | calls/s median (IQR) | Envoy CPU µs/call median (IQR) | of which user |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     let iqr = |v: &[f64], digits: usize| {
         if v.is_empty() {
             return "-".to_owned();
@@ -564,10 +575,12 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
             .map_or("-".to_owned(), |x| format!("{:+.0}", x - base));
         let r = rates.get(i).cloned().unwrap_or_default();
         let c = cpu.get(i).cloned().unwrap_or_default();
+        let u = user.get(i).cloned().unwrap_or_default();
         println!(
-            "| {name} ({what}) | {ir} | {delta} | {} | {} |",
+            "| {name} ({what}) | {ir} | {delta} | {} | {} | {} |",
             iqr(&r, 0),
-            iqr(&c, 2)
+            iqr(&c, 2),
+            iqr(&u, 2)
         );
     }
     if rates.len() == 3 {
