@@ -200,7 +200,7 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
         }
     }
     if only.iter().any(|o| o == bench_auth::JOB) {
-        for a in bench_auth::variants(wasm) {
+        for a in bench_auth::variants(wasm, &|id| peer_filter(peers, id)) {
             v.push(Variant {
                 name: a.name,
                 what: a.what,
@@ -209,7 +209,54 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
             });
         }
     }
+    if let Some(alts) = std::env::var_os(ALT_WASM) {
+        let extra: Vec<Variant> = std::env::split_paths(&alts)
+            .enumerate()
+            .flat_map(|(i, alt)| {
+                let tag = if i == 0 {
+                    "@alt".to_owned()
+                } else {
+                    format!("@alt{}", i + 1)
+                };
+                alt_variants(&v, &alt, &tag)
+            })
+            .collect();
+        v.extend(extra);
+    }
     v
+}
+
+/// Environment variable naming more modules (`:`-separated) to A/B against the first in the
+/// same run.
+const ALT_WASM: &str = "WASMESH_BENCH_ALT_WASM";
+
+/// With `WASMESH_BENCH_ALT_WASM=<module>[:<module>...]`: every variant that loads the wasmesh
+/// module (VM `wasmesh`) again, named `<name>@alt` (`@alt2`, ...), loading that module instead
+/// in its own VM: a size/speed trade-off measured within one run, against the same `none`.
+fn alt_variants(v: &[Variant], alt: &Path, tag: &str) -> Vec<Variant> {
+    let vm = "/typed_config/config/vm_config/vm_id";
+    let ours = |f: &Value| f.pointer(vm) == Some(&json!("wasmesh"));
+    v.iter()
+        .filter(|x| x.filters.iter().any(ours))
+        .map(|x| {
+            let mut filters = x.filters.clone();
+            for f in filters.iter_mut().filter(|f| ours(f)) {
+                let c = &mut f["typed_config"]["config"]["vm_config"];
+                c["code"]["local"]["filename"] = json!(alt.display().to_string());
+                c["vm_id"] = json!(format!("wasmesh{tag}"));
+            }
+            Variant {
+                name: format!("{}{tag}", x.name),
+                what: format!("{} [{}]", x.what, alt.display()),
+                filters,
+                traffic: x.traffic.as_ref().map(|t| bench_auth::Traffic {
+                    header: t.header,
+                    values: t.values.clone(),
+                    counts: t.counts,
+                }),
+            }
+        })
+        .collect()
 }
 
 /// One bootstrap with a listener per variant, named after it.
@@ -570,14 +617,22 @@ pub fn run(opts: &Options) -> Result<(), String> {
             .find(|(v, _)| v.name == name)
             .map(|(_, ir)| ir - base)
     };
-    for job in jobs() {
-        let (Some(w), Some(p)) = (
-            delta(&format!("{}.wasmesh", job.name)),
-            delta(&format!("{}.peer", job.name)),
-        ) else {
-            continue;
-        };
-        println!("| {} | {:+.0} | {:+.0} | {:.3} |", job.name, w, p, w / p);
+    let prefixes = jobs()
+        .iter()
+        .map(|j| j.name)
+        .chain(bench_auth::PEER_JOBS.iter().map(|(p, _)| *p))
+        .collect::<Vec<_>>();
+    // With alternative modules (`@alt...`), their rows follow the main module's.
+    for tag in ["", "@alt", "@alt2", "@alt3"] {
+        for prefix in &prefixes {
+            let (Some(w), Some(p)) = (
+                delta(&format!("{prefix}.wasmesh{tag}")),
+                delta(&format!("{prefix}.peer")),
+            ) else {
+                continue;
+            };
+            println!("| {prefix}{tag} | {w:+.0} | {p:+.0} | {:.3} |", w / p);
+        }
     }
     for prefix in bench_ratelimit::PEER_JOBS {
         let (Some(w), Some(p)) = (

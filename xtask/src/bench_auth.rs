@@ -155,8 +155,15 @@ const COLD_PK: (usize, usize) = (10, 40);
 /// Of cold HS256 (cheap enough for more).
 const COLD_HS: (usize, usize) = (100, 400);
 
-/// Every auth variant.
-pub fn variants(wasm: &Path) -> Vec<AuthVariant> {
+/// The auth jobs measured both as wasmesh and as a straightforward peer (`bench/peers`):
+/// listener-name prefix (`<prefix>.wasmesh`, `<prefix>.peer`) and the peer's root id.
+pub const PEER_JOBS: &[(&str, &str)] = &[
+    ("auth-apikey", "apikey"),
+    ("auth-rs256-cached", "jwt_cached"),
+];
+
+/// Every auth variant; `peer` builds a peer filter from its root id.
+pub fn variants(wasm: &Path, peer: &dyn Fn(&str) -> Value) -> Vec<AuthVariant> {
     let (pw, pn) = COLD_PK;
     let (hw, hn) = COLD_HS;
     let v = |name: &str, what: &str, filters: Vec<Value>, traffic: Traffic| AuthVariant {
@@ -183,9 +190,49 @@ pub fn variants(wasm: &Path) -> Vec<AuthVariant> {
             },
         ),
         v(
+            "auth-apikey.peer",
+            "peer `apikey`: read x-api-key, SHA-256 compare, remove it, set x-consumer",
+            vec![peer("apikey")],
+            Traffic::one("x-api-key", API_KEY),
+        ),
+        v(
+            "auth-apikey-keep.wasmesh",
+            "wasmesh auth: API key as above with forward_key (key kept: one read, one write)",
+            vec![wasm_filter(
+                wasm,
+                "auth",
+                &json!({"api_keys": {"forward_key": true,
+                    "consumers": [{"name": "mobile", "keys_sha256": [API_KEY_SHA256]}]}}),
+            )],
+            Traffic::one("x-api-key", API_KEY),
+        ),
+        v(
             "auth-rs256-cached.wasmesh",
             "wasmesh auth: JWT RS256, cache hit, claim org -> x-org, sub -> x-consumer",
             vec![wasm_jwt(wasm, "cached")],
+            cached(Alg::Rs256),
+        ),
+        v(
+            "auth-rs256-cached.peer",
+            "peer `jwt_cached`: read authorization, token map + exp, remove it, set x-org and x-consumer",
+            vec![peer("jwt_cached")],
+            cached(Alg::Rs256),
+        ),
+        v(
+            "auth-rs256-cached-keep.wasmesh",
+            "wasmesh auth: JWT RS256 cache hit as above with forward_token (token kept)",
+            vec![wasm_filter(
+                wasm,
+                "auth",
+                &json!({"jwt_providers": [{
+                    "name": "cached-keep",
+                    "issuer": ISSUER,
+                    "audiences": ["api"],
+                    "jwks": {"local": t::jwks()},
+                    "forward_token": true,
+                    "claims_to_headers": [{"claim": "org", "header": "x-org"}],
+                }]}),
+            )],
             cached(Alg::Rs256),
         ),
         v(
@@ -211,6 +258,26 @@ pub fn variants(wasm: &Path) -> Vec<AuthVariant> {
             "wasmesh auth: JWT EdDSA (verify_strict), every request a distinct token",
             vec![wasm_jwt(wasm, "ed-cold")],
             cold(Alg::EdDsa, pw, pn),
+        ),
+        // No filter, the same requests: how much of each Δ over `none` is Envoy reading the
+        // credential off the wire rather than the filter.
+        v(
+            "auth-apikey.none",
+            "no filter, requests carrying the API key",
+            vec![],
+            Traffic::one("x-api-key", API_KEY),
+        ),
+        v(
+            "auth-rs256.none",
+            "no filter, requests carrying the cached RS256 token",
+            vec![],
+            cached(Alg::Rs256),
+        ),
+        v(
+            "auth-hs256.none",
+            "no filter, requests carrying the cold HS256 tokens",
+            vec![],
+            again(&hs_cold),
         ),
         v(
             "auth-rs256-cached.native",
@@ -239,7 +306,7 @@ mod tests {
 
     #[test]
     fn configs_compile_and_cold_tokens_are_distinct() {
-        let vs = variants(Path::new("m.wasm"));
+        let vs = variants(Path::new("m.wasm"), &|id| json!({"peer": id}));
         for v in &vs {
             for f in &v.filters {
                 if let Some(c) = f.pointer("/typed_config/config/configuration/value") {
@@ -256,6 +323,12 @@ mod tests {
                 None => assert_eq!(distinct.len(), 1, "{}", v.name),
             }
         }
-        assert_eq!(vs.len(), 9);
+        assert_eq!(vs.len(), 16);
+        for (prefix, _) in PEER_JOBS {
+            for side in ["wasmesh", "peer"] {
+                let name = format!("{prefix}.{side}");
+                assert!(vs.iter().any(|v| v.name == name), "{name}");
+            }
+        }
     }
 }

@@ -18,6 +18,14 @@
 //!   response.
 //! - `sidecar`: the demo service `a`'s sidecar: keep-or-generate `x-request-id`, set
 //!   `x-served-by: a <route name>`.
+//! - `apikey`: the auth API-key job: read `x-api-key`, compare its SHA-256 with the one known
+//!   digest (decoded once at configure time), 401 when wrong; else remove `x-api-key` and set
+//!   `x-consumer: mobile`.
+//! - `jwt_cached`: the auth JWT job: read `authorization`, look the `Bearer` token up in a
+//!   per-VM map of verified tokens (checking `exp` against the host clock); on a miss verify it
+//!   (RS256 with `rsa`, key built once at configure time; `iss`, `aud`, `exp`) and remember it;
+//!   401 when invalid; else remove `authorization`, set `x-org` (claim `org`) and `x-consumer`
+//!   (claim `sub`).
 //! - `ratelimit`: one rate-limit rule with a constant key, exact across workers, the obvious
 //!   way: per request one shared-data token bucket (`get_shared_data`, refill in fixed point,
 //!   take one, `set_shared_data` with the CAS token, retry on a mismatch), limit 10⁹ per second
@@ -27,8 +35,14 @@
 
 #![forbid(unsafe_code)]
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::UNIX_EPOCH;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -145,6 +159,8 @@ enum Job {
     TenSets,
     FrontProxy,
     Sidecar,
+    ApiKey,
+    JwtCached,
     RateLimit,
     LocalReply,
 }
@@ -202,6 +218,92 @@ fn too_many(ctx: &dyn HttpContext) -> Action {
     Action::Pause
 }
 
+/// SHA-256 of the bench's API key `bench-key-1` (as in `xtask/src/bench_auth.rs`).
+const API_KEY_SHA256: &str = "7717cad459fb710bd99adf26d5d638743337933ec301092cc951377a94603c07";
+/// The bench tokens' issuer and audience.
+const ISSUER: &str = "https://issuer.example";
+const AUDIENCE: &str = "api";
+/// The RS256 key's modulus (RFC 7515 appendix A.2, public), exponent 65537.
+const RSA_N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
+/// Clock skew allowed on `exp`.
+const SKEW: u64 = 60;
+/// Verified tokens kept per VM.
+const CACHE_CAP: usize = 100;
+
+/// What a verified token forwards.
+struct Claims {
+    org: String,
+    sub: String,
+    exp: u64,
+}
+
+thread_local! {
+    static DIGEST: Cell<[u8; 32]> = const { Cell::new([0; 32]) };
+    static RSA_KEY: RefCell<Option<rsa::PublicKey>> = const { RefCell::new(None) };
+    static CACHE: RefCell<HashMap<String, Rc<Claims>>> = RefCell::new(HashMap::new());
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *o = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn rsa_key() -> Option<rsa::PublicKey> {
+    let n = URL_SAFE_NO_PAD.decode(RSA_N).ok()?;
+    let n = rsa::BoxedUint::from_be_slice_vartime(&n);
+    let e = rsa::BoxedUint::from_be_slice_vartime(&[1, 0, 1]);
+    rsa::PublicKey::new(n, e).ok()
+}
+
+/// Verifies an RS256 token (signature, `iss`, `aud`, `exp`); its forwarded claims.
+fn verify_rs256(token: &str, now: u64) -> Option<Claims> {
+    let mut parts = token.split('.');
+    let (h, p, sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
+    if header.get("alg")?.as_str()? != "RS256" {
+        return None;
+    }
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).ok()?).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    if claims.get("iss")?.as_str()? != ISSUER
+        || claims.get("aud")?.as_str()? != AUDIENCE
+        || now > exp + SKEW
+    {
+        return None;
+    }
+    let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
+    let signing_input = token.get(..h.len() + 1 + p.len())?;
+    let hashed = Sha256::digest(signing_input.as_bytes());
+    let ok = RSA_KEY.with(|k| {
+        k.borrow().as_ref().is_some_and(|k| {
+            k.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &hashed, &sig)
+                .is_ok()
+        })
+    });
+    ok.then(|| Claims {
+        org: claims
+            .get("org")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned(),
+        sub: claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned(),
+        exp,
+    })
+}
+
 struct Root(Option<Job>);
 
 impl Context for Root {}
@@ -224,6 +326,16 @@ impl RootContext for Root {
             "ten_sets" => Some(Job::TenSets),
             "front_proxy" => Some(Job::FrontProxy),
             "sidecar" => Some(Job::Sidecar),
+            "apikey" => {
+                DIGEST.with(|d| d.set(unhex(API_KEY_SHA256).unwrap_or_default()));
+                Some(Job::ApiKey)
+            }
+            "jwt_cached" => {
+                let key = rsa_key();
+                let ok = key.is_some();
+                RSA_KEY.with(|k| *k.borrow_mut() = key);
+                ok.then_some(Job::JwtCached)
+            }
             "ratelimit" => Some(Job::RateLimit),
             "local_reply" => Some(Job::LocalReply),
             _ => None,
@@ -313,6 +425,49 @@ impl HttpContext for Peer {
                     .unwrap_or_default();
                 self.set_http_request_header("x-served-by", Some(&format!("a {route}")));
             }
+            Job::ApiKey => {
+                let ok = self
+                    .get_http_request_header("x-api-key")
+                    .is_some_and(|k| Sha256::digest(k.as_bytes())[..] == DIGEST.with(Cell::get));
+                if !ok {
+                    return self.unauthorized();
+                }
+                self.set_http_request_header("x-api-key", None);
+                self.set_http_request_header("x-consumer", Some("mobile"));
+            }
+            Job::JwtCached => {
+                let Some(auth) = self.get_http_request_header("authorization") else {
+                    return self.unauthorized();
+                };
+                let Some(token) = auth.strip_prefix("Bearer ") else {
+                    return self.unauthorized();
+                };
+                let now = self
+                    .get_current_time()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let hit = CACHE.with(|c| c.borrow().get(token).cloned());
+                let claims = match hit {
+                    Some(c) if now <= c.exp + SKEW => c,
+                    _ => {
+                        let Some(c) = verify_rs256(token, now) else {
+                            return self.unauthorized();
+                        };
+                        let c = Rc::new(c);
+                        CACHE.with(|m| {
+                            let mut m = m.borrow_mut();
+                            if m.len() >= CACHE_CAP {
+                                m.clear();
+                            }
+                            m.insert(token.to_owned(), Rc::clone(&c));
+                        });
+                        c
+                    }
+                };
+                self.set_http_request_header("authorization", None);
+                self.set_http_request_header("x-org", Some(&claims.org));
+                self.set_http_request_header("x-consumer", Some(&claims.sub));
+            }
             Job::RateLimit => {
                 let now = self
                     .get_current_time()
@@ -341,10 +496,19 @@ impl HttpContext for Peer {
             | Job::Headers
             | Job::TenSets
             | Job::Sidecar
+            | Job::ApiKey
+            | Job::JwtCached
             | Job::RateLimit
             | Job::LocalReply => {}
         }
         Action::Continue
+    }
+}
+
+impl Peer {
+    fn unauthorized(&self) -> Action {
+        self.send_http_response(401, vec![], Some(b"unauthorized"));
+        Action::Pause
     }
 }
 

@@ -862,12 +862,12 @@ struct Found<'a> {
 
 /// The writes that keep a credential from reaching the upstream: remove its header, or drop its
 /// query parameter from `:path` (a cookie stays: other cookies share the header).
-fn strip(found: &Found<'_>, map: &HeaderMap) -> Vec<Write> {
+fn strip<'a>(found: &Found<'a>, map: &HeaderMap) -> Vec<Write<'a>> {
     if let Some(h) = found.header {
-        return vec![Write::Remove(h.to_owned())];
+        return vec![Write::Remove(h)];
     }
     match (found.query, map.get(":path")) {
-        (Some(q), Some(path)) => vec![Write::Set(":path".into(), without_param(path, q))],
+        (Some(q), Some(path)) => vec![Write::Set(":path", without_param(path, q))],
         _ => Vec::new(),
     }
 }
@@ -928,17 +928,17 @@ fn find<'a>(sources: &'a [Source], map: &'a HeaderMap) -> Option<Found<'a>> {
 }
 
 /// One method's outcome.
-enum Outcome {
+enum Outcome<'a> {
     Missing,
     Failed(Reject),
-    Ok(Identity, Vec<Write>),
+    Ok(Identity, Vec<Write<'a>>),
 }
 
-/// A header write to make on success.
+/// A header write to make on success (names borrowed from the configuration or the request).
 #[derive(Debug)]
-enum Write {
-    Set(String, String),
-    Remove(String),
+enum Write<'a> {
+    Set(&'a str, String),
+    Remove(&'a str),
 }
 
 impl PrincipalC {
@@ -1105,7 +1105,13 @@ impl Compiled {
         })
     }
 
-    fn try_method(&self, m: Method, map: &HeaderMap, now: u64, now_ns: u128) -> Outcome {
+    fn try_method<'a>(
+        &'a self,
+        m: Method,
+        map: &'a HeaderMap,
+        now: u64,
+        now_ns: u128,
+    ) -> Outcome<'a> {
         match m {
             Method::Jwt(i) => {
                 let Some(p) = self.providers.get(i) else {
@@ -1123,14 +1129,14 @@ impl Compiled {
                         let mut writes = Vec::new();
                         for (path, header) in &p.claims_to_headers {
                             match claim(&claims, path).and_then(claim_text) {
-                                Some(v) => writes.push(Write::Set(header.clone(), v)),
-                                None => writes.push(Write::Remove(header.clone())),
+                                Some(v) => writes.push(Write::Set(header, v)),
+                                None => writes.push(Write::Remove(header)),
                             }
                         }
                         if let Some(h) = &p.payload_header {
                             // The payload segment as sent: base64url, already verified.
                             let payload = found.value.split('.').nth(1).unwrap_or("");
-                            writes.push(Write::Set(h.clone(), payload.to_owned()));
+                            writes.push(Write::Set(h, payload.to_owned()));
                         }
                         if !p.forward_token {
                             writes.extend(strip(&found, map));
@@ -1198,7 +1204,7 @@ impl Compiled {
                             claims: None,
                         },
                         // Credentials never go upstream.
-                        vec![Write::Remove("authorization".into())],
+                        vec![Write::Remove("authorization")],
                     ),
                 }
             }
@@ -1308,15 +1314,20 @@ impl Compiled {
             self.clear_outputs(host, &map);
             return Decision::Continue;
         }
-        let clock = host.now();
+        // The clock is a host call: only JWT (`exp`, `nbf`, ...) and Basic (the budget) need it.
+        let clock = if rule.required.iter().any(|m| *m != Method::ApiKey) {
+            host.now()
+        } else {
+            SystemTime::UNIX_EPOCH
+        };
         let now = unix(clock);
         let now_ns = clock
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let mut identity: Option<(Identity, Vec<Write>)> = None;
+        let mut identity: Option<(Identity, Vec<Write<'_>>)> = None;
         let mut first_error: Option<Reject> = None;
         let mut any_present = false;
-        let mut writes_all: Vec<Write> = Vec::new();
+        let mut writes_all: Vec<Write<'_>> = Vec::new();
         for &m in &rule.required {
             match self.try_method(m, &map, now, now_ns) {
                 Outcome::Missing => {
@@ -1373,19 +1384,16 @@ impl Compiled {
             return self.deny(Some(rule), Reject::Forbidden);
         }
 
-        // Outputs: the identity header is always replaced; other outputs not written on this
-        // path are removed.
-        writes.push(Write::Set(
-            self.identity_header.clone(),
-            id.consumer.clone(),
-        ));
+        // Outputs: the identity header is always replaced (last, below); other outputs not
+        // written on this path are removed.
         let known = self.reads == ReadPlan::All;
         for h in self.outputs() {
-            let written = writes.iter().any(|w| match w {
-                Write::Set(n, _) | Write::Remove(n) => n == h,
-            });
+            let written = h == self.identity_header
+                || writes.iter().any(|w| match w {
+                    Write::Set(n, _) | Write::Remove(n) => *n == h,
+                });
             if !written && (!known || map.contains(h)) {
-                writes.push(Write::Remove(h.to_owned()));
+                writes.push(Write::Remove(h));
             }
         }
         for w in &writes {
@@ -1394,6 +1402,7 @@ impl Compiled {
                 Write::Remove(n) => host.remove_header(HeaderMapKind::Request, n),
             };
         }
+        let _ = host.replace_header(HeaderMapKind::Request, &self.identity_header, &id.consumer);
         self.stats.bump(ALLOWED);
         stream.identity = Some(id);
         Decision::Continue

@@ -8,6 +8,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use p256::elliptic_curve::point::AffineCoordinates;
 use serde::Deserialize;
 
 use crate::jws::Alg;
@@ -181,16 +182,22 @@ fn parse_key(raw: RawKey) -> Option<Key> {
                 rsa::PublicKey::new_with_size_limits(n, e, MIN_RSA_BITS..=MAX_RSA_BITS).ok()?;
             KeyMaterial::Rsa(Box::new(key))
         }
+        // From the affine coordinates (on-curve and non-identity checked by the crates): JWKs
+        // never carry compressed points, so no point decompression code is linked.
         ("EC", Some("P-256")) => {
-            let point = sec1(&b64(raw.x.as_deref())?, &b64(raw.y.as_deref())?, 32)?;
+            let x: [u8; 32] = b64(raw.x.as_deref())?.try_into().ok()?;
+            let y: [u8; 32] = b64(raw.y.as_deref())?.try_into().ok()?;
+            let point = p256::AffinePoint::from_coordinates(&x.into(), &y.into());
             KeyMaterial::P256(Box::new(
-                p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).ok()?,
+                p256::ecdsa::VerifyingKey::from_affine(Option::from(point)?).ok()?,
             ))
         }
         ("EC", Some("P-384")) => {
-            let point = sec1(&b64(raw.x.as_deref())?, &b64(raw.y.as_deref())?, 48)?;
+            let x: [u8; 48] = b64(raw.x.as_deref())?.try_into().ok()?;
+            let y: [u8; 48] = b64(raw.y.as_deref())?.try_into().ok()?;
+            let point = p384::AffinePoint::from_coordinates(&x.into(), &y.into());
             KeyMaterial::P384(Box::new(
-                p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).ok()?,
+                p384::ecdsa::VerifyingKey::from_affine(Option::from(point)?).ok()?,
             ))
         }
         ("OKP", Some("Ed25519")) => {
@@ -216,17 +223,4 @@ fn parse_key(raw: RawKey) -> Option<Key> {
         return None;
     }
     Some(key)
-}
-
-/// The uncompressed SEC1 point `04 || x || y`; coordinates must have exactly the curve's size
-/// (RFC 7518 §6.2.1.2).
-fn sec1(x: &[u8], y: &[u8], size: usize) -> Option<Vec<u8>> {
-    if x.len() != size || y.len() != size {
-        return None;
-    }
-    let mut p = Vec::with_capacity(1 + 2 * size);
-    p.push(4);
-    p.extend_from_slice(x);
-    p.extend_from_slice(y);
-    Some(p)
 }

@@ -1005,3 +1005,216 @@ fn mutated_tokens_and_jwks_never_panic() {
         let _ = crate::jwk::parse_jwks(&doc);
     }
 }
+
+// ---- host calls per request (the cost model: each is thousands of instructions in Envoy) ----
+
+/// Delegates to a [`MockHost`] and records every host call by name, including `now` (a real
+/// host call, `proxy_get_current_time_nanoseconds`, which `MockHost::host_calls` leaves out).
+struct Recorder {
+    inner: MockHost,
+    calls: Vec<String>,
+}
+
+impl Recorder {
+    fn new(inner: MockHost) -> Self {
+        Self {
+            inner,
+            calls: Vec::new(),
+        }
+    }
+}
+
+impl filter_core::Host for Recorder {
+    fn header_map(
+        &mut self,
+        kind: filter_core::HeaderMapKind,
+    ) -> Result<filter_core::HeaderMap, filter_core::HostError> {
+        self.calls.push("read all".into());
+        self.inner.header_map(kind)
+    }
+    fn header(
+        &mut self,
+        kind: filter_core::HeaderMapKind,
+        name: &str,
+    ) -> Result<Option<String>, filter_core::HostError> {
+        self.calls.push(format!("read {name}"));
+        self.inner.header(kind, name)
+    }
+    fn set_header_map(
+        &mut self,
+        kind: filter_core::HeaderMapKind,
+        map: &filter_core::HeaderMap,
+    ) -> Result<(), filter_core::HostError> {
+        self.calls.push("write all".into());
+        self.inner.set_header_map(kind, map)
+    }
+    fn replace_header(
+        &mut self,
+        kind: filter_core::HeaderMapKind,
+        name: &str,
+        value: &str,
+    ) -> Result<(), filter_core::HostError> {
+        self.calls.push(format!("set {name}"));
+        self.inner.replace_header(kind, name, value)
+    }
+    fn add_header(
+        &mut self,
+        kind: filter_core::HeaderMapKind,
+        name: &str,
+        value: &str,
+    ) -> Result<(), filter_core::HostError> {
+        self.calls.push(format!("add {name}"));
+        self.inner.add_header(kind, name, value)
+    }
+    fn remove_header(
+        &mut self,
+        kind: filter_core::HeaderMapKind,
+        name: &str,
+    ) -> Result<(), filter_core::HostError> {
+        self.calls.push(format!("remove {name}"));
+        self.inner.remove_header(kind, name)
+    }
+    fn property(
+        &mut self,
+        path: filter_core::Property<'_>,
+    ) -> Result<Option<Vec<u8>>, filter_core::HostError> {
+        self.calls.push(format!("property {}", path.join(".")));
+        self.inner.property(path)
+    }
+    fn send_local_reply(&mut self, reply: &LocalReply) -> Result<(), filter_core::HostError> {
+        self.calls.push("reply".into());
+        self.inner.send_local_reply(reply)
+    }
+    fn shared_data(
+        &mut self,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, Option<u32>), filter_core::HostError> {
+        self.calls.push(format!("shared {key}"));
+        self.inner.shared_data(key)
+    }
+    fn set_shared_data(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), filter_core::HostError> {
+        self.calls.push(format!("set shared {key}"));
+        self.inner.set_shared_data(key, value, cas)
+    }
+    fn http_call(
+        &mut self,
+        upstream: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, filter_core::HostError> {
+        self.calls.push(format!("http_call {upstream}"));
+        self.inner.http_call(upstream, headers, body, timeout)
+    }
+    fn grpc_call(
+        &mut self,
+        upstream: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, filter_core::HostError> {
+        self.calls.push(format!("grpc_call {upstream}"));
+        self.inner
+            .grpc_call(upstream, service, method, message, timeout)
+    }
+    fn now(&mut self) -> SystemTime {
+        self.calls.push("now".into());
+        self.inner.now()
+    }
+    fn random_u64(&mut self) -> u64 {
+        self.inner.random_u64()
+    }
+    fn define_metric(
+        &mut self,
+        kind: filter_core::MetricKind,
+        name: &str,
+    ) -> Result<u32, filter_core::HostError> {
+        self.calls.push(format!("define_metric {name}"));
+        self.inner.define_metric(kind, name)
+    }
+    fn increment_metric(&mut self, id: u32, delta: i64) -> Result<(), filter_core::HostError> {
+        self.calls.push(format!("increment_metric {id}"));
+        self.inner.increment_metric(id, delta)
+    }
+    fn record_metric(&mut self, id: u32, value: u64) -> Result<(), filter_core::HostError> {
+        self.calls.push(format!("record_metric {id}"));
+        self.inner.record_metric(id, value)
+    }
+}
+
+/// The host calls one request makes, and the request headers it leaves.
+fn calls_of(f: &Compiled, headers: &[(&str, &str)]) -> (Vec<String>, Decision, MockHost) {
+    let mut r = Recorder::new(host(headers));
+    let mut s = Stream::default();
+    let d = f.on_request_headers(&mut r, &mut s);
+    (r.calls, d, r.inner)
+}
+
+/// The bench's API-key job (`xtask/src/bench_auth.rs`): one read of the planned header, the
+/// key removed, the consumer set with one replace (which also drops a client-sent copy); no
+/// clock, no property, no metric call. With `forward_key`, the read and the one write.
+#[test]
+fn api_key_request_makes_exactly_the_planned_host_calls() {
+    let digest = hex(&sha256(b"bench-key-1"));
+    let f =
+        filter(json!({"api_keys": {"consumers": [{"name": "mobile", "keys_sha256": [&digest]}]}}));
+    let (calls, d, h) = calls_of(
+        &f,
+        &[("x-api-key", "bench-key-1"), ("x-consumer", "forged")],
+    );
+    assert_eq!(d, Decision::Continue);
+    assert_eq!(
+        calls,
+        ["read x-api-key", "remove x-api-key", "set x-consumer"]
+    );
+    assert_eq!(h.request.get("x-consumer"), Some("mobile"));
+    assert_eq!(h.request.get("x-api-key"), None);
+
+    let f = filter(json!({"api_keys": {"forward_key": true,
+        "consumers": [{"name": "mobile", "keys_sha256": [&digest]}]}}));
+    let (calls, d, h) = calls_of(&f, &[("x-api-key", "bench-key-1")]);
+    assert_eq!(d, Decision::Continue);
+    assert_eq!(calls, ["read x-api-key", "set x-consumer"]);
+    assert_eq!(h.request.get("x-api-key"), Some("bench-key-1"));
+    // A wrong key: the read and the reply, nothing else.
+    let (calls, d, _) = calls_of(&f, &[("x-api-key", "other")]);
+    assert_eq!(reply(d).status, 401);
+    assert_eq!(calls, ["read x-api-key"]);
+}
+
+/// The bench's cached-JWT job: a hit costs one read of `authorization`, the clock (for `exp`),
+/// and the three writes its configuration asks for (token removed, claim, consumer); the cold
+/// request before it the same calls.
+#[test]
+fn cached_jwt_request_makes_exactly_the_planned_host_calls() {
+    let f = filter(jwt_cfg(json!({
+        "claims_to_headers": [{"claim": "org.team", "header": "x-org"}]
+    })));
+    let auth = bearer(&t::sign(Alg::Rs256, &claims()));
+    let want = [
+        "read authorization",
+        "now",
+        "set x-org",
+        "remove authorization",
+        "set x-consumer",
+    ];
+    for _cold_then_cached in 0..2 {
+        let (calls, d, h) = calls_of(&f, &[("authorization", &auth), ("x-consumer", "forged")]);
+        assert_eq!(d, Decision::Continue);
+        assert_eq!(calls, want);
+        assert_eq!(h.request.get("x-consumer"), Some("alice"));
+        assert_eq!(h.request.get("x-org"), Some("payments"));
+        assert_eq!(h.request.get("authorization"), None);
+    }
+    // forward_token: the removal goes.
+    let f = filter(jwt_cfg(json!({"forward_token": true})));
+    let (calls, d, _) = calls_of(&f, &[("authorization", &auth)]);
+    assert_eq!(d, Decision::Continue);
+    assert_eq!(calls, ["read authorization", "now", "set x-consumer"]);
+}
