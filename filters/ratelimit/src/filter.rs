@@ -903,6 +903,8 @@ struct Exchanged {
 #[cfg(test)]
 mod tests {
     use super::decimal;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn decimal_matches_to_string() {
