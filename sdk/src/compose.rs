@@ -39,7 +39,6 @@ const NETWORK: &str = "mesh";
 
 #[derive(Serialize)]
 struct ComposeFile {
-    version: &'static str,
     services: BTreeMap<String, ComposeService>,
     networks: BTreeMap<&'static str, Network>,
 }
@@ -360,10 +359,11 @@ pub fn render(mesh: &Mesh) -> Result<String, EmitError> {
             config: vec![config],
         }),
     };
-    // File format 2.4: health-gated depends_on, network_mode service:, static IPs; read by
-    // Compose v1 and v2 alike.
+    // The Compose Specification, without the obsolete top-level `version` (v2 warns about it;
+    // docker-compose 1.27+ reads a file without it as the specification): health-gated
+    // depends_on, network_mode service:, static IPs. `just compose-e2e` runs it with
+    // docker-compose 1.29 and Compose v2.
     let doc = ComposeFile {
-        version: "2.4",
         services,
         networks: BTreeMap::from([(NETWORK, network)]),
     };

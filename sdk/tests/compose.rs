@@ -168,3 +168,12 @@ services:
         "127.0.0.1:${FRONT_EDGE_1_PORT:-9000}:9000"
     );
 }
+
+#[test]
+fn no_obsolete_top_level_version_so_compose_v2_does_not_warn() {
+    // docker-compose 1.27+ reads a file without `version` as the Compose Specification; v2
+    // warns that the attribute is obsolete. `just compose-e2e` runs the file with both.
+    let doc = compose();
+    let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["networks", "services"], "top-level keys");
+}

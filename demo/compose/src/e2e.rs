@@ -1,7 +1,9 @@
-//! The compose end-to-end check: images built here, the committed docker-compose.yaml brought
+//! The compose end-to-end check: images built here once; then for each Compose release asked
+//! for (docker-compose 1.29 and the pinned Compose v2) the committed docker-compose.yaml brought
 //! up under a throw-away project name with the image and port variables pointed at them, the
-//! demo requests sent from the host through the ports published on 127.0.0.1, and everything
-//! removed again (containers, network, the images) whatever happened.
+//! demo requests sent from the host through the ports published on 127.0.0.1, the stop order
+//! checked and the project taken down; finally the images removed. Everything is removed
+//! whatever happened (containers, network, the images).
 
 // Only `serde_json::Value` is indexed here, and reading a missing key or a non-object gives
 // `Null` (never a panic), which the checks then report.
@@ -38,54 +40,105 @@ pub fn demo_mesh() -> anyhow::Result<Mesh> {
     Ok(generate::generate(&spec_path(), &Layout::container())?.0)
 }
 
-/// How to call Compose: v1 (`docker-compose`) when installed, else v2 (`docker compose`).
+/// Which Compose releases the check runs the mesh with (`--compose v1|v2|both`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// docker-compose 1.29 (`docker-compose` on `PATH`, reporting version 1.x).
+    V1,
+    /// The pinned Compose v2 ([`toolchain::compose_v2_bin`], installed into `.tools/`).
+    V2,
+    /// v1 then v2, one full run each, sharing the images.
+    Both,
+}
+
+impl std::str::FromStr for Choice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "v1" => Ok(Self::V1),
+            "v2" => Ok(Self::V2),
+            "both" => Ok(Self::Both),
+            other => bail!("--compose {other:?}: expected v1, v2 or both"),
+        }
+    }
+}
+
+/// The first line of `docker-compose version` when the `docker-compose` on `PATH` is Compose
+/// v1 (`docker-compose version 1.29.2, build unknown`), else `None`.
+fn installed_v1() -> Option<String> {
+    let out = Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .ok()?;
+    let first = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    (out.status.success() && first.starts_with("docker-compose version 1.")).then_some(first)
+}
+
+/// One Compose release to run, as a program (v1 and v2 alike are called `docker-compose`
+/// standalone) with the environment and project of one run.
 #[derive(Clone)]
 struct Compose {
-    program: &'static str,
-    prefix: &'static [&'static str],
+    /// `v1` or `v2`.
+    label: &'static str,
+    program: PathBuf,
+    /// First line of its `version` output.
+    version: String,
     project: String,
     file: PathBuf,
     env: Vec<(String, String)>,
 }
 
 impl Compose {
-    fn detect(project: String, file: PathBuf) -> anyhow::Result<Self> {
-        let works = |p: &str, a: &[&str]| {
-            Command::new(p)
-                .args(a)
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success())
+    /// The releases `choice` asks for, v1 first. Without an explicit choice: both when v1 is
+    /// installed, else v2 alone (said loudly).
+    fn resolve(choice: Option<Choice>, file: &std::path::Path) -> anyhow::Result<Vec<Self>> {
+        let v1 = installed_v1();
+        let want = match (choice, &v1) {
+            (Some(c), _) => c,
+            (None, Some(_)) => Choice::Both,
+            (None, None) => {
+                println!(
+                    "    NOTE: docker-compose 1.x is not installed: running Compose v2 only \
+                     (install docker-compose 1.29 to check both)"
+                );
+                Choice::V2
+            }
         };
-        let (program, prefix): (&'static str, &'static [&'static str]) =
-            if works("docker-compose", &[]) {
-                ("docker-compose", &[])
-            } else if works("docker", &["compose"]) {
-                ("docker", &["compose"])
-            } else {
-                bail!("neither docker-compose (v1) nor `docker compose` (v2) is installed");
-            };
-        Ok(Self {
+        let make = |label, program: PathBuf, version: String| Self {
+            label,
             program,
-            prefix,
-            project,
-            file,
+            version,
+            project: String::new(),
+            file: file.to_path_buf(),
             env: Vec::new(),
-        })
-    }
-
-    fn version(&self) -> String {
-        let mut c = Command::new(self.program);
-        c.args(self.prefix).arg("version");
-        exec(&mut c)
-            .map(|v| v.lines().next().unwrap_or("").to_owned())
-            .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        if matches!(want, Choice::V1 | Choice::Both) {
+            let version = v1.context(
+                "docker-compose 1.x is not installed (`docker-compose version` on PATH); \
+                 on Debian: apt-get install docker-compose, or run with --compose v2",
+            )?;
+            out.push(make("v1", PathBuf::from("docker-compose"), version));
+        }
+        if matches!(want, Choice::V2 | Choice::Both) {
+            let bin = toolchain::compose_v2_bin()?;
+            let version = exec(Command::new(&bin).arg("version"))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            out.push(make("v2", bin, version));
+        }
+        Ok(out)
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(self.program);
-        c.args(self.prefix)
-            .arg("-p")
+        let mut c = Command::new(&self.program);
+        c.arg("-p")
             .arg(&self.project)
             .arg("-f")
             .arg(&self.file)
@@ -96,46 +149,84 @@ impl Compose {
         }
         c
     }
+
+    /// The ids of every container of the project, running or not (from Docker's labels, which
+    /// v1 and v2 set alike; v2's `ps -q` leaves out exited containers).
+    fn container_ids(&self) -> anyhow::Result<Vec<String>> {
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        let ids = exec(Command::new("docker").args(["ps", "-aq", "--filter", &label]))?;
+        Ok(ids.split_whitespace().map(str::to_owned).collect())
+    }
 }
 
-/// Removes what the run created, on success (checked) and on failure or panic (best effort).
-struct Teardown {
+/// Takes one run's project down, on success (checked) and on failure or panic (best effort,
+/// after printing `ps` and the last log lines).
+struct ProjectTeardown {
     compose: Compose,
+    done: bool,
+}
+
+impl ProjectTeardown {
+    fn down(&self) -> anyhow::Result<()> {
+        exec(
+            &mut self
+                .compose
+                .cmd(&["down", "--volumes", "--remove-orphans", "--timeout", "10"]),
+        )
+        .map(drop)
+    }
+
+    /// Takes the project down and checks no container or network of it is left.
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.done = true;
+        self.down()?;
+        let ids = self.compose.container_ids()?;
+        ensure!(ids.is_empty(), "containers left: {ids:?}");
+        let label = format!("label=com.docker.compose.project={}", self.compose.project);
+        let networks =
+            exec(Command::new("docker").args(["network", "ls", "-q", "--filter", &label]))?;
+        ensure!(networks.trim().is_empty(), "networks left: {networks}");
+        Ok(())
+    }
+}
+
+impl Drop for ProjectTeardown {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        println!("==> [{}] tear down after failure", self.compose.label);
+        if let Ok(ps) = exec(&mut self.compose.cmd(&["ps", "-a"])) {
+            println!("{ps}");
+        }
+        if let Ok(logs) = exec(&mut self.compose.cmd(&["logs", "--no-color", "--tail", "30"])) {
+            println!("{logs}");
+        }
+        if let Err(e) = self.down() {
+            eprintln!("teardown: {e:#}");
+        }
+    }
+}
+
+/// Removes the images the check built, on success (checked) and on failure (best effort).
+struct ImagesTeardown {
     images: Vec<String>,
     done: bool,
 }
 
-impl Teardown {
+impl ImagesTeardown {
     fn remove(&self) -> anyhow::Result<()> {
-        let down = exec(&mut self.compose.cmd(&[
-            "down",
-            "--volumes",
-            "--remove-orphans",
-            "--timeout",
-            "10",
-        ]));
-        let mut rmi = Command::new("docker");
-        rmi.args(["rmi", "--force"]).args(&self.images);
-        let rmi = exec(&mut rmi);
-        down?;
-        rmi?;
-        Ok(())
+        exec(
+            Command::new("docker")
+                .args(["rmi", "--force"])
+                .args(&self.images),
+        )
+        .map(drop)
     }
 
-    /// Tears down and checks nothing is left: no container or network of the project, none of
-    /// the images.
     fn finish(mut self) -> anyhow::Result<()> {
         self.done = true;
         self.remove()?;
-        let label = format!("label=com.docker.compose.project={}", self.compose.project);
-        let containers = exec(Command::new("docker").args(["ps", "-aq", "--filter", &label]))?;
-        ensure!(
-            containers.trim().is_empty(),
-            "containers left: {containers}"
-        );
-        let networks =
-            exec(Command::new("docker").args(["network", "ls", "-q", "--filter", &label]))?;
-        ensure!(networks.trim().is_empty(), "networks left: {networks}");
         for image in &self.images {
             let left = exec(Command::new("docker").args(["images", "-q", image]))?;
             ensure!(left.trim().is_empty(), "image {image} left");
@@ -144,19 +235,11 @@ impl Teardown {
     }
 }
 
-impl Drop for Teardown {
+impl Drop for ImagesTeardown {
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        println!("==> tear down after failure");
-        if let Ok(ps) = exec(&mut self.compose.cmd(&["ps"])) {
-            println!("{ps}");
-        }
-        if let Ok(logs) = exec(&mut self.compose.cmd(&["logs", "--no-color", "--tail", "30"])) {
-            println!("{logs}");
-        }
-        if let Err(e) = self.remove() {
+        if !self.done
+            && let Err(e) = self.remove()
+        {
             eprintln!("teardown: {e:#}");
         }
     }
@@ -166,8 +249,16 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// `build -> up -> healthy -> requests -> down`, each step timed.
-pub fn run() -> anyhow::Result<()> {
+/// The images of one check, shared by its runs.
+struct Images {
+    envoy: String,
+    service: String,
+}
+
+/// `build -> (up -> healthy -> requests -> stop order -> down) per Compose release -> remove
+/// images`, each step timed. A failed run does not skip the next one; the check fails if any
+/// run did.
+pub fn run(choice: Option<Choice>) -> anyhow::Result<()> {
     let total = Instant::now();
     let root = toolchain::repo_root();
     step("docker engine answers", || {
@@ -186,43 +277,100 @@ pub fn run() -> anyhow::Result<()> {
             Ok(mesh)
         },
     )?;
-
-    let run_id = std::process::id();
-    let project = format!("wasmesh-e2e-{run_id}");
-    let envoy_image = format!("wasmesh-e2e/envoy:{run_id}");
-    let service_image = format!("wasmesh-e2e/demo-services:{run_id}");
-    let mut compose = Compose::detect(project, root.join("docker-compose.yaml"))?;
-    println!("    using {}", compose.version());
-    let teardown = Teardown {
-        compose: compose.clone(),
-        images: vec![envoy_image.clone(), service_image.clone()],
-        done: false,
-    };
-
-    images::build_all(
-        std::slice::from_ref(&envoy_image),
-        std::slice::from_ref(&service_image),
+    let composes = step(
+        "Compose releases (v2 installed into .tools/ if missing)",
+        || {
+            let c = Compose::resolve(choice, &root.join("docker-compose.yaml"))?;
+            for c in &c {
+                println!("    {}: {} ({})", c.label, c.version, c.program.display());
+            }
+            Ok(c)
+        },
     )?;
 
+    let run_id = std::process::id();
+    let images = Images {
+        envoy: format!("wasmesh-e2e/envoy:{run_id}"),
+        service: format!("wasmesh-e2e/demo-services:{run_id}"),
+    };
+    let images_teardown = ImagesTeardown {
+        images: vec![images.envoy.clone(), images.service.clone()],
+        done: false,
+    };
+    let build = Instant::now();
+    images::build_all(
+        std::slice::from_ref(&images.envoy),
+        std::slice::from_ref(&images.service),
+    )?;
+    let build = build.elapsed().as_secs_f64();
+
+    let mut results = Vec::new();
+    for mut compose in composes {
+        if interrupted() {
+            break;
+        }
+        compose.project = format!("wasmesh-e2e-{run_id}-{}", compose.label);
+        let t = Instant::now();
+        let r = run_one(compose.clone(), &mesh, &images);
+        if let Err(e) = &r {
+            eprintln!("compose-e2e: [{}] FAILED: {e:#}", compose.label);
+        }
+        results.push((compose, r.is_ok(), t.elapsed().as_secs_f64()));
+    }
+    step("remove the images", || images_teardown.finish())?;
+    println!("compose-e2e: images built in {build:.0} s (module, static binaries, both images)");
+    for (c, ok, took) in &results {
+        println!(
+            "compose-e2e: [{}] {} {} in {took:.0} s (up, checks, stop order, down)",
+            c.label,
+            c.version,
+            if *ok { "PASSED" } else { "FAILED" }
+        );
+    }
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|(_, ok, _)| !ok)
+        .map(|(c, _, _)| c.label)
+        .collect();
+    ensure!(
+        failed.is_empty(),
+        "failed with Compose {}",
+        failed.join(", ")
+    );
+    ensure!(!results.is_empty(), "interrupted before any run");
+    println!(
+        "compose-e2e: PASSED in {:.0} s (build, {} run{}, teardown)",
+        total.elapsed().as_secs_f64(),
+        results.len(),
+        if results.len() == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+/// One full run of the mesh with one Compose release: up, checks, stop order, down.
+fn run_one(mut compose: Compose, mesh: &Mesh, images: &Images) -> anyhow::Result<()> {
+    let v = compose.label;
     let mut ports = Vec::new();
     compose
         .env
-        .push(("ENVOY_IMAGE".into(), envoy_image.clone()));
+        .push(("ENVOY_IMAGE".into(), images.envoy.clone()));
     for s in &mesh.services {
         compose
             .env
-            .push((image_variable(&s.name), service_image.clone()));
+            .push((image_variable(&s.name), images.service.clone()));
     }
     for l in &mesh.front.listeners {
         let port = free_port()?;
         ports.push((l.name.clone(), port));
         compose.env.push((port_variable(&l.name), port.to_string()));
     }
-    let mut teardown = teardown;
-    teardown.compose = compose.clone();
+    let teardown = ProjectTeardown {
+        compose: compose.clone(),
+        done: false,
+    };
 
     step(
-        "docker-compose up -d (apps after their sidecars are healthy)",
+        &format!("[{v}] docker-compose up -d (apps after their sidecars are healthy)"),
         || exec(&mut compose.cmd(&["up", "-d", "--no-build"])).map(drop),
     )?;
     let expected = 1 + 2 * mesh
@@ -230,12 +378,13 @@ pub fn run() -> anyhow::Result<()> {
         .iter()
         .map(|s| s.instances.len())
         .sum::<usize>();
-    step("every container healthy", || {
+    step(&format!("[{v}] every container healthy"), || {
         wait_healthy(&compose, expected)
     })?;
-    step("front proxy published on 127.0.0.1 only", || {
-        published_on_loopback_only(&compose)
-    })?;
+    step(
+        &format!("[{v}] front proxy published on 127.0.0.1 only"),
+        || published_on_loopback_only(&compose),
+    )?;
     let port = |name: &str| {
         ports
             .iter()
@@ -246,48 +395,50 @@ pub fn run() -> anyhow::Result<()> {
     let public = port("public")?;
     let internal = port("internal")?;
     // The public listener authenticates: every request carries the demo's credentials.
-    let creds = sdk::up::credentials(&mesh, "public");
+    let creds = sdk::up::credentials(mesh, "public");
     let creds: Vec<(&str, &str)> = creds
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     step(
-        "GET / : front proxy -> A -> B and C, one request id and trace id, the consumer",
+        &format!(
+            "[{v}] GET / : front proxy -> A -> B and C, one request id and trace id, the consumer"
+        ),
         || full_path(public, &creds),
     )?;
     step(
-        "GET /c/admin : A -> c.admin over wasmesh-rpc, denied by C's sidecar with the protocol's error (status 2)",
+        &format!(
+            "[{v}] GET /c/admin : A -> c.admin over wasmesh-rpc, denied by C's sidecar with the protocol's error (status 2)"
+        ),
         || rpc_denied(public, &creds),
     )?;
-    step("GET / without credentials -> 401", || {
+    step(&format!("[{v}] GET / without credentials -> 401"), || {
         unauthenticated(public)
     })?;
-    step("GET /b with x-canary: true -> B v2", || {
+    step(&format!("[{v}] GET /b with x-canary: true -> B v2"), || {
         canary(public, &creds)
     })?;
     step(
-        "GET /b on the internal listener -> B v1, request id kept",
+        &format!("[{v}] GET /b on the internal listener -> B v1, request id kept"),
         || internal_keeps_id(internal),
     )?;
     step(
-        "docker-compose stop; order as seed 000: each app started after its sidecar, stopped before it",
+        &format!(
+            "[{v}] docker-compose stop; order as seed 000: each app started after its sidecar, stopped before it"
+        ),
         || start_and_stop_order(&compose),
     )?;
-    step("tear down: containers, network, images", || {
-        teardown.finish()
-    })?;
-    println!(
-        "compose-e2e: PASSED in {:.0} s (build, up, checks, teardown)",
-        total.elapsed().as_secs_f64()
-    );
+    step(
+        &format!("[{v}] docker-compose down: no container or network left"),
+        || teardown.finish(),
+    )?;
     Ok(())
 }
 
 fn wait_healthy(compose: &Compose, expected: usize) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
-        let ids = exec(&mut compose.cmd(&["ps", "-q"]))?;
-        let ids: Vec<&str> = ids.split_whitespace().collect();
+        let ids = compose.container_ids()?;
         let mut inspect = Command::new("docker");
         inspect
             .args([
@@ -553,9 +704,7 @@ fn comparable(ts: &str) -> String {
 /// after every app and stopped before them.
 fn start_and_stop_order(compose: &Compose) -> anyhow::Result<()> {
     exec(&mut compose.cmd(&["stop", "--timeout", "10"]))?;
-    let label = format!("label=com.docker.compose.project={}", compose.project);
-    let ids = exec(Command::new("docker").args(["ps", "-aq", "--filter", &label]))?;
-    let ids: Vec<&str> = ids.split_whitespace().collect();
+    let ids = compose.container_ids()?;
     ensure!(!ids.is_empty(), "no containers after stop");
     let out = exec(
         Command::new("docker")

@@ -3,16 +3,20 @@
 //! ```text
 //! cargo run -p compose-e2e -- build   build the images for the committed docker-compose.yaml:
 //!                                    wasmesh-demo/{a,b,c}:latest and wasmesh-demo/envoy:1.40.0
-//! cargo run -p compose-e2e [-- e2e]   `just compose-e2e`: build images under throw-away tags,
-//!                                    `docker-compose up`, wait for health, send the demo
-//!                                    requests from the host through 127.0.0.1, check the
-//!                                    answers, then tear everything down (containers, network,
-//!                                    the images it built), also on failure
+//! cargo run -p compose-e2e [-- e2e [--compose v1|v2|both]]
+//!                                    `just compose-e2e`: build images under throw-away tags
+//!                                    once, then per Compose release `docker-compose up`, wait
+//!                                    for health, send the demo requests from the host through
+//!                                    127.0.0.1, check the answers, stop (checking the order)
+//!                                    and `down`; finally remove the images it built. The
+//!                                    teardown also runs on failure and Ctrl-C
 //! ```
 //!
 //! Nothing is pulled: the services image is the static `demo-services` binary on `FROM scratch`,
 //! the Envoy image is the pinned Envoy binary plus the libraries `ldd` lists (see [`images`]).
-//! Compose v1 (`docker-compose`) is used when installed, else Compose v2 (`docker compose`).
+//! Compose v1 is the `docker-compose` 1.x on `PATH`; Compose v2 is the pinned static binary
+//! [`toolchain::compose_v2_bin`] installs into `.tools/`. Without `--compose`, both run when
+//! v1 is installed, else v2 alone.
 
 mod e2e;
 mod images;
@@ -24,7 +28,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-const HELP: &str = "usage: compose-e2e [e2e | build | help]";
+const HELP: &str = "usage: compose-e2e [e2e [--compose v1|v2|both] | build | help]";
 
 /// Set by Ctrl-C / SIGTERM: the current step fails and the teardown still runs.
 static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
@@ -43,7 +47,7 @@ fn main() -> ExitCode {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        None | Some("e2e") => e2e::run(),
+        None | Some("e2e") => compose_choice(args.get(1..).unwrap_or_default()).and_then(e2e::run),
         Some("build") => build_for_users(),
         Some("help" | "-h" | "--help") => {
             println!("{HELP}");
@@ -57,6 +61,18 @@ fn main() -> ExitCode {
             eprintln!("compose-e2e: FAILED: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The `--compose v1|v2|both` option of `e2e` (or `--compose=...`); `None` when absent.
+fn compose_choice(args: &[String]) -> anyhow::Result<Option<e2e::Choice>> {
+    match args {
+        [] => Ok(None),
+        [flag, value] if flag == "--compose" => value.parse().map(Some),
+        [flag] if flag.starts_with("--compose=") => {
+            flag.trim_start_matches("--compose=").parse().map(Some)
+        }
+        other => bail!("unexpected arguments {other:?}\n{HELP}"),
     }
 }
 
@@ -106,4 +122,26 @@ pub fn step<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Res
         Err(_) => println!("    FAILED ({took:.1} s)"),
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compose_choice;
+    use crate::e2e::Choice;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Option<Choice>> {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        compose_choice(&args)
+    }
+
+    #[test]
+    fn the_compose_option_picks_v1_v2_or_both_and_refuses_anything_else() {
+        assert_eq!(parse(&[]).ok(), Some(None));
+        assert_eq!(parse(&["--compose", "v1"]).ok(), Some(Some(Choice::V1)));
+        assert_eq!(parse(&["--compose=v2"]).ok(), Some(Some(Choice::V2)));
+        assert_eq!(parse(&["--compose", "both"]).ok(), Some(Some(Choice::Both)));
+        for bad in [&["--compose", "v3"][..], &["--compose"], &["--bogus"]] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }
