@@ -80,10 +80,11 @@ bench-sdk:
     cargo run --release -p sdk --example gen_bench
 
 # The demo mesh under docker-compose, end to end, pulling nothing: build FROM-scratch images
-# (static services, the pinned Envoy), `docker-compose up`, check the demo requests through
-# 127.0.0.1, tear everything down (containers, network, the images). Needs a Docker engine.
-compose-e2e:
-    cargo run -q -p compose-e2e -- e2e
+# (static services, the pinned Envoy) once, then with docker-compose 1.29 and with Compose v2
+# (installed pinned into .tools/) `up`, check the demo requests through 127.0.0.1, `down`;
+# finally remove the images. `just compose-e2e --compose v2` runs one. Needs a Docker engine.
+compose-e2e *flags:
+    cargo run -q -p compose-e2e -- e2e {{flags}}
 
 # Build the images docker-compose.yaml runs (wasmesh-demo/{a,b,c}:latest and an Envoy image to
 # pass as ENVOY_IMAGE), the module and the mounted health check, without pulling anything.
