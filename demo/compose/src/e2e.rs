@@ -92,18 +92,42 @@ struct Compose {
     env: Vec<(String, String)>,
 }
 
+/// Installs Debian's `docker-compose` (1.29.2 on bookworm) with apt-get, as the project does
+/// for other Debian packages it needs (the fresh-machine rule); then the installed v1, if any.
+fn install_v1() -> Option<String> {
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        return None;
+    }
+    println!("    docker-compose 1.x missing: apt-get install docker-compose");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "docker-compose"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !install() {
+        let _ = Command::new("apt-get").args(["update", "-q"]).output();
+        install();
+    }
+    installed_v1()
+}
+
 impl Compose {
-    /// The releases `choice` asks for, v1 first. Without an explicit choice: both when v1 is
-    /// installed, else v2 alone (said loudly).
+    /// The releases `choice` asks for, v1 first. v1 is installed with apt-get when missing;
+    /// without an explicit choice and still no v1: v2 alone (said loudly).
     fn resolve(choice: Option<Choice>, file: &std::path::Path) -> anyhow::Result<Vec<Self>> {
-        let v1 = installed_v1();
+        let v1 = match (choice, installed_v1()) {
+            (Some(Choice::V2), v1) | (_, v1 @ Some(_)) => v1,
+            (None | Some(Choice::V1 | Choice::Both), None) => install_v1(),
+        };
         let want = match (choice, &v1) {
             (Some(c), _) => c,
             (None, Some(_)) => Choice::Both,
             (None, None) => {
                 println!(
-                    "    NOTE: docker-compose 1.x is not installed: running Compose v2 only \
-                     (install docker-compose 1.29 to check both)"
+                    "    NOTE: docker-compose 1.x is not installed and apt-get could not \
+                     install it: running Compose v2 ONLY (install docker-compose 1.29 to check both)"
                 );
                 Choice::V2
             }
