@@ -15,8 +15,8 @@
 //! Nothing is pulled: the services image is the static `demo-services` binary on `FROM scratch`,
 //! the Envoy image is the pinned Envoy binary plus the libraries `ldd` lists (see [`images`]).
 //! Compose v1 is the `docker-compose` 1.x on `PATH`; Compose v2 is the pinned static binary
-//! [`toolchain::compose_v2_bin`] installs into `.tools/`. Without `--compose`, both run when
-//! v1 is installed, else v2 alone.
+//! [`toolchain::compose_v2_bin`] installs into `.tools/`. v1 missing is installed with apt-get;
+//! without `--compose`, both run, or v2 alone (with a loud note) when v1 cannot be had.
 
 mod e2e;
 mod images;
