@@ -101,6 +101,78 @@ pub fn variants(wasm: &Path, peer: &dyn Fn(&str) -> Value) -> Vec<(String, Strin
 mod tests {
     use super::*;
 
+    /// The local-reply probe is a fair "one local reply": through one real Envoy it answers
+    /// exactly as the wasmesh rate limiter does when it limits (status, header names, the
+    /// `x-ratelimit-*` values that do not depend on time, the body's shape); and the rate-limit
+    /// peer admits, as the wasmesh variant it is compared with does.
+    #[test]
+    fn the_local_reply_probe_sends_the_rate_limiters_reply_and_the_peer_admits() {
+        let wasm = toolchain::wasm_module().unwrap();
+        let peers = super::super::peers_module().unwrap();
+        let vs: Vec<super::super::Variant> =
+            variants(&wasm, &|id| super::super::peer_filter(&peers, id))
+                .into_iter()
+                .filter(|(n, _, _)| {
+                    [
+                        LOCAL_REPLY,
+                        "ratelimit-limited.wasmesh",
+                        "ratelimit-constant.peer",
+                    ]
+                    .contains(&n.as_str())
+                })
+                .map(|(name, what, filters)| super::super::Variant {
+                    name,
+                    what,
+                    filters,
+                    traffic: None,
+                })
+                .collect();
+        let envoy = integration::envoy::Envoy::new(super::super::multi_bootstrap(&vs)).start();
+        let get = |name: &str| {
+            integration::client::request(envoy.listener_port(name), "GET", "/", &[("host", "b")])
+        };
+        // The limited variant's one token goes to this first request.
+        assert_eq!(get("ratelimit-limited.wasmesh").status, 200);
+        let (w, p) = (get("ratelimit-limited.wasmesh"), get(LOCAL_REPLY));
+        assert_eq!((w.status, p.status), (429, 429));
+        let shape = |r: &integration::client::Response| {
+            let mut h: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .filter(|(k, _)| k != "date" && k != "content-length")
+                .map(|(k, v)| {
+                    let v = if k == "retry-after" || k == "x-ratelimit-reset" {
+                        "<secs>"
+                    } else {
+                        v
+                    };
+                    (k.clone(), v.to_owned())
+                })
+                .collect();
+            h.sort();
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            (
+                h,
+                body["error"].clone(),
+                body["rule"].clone(),
+                body["retry_after_seconds"].is_u64(),
+            )
+        };
+        let (wh, we, wr, wn) = shape(&w);
+        let (ph, pe, pr, pn) = shape(&p);
+        assert_eq!((we, wr, wn), (pe, pr, pn));
+        // Same headers, values included except the seconds (`x-ratelimit-limit` is 1 in both:
+        // the limited variant allows 1 per hour).
+        assert_eq!(wh, ph);
+        assert!(
+            wh.iter()
+                .any(|(k, v)| k == "x-ratelimit-remaining" && v == "0")
+        );
+        for _ in 0..20 {
+            assert_eq!(get("ratelimit-constant.peer").status, 200);
+        }
+    }
+
     #[test]
     fn configs_compile() {
         for key in [json!({"constant": "all"}), json!({"header": "user-agent"})] {
