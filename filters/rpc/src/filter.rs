@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
 use std::time::SystemTime;
 
 use filter_core::{HostError, MetricKind};
@@ -582,7 +583,7 @@ impl Compiled {
         // One clock read per callback: every frame of a chunk arrived at the same time.
         let mut now: Option<SystemTime> = None;
         conn.down.feed(&chunk);
-        let mut out = Vec::with_capacity(chunk.len());
+        let mut out = Output::default();
         loop {
             let (mut msg, range) = match conn.down.next_frame(self.codec.as_ref()) {
                 Ok(Some(f)) => f,
@@ -598,7 +599,7 @@ impl Compiled {
             }
             let frame = conn.down.bytes(&range);
             if !matches!(msg.kind, MessageType::Request | MessageType::Oneway) {
-                out.extend_from_slice(frame);
+                out.keep(&conn.down, &range);
                 continue;
             }
             let ids = match &conn.last_key {
@@ -635,7 +636,9 @@ impl Compiled {
                     deltas.add(counter, 1);
                 }
                 if msg.kind == MessageType::Oneway {
-                    continue; // nobody waits for an answer: dropping it is the reply
+                    // Nobody waits for an answer: dropping it is the reply.
+                    out.replace(&conn.down, &range, &[]);
+                    continue;
                 }
                 let probe = match self.on_deny {
                     DenyMode::ErrorReply if conn.pending.len() < self.max_pending.max(1) => {
@@ -645,7 +648,7 @@ impl Compiled {
                 };
                 match probe {
                     Some(p) => {
-                        out.extend_from_slice(&p);
+                        out.replace(&conn.down, &range, &p);
                         conn.pending.push_back(Pending::Probe {
                             id: msg.request_id,
                             reply: self.codec.error_reply(&msg, refusal),
@@ -671,7 +674,7 @@ impl Compiled {
                 continue;
             }
             if self.set_metadata.is_empty() {
-                out.extend_from_slice(frame);
+                out.keep(&conn.down, &range);
             } else {
                 for (k, v) in &self.set_metadata {
                     msg.set(k, v);
@@ -679,11 +682,11 @@ impl Compiled {
                 match self.codec.encode(&msg, frame) {
                     Ok(bytes) => {
                         changed = true;
-                        out.extend_from_slice(&bytes);
+                        out.replace(&conn.down, &range, &bytes);
                     }
                     Err(e) => {
                         host.warn(&format!("rpc: re-encoding failed, forwarding as is: {e}"));
-                        out.extend_from_slice(frame);
+                        out.keep(&conn.down, &range);
                     }
                 }
             }
@@ -707,7 +710,7 @@ impl Compiled {
             let _ = host.set_data(dir, len, &[]);
             return Verdict::Pause;
         }
-        if changed && let Err(e) = host.set_data(dir, len, &out) {
+        if changed && let Err(e) = host.set_data(dir, len, out.bytes(&conn.down)) {
             host.warn(&format!("rpc: rewriting downstream data: {e}"));
         }
         Verdict::Continue
@@ -729,7 +732,7 @@ impl Compiled {
         let mut now: Option<SystemTime> = None;
         let mut recorded: Vec<(u32, SystemTime)> = Vec::new();
         conn.up.feed(&chunk);
-        let mut out = Vec::with_capacity(chunk.len());
+        let mut out = Output::default();
         loop {
             let (msg, range) = match conn.up.next_reply(self.codec.as_ref()) {
                 Ok(Some(f)) => f,
@@ -753,7 +756,7 @@ impl Compiled {
                 match conn.pending.remove(i) {
                     Some(Pending::Probe { reply, .. }) => {
                         changed = true;
-                        out.extend_from_slice(&reply);
+                        out.replace(&conn.up, &range, &reply);
                         if let Some(c) = self.conn_ids(host) {
                             deltas.add(c.local_replies, 1);
                         }
@@ -787,15 +790,53 @@ impl Compiled {
                     _ => {}
                 }
             }
-            out.extend_from_slice(frame);
+            out.keep(&conn.up, &range);
         }
         if conn.up.buffered() > 0 {
             changed = true;
         }
-        if changed && let Err(e) = host.set_data(dir, len, &out) {
+        if changed && let Err(e) = host.set_data(dir, len, out.bytes(&conn.up)) {
             host.warn(&format!("rpc: rewriting upstream data: {e}"));
         }
         Verdict::Continue
+    }
+}
+
+/// The bytes a data callback hands back to Envoy, copied only once a frame is replaced or
+/// dropped: while every frame passes unchanged (the usual case) nothing is copied. Frames are
+/// the decoder's consecutive ranges from 0 (its buffer starts at this callback's first frame).
+#[derive(Debug, Default)]
+struct Output {
+    /// The rewritten stream so far, from the first replacement on.
+    rewritten: Option<Vec<u8>>,
+    /// End of the last complete frame handled.
+    end: usize,
+}
+
+impl Output {
+    /// The frame at `range` passes as it is.
+    fn keep(&mut self, decoder: &Decoder, range: &Range<usize>) {
+        if let Some(out) = &mut self.rewritten {
+            out.extend_from_slice(decoder.bytes(range));
+        }
+        self.end = range.end;
+    }
+
+    /// The frame at `range` is replaced by `with` (empty: dropped).
+    fn replace(&mut self, decoder: &Decoder, range: &Range<usize>, with: &[u8]) {
+        let out = self
+            .rewritten
+            .get_or_insert_with(|| decoder.bytes(&(0..range.start)).to_vec());
+        out.extend_from_slice(with);
+        self.end = range.end;
+    }
+
+    /// The complete frames' bytes as they leave: the decoder's own bytes when nothing changed.
+    fn bytes<'a>(&'a self, decoder: &'a Decoder) -> &'a [u8] {
+        match &self.rewritten {
+            Some(out) => out,
+            None => decoder.bytes(&(0..self.end)),
+        }
     }
 }
 
