@@ -11,9 +11,16 @@
 //! is unchanged. Endpoint files are written to `<run dir>/endpoints` with local addresses, so
 //! `wasmesh endpoints set --dir <run dir>/endpoints` updates the running mesh.
 //!
-//! **Order** (seed 000): leaves first; per instance the sidecar starts, and the app only once the
+//! **Global rate limits**: when a `ratelimit` filter has a `global` section, `redis-server`
+//! (installed with apt-get when missing, no persistence, its directory `<run dir>/redis`) and
+//! `wasmesh-ratelimit` (built with cargo when missing, reading the generated limits file) run on
+//! the front proxy's address at the ports of the spec's `ratelimit_service` (remapped when taken);
+//! every `wasmesh_ratelimit` cluster points there. The spec's `redis` URL is not used locally.
+//!
+//! **Order** (seed 000): Redis, then `wasmesh-ratelimit` (when the spec has global limits); then
+//! leaves first; per instance the sidecar starts, and the app only once the
 //! sidecar's admin `/ready` answers 200; the front proxy last. Stopping is the reverse: the front
-//! proxy, then per instance the app before its sidecar. **Supervision**: a process that exits
+//! proxy, then per instance the app before its sidecar, then `wasmesh-ratelimit`, then Redis. **Supervision**: a process that exits
 //! while the mesh runs is restarted with exponential backoff (250 ms doubling to 8 s, reset after
 //! 10 s of uptime); an app waits for its sidecar to be ready again.
 //!
@@ -121,6 +128,11 @@ pub struct Options {
     pub wasm: PathBuf,
     /// The `demo-services` binary.
     pub services: PathBuf,
+    /// The `wasmesh-ratelimit` binary, for a spec with global limits (`None`: built with cargo
+    /// when needed, see [`ratelimit_bin`]).
+    pub ratelimit: Option<PathBuf>,
+    /// `redis-server`, for a spec with global limits (`None`: [`toolchain::redis_server`]).
+    pub redis: Option<PathBuf>,
     /// Envoy `-l` level.
     pub log_level: String,
     /// Envoy `--concurrency` (worker threads) per proxy.
@@ -144,6 +156,8 @@ impl Options {
             envoy,
             wasm,
             services,
+            ratelimit: None,
+            redis: None,
             log_level: "warning".into(),
             concurrency: 1,
             ready_timeout: Duration::from_secs(60),
@@ -155,39 +169,45 @@ impl Options {
 /// Builds (with cargo) the `demo-services` binary and returns its path; `WASMESH_SERVICES_BIN`
 /// overrides it with a prebuilt binary.
 pub fn services_bin() -> Result<PathBuf, UpError> {
-    if let Some(p) = std::env::var_os("WASMESH_SERVICES_BIN").filter(|v| !v.is_empty()) {
+    cargo_bin("demo-services", "WASMESH_SERVICES_BIN")
+}
+
+/// Builds (with cargo; a no-op once built) the `wasmesh-ratelimit` binary and returns its path;
+/// `WASMESH_RATELIMIT_BIN` overrides it with a prebuilt binary. Only a spec with global limits
+/// needs it (its Limitador dependency is the workspace's slowest build).
+pub fn ratelimit_bin() -> Result<PathBuf, UpError> {
+    cargo_bin("wasmesh-ratelimit", "WASMESH_RATELIMIT_BIN")
+}
+
+/// The binary `package` (same name) built with cargo, or the file `env` names.
+fn cargo_bin(package: &str, env: &str) -> Result<PathBuf, UpError> {
+    if let Some(p) = std::env::var_os(env).filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
         return if p.is_file() {
             Ok(p)
         } else {
             Err(UpError::Tool(format!(
-                "WASMESH_SERVICES_BIN={} does not exist",
+                "{env}={} does not exist",
                 p.display()
             )))
         };
     }
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = built.as_ref() {
+    if let Some(p) = built.get(package) {
         return Ok(p.clone());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(toolchain::repo_root())
-        .args([
-            "build",
-            "-p",
-            "demo-services",
-            "--bin",
-            "demo-services",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(["build", "-p", package, "--bin", package])
+        .arg("--message-format=json-render-diagnostics")
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| UpError::Tool(format!("running cargo build -p demo-services: {e}")))?;
+        .map_err(|e| UpError::Tool(format!("running cargo build -p {package}: {e}")))?;
     if !out.status.success() {
         return Err(UpError::Tool(format!(
-            "cargo build -p demo-services failed ({})",
+            "cargo build -p {package} failed ({})",
             out.status
         )));
     }
@@ -196,9 +216,19 @@ pub fn services_bin() -> Result<PathBuf, UpError> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| v.get("executable")?.as_str().map(PathBuf::from))
         .next_back()
-        .ok_or_else(|| UpError::Tool("cargo build printed no demo-services executable".into()))?;
-    *built = Some(exe.clone());
+        .ok_or_else(|| UpError::Tool(format!("cargo build printed no {package} executable")))?;
+    built.insert(package.to_owned(), exe.clone());
     Ok(exe)
+}
+
+/// Whether the spec at `path` has global rate limits (so `up` needs `wasmesh-ratelimit` and
+/// `redis-server`); `false` when it does not parse (`up` reports that itself).
+pub fn needs_ratelimit(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| generate::parse_spec(&t, &path.display().to_string()).ok())
+        .and_then(|spec| Mesh::from_spec(&spec).ok())
+        .is_some_and(|m| !m.global_limits.limits.is_empty())
 }
 
 /// One service instance in the local layout.
@@ -248,6 +278,27 @@ pub struct Plan {
     pub listeners: Vec<FrontListener>,
     /// Instances in start order (dependencies first).
     pub instances: Vec<InstancePlan>,
+    /// The rate limit service and its Redis, when the spec has global limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratelimit: Option<RateLimitPlan>,
+}
+
+/// Where `wasmesh-ratelimit` and its `redis-server` run in the local layout.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RateLimitPlan {
+    /// Their address (the front proxy's).
+    pub ip: Ipv4Addr,
+    /// `wasmesh-ratelimit`'s gRPC port (every `wasmesh_ratelimit` cluster points here).
+    pub port: u16,
+    /// `redis-server`'s port.
+    pub redis_port: u16,
+}
+
+impl RateLimitPlan {
+    /// The URL `wasmesh-ratelimit --redis` takes.
+    pub fn redis_url(&self) -> String {
+        format!("redis://{}:{}", self.ip, self.redis_port)
+    }
 }
 
 impl Plan {
@@ -307,12 +358,32 @@ fn start_order(mesh: &Mesh) -> Vec<&ServiceIr> {
 
 /// `bind:port` when free, else a free port the OS picks on `bind`.
 fn free_port(bind: Ipv4Addr, port: u16) -> u16 {
-    if TcpListener::bind((bind, port)).is_ok() {
+    free_port_except(bind, port, &BTreeSet::new())
+}
+
+/// [`free_port`], avoiding `taken` (ports already planned on `bind`, not bound yet).
+fn free_port_except(bind: Ipv4Addr, port: u16, taken: &BTreeSet<u16>) -> u16 {
+    if !taken.contains(&port) && TcpListener::bind((bind, port)).is_ok() {
         return port;
     }
-    TcpListener::bind((bind, 0))
-        .and_then(|l| l.local_addr())
-        .map_or(port, |a| a.port())
+    for _ in 0..100 {
+        if let Ok(p) = TcpListener::bind((bind, 0)).and_then(|l| l.local_addr())
+            && !taken.contains(&p.port())
+        {
+            return p.port();
+        }
+    }
+    port
+}
+
+/// The port of a `redis://host:port` URL (6379 when it names none).
+fn redis_port(url: &str) -> u16 {
+    url.split_once("://")
+        .map(|(_, rest)| rest.rsplit('@').next().unwrap_or(rest))
+        .and_then(|hostport| hostport.split('/').next())
+        .and_then(|hostport| hostport.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(6379)
 }
 
 /// The local layout of `mesh`.
@@ -355,7 +426,7 @@ pub fn plan(mesh: &Mesh, opts: &Options) -> Result<Plan, UpError> {
             }
         }
     }
-    let listeners = mesh
+    let listeners: Vec<FrontListener> = mesh
         .front
         .listeners
         .iter()
@@ -365,13 +436,44 @@ pub fn plan(mesh: &Mesh, opts: &Options) -> Result<Plan, UpError> {
             port: free_port(opts.front_bind, l.port),
         })
         .collect();
+    let front_admin = free_port(opts.front_bind, mesh.front.admin_port);
+    let ratelimit = match &mesh.ratelimit_service {
+        Some(rls) if !mesh.global_limits.limits.is_empty() => {
+            let mut taken: BTreeSet<u16> = listeners.iter().map(|l| l.port).collect();
+            taken.insert(front_admin);
+            let port = free_port_except(opts.front_bind, rls.port, &taken);
+            taken.insert(port);
+            Some(RateLimitPlan {
+                ip: opts.front_bind,
+                port,
+                redis_port: free_port_except(opts.front_bind, redis_port(&rls.redis), &taken),
+            })
+        }
+        _ => None,
+    };
     Ok(Plan {
         mesh: mesh.name.clone(),
         front_bind: opts.front_bind,
-        front_admin: free_port(opts.front_bind, mesh.front.admin_port),
+        front_admin,
         listeners,
         instances,
+        ratelimit,
     })
+}
+
+/// Points the `wasmesh_ratelimit` cluster of `boot` (if any) at the local rate limit service.
+fn point_ratelimit(boot: &mut Value, plan: &Plan) {
+    let Some(rl) = plan.ratelimit else { return };
+    if let Some(Value::Array(clusters)) = boot.pointer_mut("/static_resources/clusters") {
+        for c in clusters.iter_mut().filter(|c| {
+            c.get("name").and_then(Value::as_str) == Some(ratelimit::global_config::DEFAULT_CLUSTER)
+        }) {
+            each_socket(c, &mut |addr, port| {
+                *addr = rl.ip.to_string();
+                *port = u64::from(rl.port);
+            });
+        }
+    }
 }
 
 /// Calls `f` on every `socket_address` object (`address`, `port_value`) in `v`.
@@ -469,6 +571,7 @@ pub fn local_configs(
                 }
             });
             static_clusters(&mut boot);
+            point_ratelimit(&mut boot, plan);
             out.push((proxy.name, boot));
             continue;
         }
@@ -483,6 +586,7 @@ pub fn local_configs(
                 }
             });
             static_clusters(&mut b);
+            point_ratelimit(&mut b, plan);
             set_node_id(&mut b, &format!("{}-sidecar", inst.name));
             out.push((format!("{}-sidecar", inst.name), b));
         }
@@ -529,6 +633,10 @@ pub enum Kind {
     Sidecar,
     /// An instance's app.
     App,
+    /// `redis-server` for global rate limits.
+    Redis,
+    /// `wasmesh-ratelimit` (the rate limit service).
+    Ratelimit,
 }
 
 /// A process as recorded in `state.json`.
@@ -889,16 +997,6 @@ pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
     let text = std::fs::read_to_string(&opts.spec).map_err(io(&opts.spec))?;
     let spec = generate::parse_spec(&text, &opts.spec.display().to_string())?;
     let mesh = Mesh::from_spec(&spec).map_err(GenerateError::from)?;
-    if !mesh.global_limits.limits.is_empty() {
-        // The local layout rewrites loopback addresses per instance, and nothing here starts
-        // Redis or wasmesh-ratelimit yet: refuse rather than run every request into the
-        // failure mode.
-        return Err(UpError::Layout(
-            "global rate limits (ratelimit_service) are not run by `wasmesh up` yet; \
-             use `wasmesh gen` and start redis-server and wasmesh-ratelimit yourself"
-                .into(),
-        ));
-    }
     let plan = plan(&mesh, &opts)?;
     let run_dir = opts.run_dir.clone();
     for sub in ["configs", "endpoints", "logs"] {
@@ -925,6 +1023,9 @@ pub fn start(opts: Options, progress: &Progress) -> Result<Running, UpError> {
         first_request_after: Duration::ZERO,
         extra: 0,
     };
+    if let Some(rl) = plan.ratelimit {
+        running.start_ratelimit(rl, progress)?;
+    }
     for inst in &plan.instances {
         running.start_instance(inst, progress)?;
     }
@@ -1089,6 +1190,109 @@ impl Running {
 
     fn save_state(&self) -> Result<(), UpError> {
         write_state(&self.opts.run_dir, &self.state())
+    }
+
+    /// Starts `redis-server` and then `wasmesh-ratelimit` with the generated limits file, each
+    /// waited on until its port accepts connections.
+    fn start_ratelimit(&mut self, rl: RateLimitPlan, progress: &Progress) -> Result<(), UpError> {
+        let run_dir = self.opts.run_dir.clone();
+        let redis_bin = match &self.opts.redis {
+            Some(p) => p.clone(),
+            None => progress.step("redis-server installed", || {
+                toolchain::redis_server().map_err(|e| UpError::Tool(e.to_string()))
+            })?,
+        };
+        let rls_bin = match &self.opts.ratelimit {
+            Some(p) => p.clone(),
+            None => progress.step("wasmesh-ratelimit built", ratelimit_bin)?,
+        };
+        let limits = run_dir.join("configs/ratelimit-limits.json");
+        let text = generate::limits_file(&self.mesh)?;
+        std::fs::write(&limits, text).map_err(io(&limits))?;
+        let redis_dir = run_dir.join("redis");
+        let _ = std::fs::remove_dir_all(&redis_dir);
+        std::fs::create_dir_all(&redis_dir).map_err(io(&redis_dir))?;
+        let proc = |name: &str, kind: Kind, port: u16, command: Vec<String>, needs| Proc {
+            state: ProcState {
+                name: name.into(),
+                kind,
+                pid: 0,
+                restarts: 0,
+                ready_url: format!("tcp://{}:{port}", rl.ip),
+                log: run_dir.join(format!("logs/{name}.log")),
+                started_unix_ms: 0,
+                ready_unix_ms: None,
+            },
+            command,
+            env: Vec::new(),
+            needs,
+            child: None,
+            started: Instant::now(),
+            restart_at: None,
+            backoff: BACKOFF_MIN,
+        };
+        let s = |v: &str| v.to_owned();
+        let mut redis = proc(
+            "redis-server",
+            Kind::Redis,
+            rl.redis_port,
+            vec![
+                redis_bin.display().to_string(),
+                s("--bind"),
+                rl.ip.to_string(),
+                s("--port"),
+                rl.redis_port.to_string(),
+                // No persistence: counters live only as long as the mesh.
+                s("--save"),
+                s(""),
+                s("--appendonly"),
+                s("no"),
+                s("--daemonize"),
+                s("no"),
+                s("--dir"),
+                redis_dir.display().to_string(),
+            ],
+            None,
+        );
+        let mut rls = proc(
+            "wasmesh-ratelimit",
+            Kind::Ratelimit,
+            rl.port,
+            vec![
+                rls_bin.display().to_string(),
+                s("--limits"),
+                limits.display().to_string(),
+                s("--listen"),
+                format!("{}:{}", rl.ip, rl.port),
+                s("--redis"),
+                rl.redis_url(),
+            ],
+            // Restarted only once Redis answers (it connects to Redis before listening).
+            Some(s("redis-server")),
+        );
+        let timeout = self.opts.ready_timeout;
+        progress.step(
+            &format!("redis-server ready ({}, no persistence)", rl.redis_url()),
+            || {
+                redis.spawn()?;
+                redis.wait_ready(timeout, &self.opts.cancel)
+            },
+        )?;
+        lock(&self.shared).procs.push(redis);
+        progress.step(
+            &format!(
+                "wasmesh-ratelimit ready (grpc {}:{}, {} global limit(s))",
+                rl.ip,
+                rl.port,
+                self.mesh.global_limits.limits.len()
+            ),
+            || {
+                rls.spawn()?;
+                rls.wait_ready(timeout, &self.opts.cancel)
+            },
+        )?;
+        lock(&self.shared).procs.push(rls);
+        Ok(())
     }
 
     fn start_instance(&mut self, inst: &InstancePlan, progress: &Progress) -> Result<(), UpError> {
@@ -1354,7 +1558,8 @@ impl Running {
     }
 
     /// Stops everything in order: the front proxy, then per instance (reverse start order) the
-    /// app before its sidecar. Removes `state.json`.
+    /// app before its sidecar, then `wasmesh-ratelimit` and Redis (started first, so stopped
+    /// after every Envoy that calls them). Removes `state.json`.
     pub fn stop(&mut self) -> Vec<String> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.supervisor.take() {
@@ -1541,6 +1746,14 @@ pub fn summary(mesh: &Mesh, state: &State, run_dir: &Path) -> String {
             l.name, plan.front_bind, l.port
         ));
     }
+    if let Some(rl) = &plan.ratelimit {
+        s.push_str(&format!(
+            "  rate limit service     grpc {}:{} (wasmesh-ratelimit over {})\n",
+            rl.ip,
+            rl.port,
+            rl.redis_url()
+        ));
+    }
     s.push_str("\nTry:\n");
     let lines: Vec<(String, String)> = samples(mesh)
         .into_iter()
@@ -1632,6 +1845,8 @@ pub fn down(run_dir: &Path) -> Result<State, UpError> {
         let program = match p.kind {
             Kind::App => "demo-services",
             Kind::Front | Kind::Sidecar => "envoy",
+            Kind::Redis => "redis-server",
+            Kind::Ratelimit => "wasmesh-ratelimit",
         };
         if p.pid != 0 && alive_as(p.pid, program) {
             kill(p.pid);
@@ -1809,6 +2024,59 @@ mod tests {
         )
         .unwrap();
         assert!(files["envoy-configs/b-sidecar.yaml"].contains("0.0.0.0"));
+    }
+
+    #[test]
+    fn global_limits_get_a_local_service_on_free_ports_and_every_cluster_points_there() {
+        // The service's spec port is the front listener's: planned ports must not collide.
+        let text = r#"name: g
+ratelimit_service: { address: 172.28.0.50, port: 8080, redis: "redis://10.0.0.1:7000/0" }
+front_proxy:
+  listeners:
+    - name: public
+      port: 8080
+      filters:
+        - ratelimit:
+            domain: d
+            global:
+              rules: [{ name: r, key: { constant: k }, limit: { requests: 5, per: minute } }]
+      routes: [{ match: { prefix: / }, service: a }]
+services:
+  - name: a
+    port: 8000
+    instances: [{ address: 10.0.0.10 }]
+    filters:
+      - ratelimit:
+          domain: d2
+          global:
+            rules: [{ name: r, key: { constant: k }, limit: { requests: 5, per: minute } }]
+"#;
+        let mesh = Mesh::from_spec(&generate::parse_spec(text, "g.yaml").unwrap()).unwrap();
+        let mut o = opts();
+        o.net = [127, 0, 96];
+        o.front_bind = Ipv4Addr::new(127, 0, 96, 1);
+        let p = plan(&mesh, &o).unwrap();
+        let rl = p.ratelimit.unwrap();
+        assert_eq!(rl.ip, o.front_bind);
+        assert_ne!(rl.port, p.listeners[0].port);
+        assert_eq!(rl.redis_port, 7000);
+        assert_eq!(rl.redis_url(), "redis://127.0.96.1:7000");
+        for (name, boot) in local_configs(&mesh, &p, &o).unwrap() {
+            let clusters = boot["static_resources"]["clusters"].as_array().unwrap();
+            let c = clusters
+                .iter()
+                .find(|c| c["name"] == "wasmesh_ratelimit")
+                .unwrap();
+            assert_eq!(
+                sockets(c),
+                [("127.0.96.1".to_owned(), u64::from(rl.port))],
+                "{name}"
+            );
+        }
+        // No global limits: nothing to run.
+        assert_eq!(plan(&demo(), &opts()).unwrap().ratelimit, None);
+        assert_eq!(redis_port("redis://127.0.0.1"), 6379);
+        assert_eq!(redis_port("redis://u:p@h:6390/1"), 6390);
     }
 
     #[test]

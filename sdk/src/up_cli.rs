@@ -58,12 +58,33 @@ pub fn up_cmd(args: &UpArgs) -> Result<(), String> {
     let services = progress
         .step("demo-services built", up::services_bin)
         .map_err(|e| e.to_string())?;
+    // Global rate limits: wasmesh-ratelimit and redis-server, only when the spec has them (and
+    // here, not in a detached supervisor: a cold build of wasmesh-ratelimit takes minutes).
+    let (ratelimit, redis) = if up::needs_ratelimit(&args.spec) {
+        let rls = progress
+            .step("wasmesh-ratelimit built", up::ratelimit_bin)
+            .map_err(|e| e.to_string())?;
+        let redis = progress
+            .step("redis-server installed", || {
+                toolchain::redis_server().map_err(|e| up::UpError::Tool(e.to_string()))
+            })
+            .map_err(|e| e.to_string())?;
+        (Some(rls), Some(redis))
+    } else {
+        (None, None)
+    };
     std::fs::create_dir_all(&args.run_dir)
         .map_err(|e| format!("{}: {e}", args.run_dir.display()))?;
     let run_dir = std::fs::canonicalize(&args.run_dir)
         .map_err(|e| format!("{}: {e}", args.run_dir.display()))?;
     if args.detach {
-        return detach(args, &run_dir, &progress);
+        return detach(
+            args,
+            &run_dir,
+            &progress,
+            ratelimit.as_deref(),
+            redis.as_deref(),
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [
@@ -81,6 +102,8 @@ pub fn up_cmd(args: &UpArgs) -> Result<(), String> {
     opts.log_level = args.log_level.clone();
     opts.concurrency = args.concurrency;
     opts.cancel = Arc::clone(&stop);
+    opts.ratelimit = ratelimit;
+    opts.redis = redis;
     let mut running = match up::start(opts, &progress) {
         Ok(r) => r,
         Err(up::UpError::Cancelled) => {
@@ -102,7 +125,13 @@ pub fn up_cmd(args: &UpArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn detach(args: &UpArgs, run_dir: &Path, progress: &Progress) -> Result<(), String> {
+fn detach(
+    args: &UpArgs,
+    run_dir: &Path,
+    progress: &Progress,
+    ratelimit: Option<&Path>,
+    redis: Option<&Path>,
+) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("locating wasmesh: {e}"))?;
     let log_path = run_dir.join("up.log");
     let log =
@@ -111,7 +140,17 @@ fn detach(args: &UpArgs, run_dir: &Path, progress: &Progress) -> Result<(), Stri
         .try_clone()
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let _ = std::fs::remove_file(run_dir.join("state.json"));
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    // What this process built or found: the background one need not look again.
+    for (var, path) in [
+        ("WASMESH_RATELIMIT_BIN", ratelimit),
+        ("REDIS_SERVER_BIN", redis),
+    ] {
+        if let Some(p) = path {
+            command.env(var, p);
+        }
+    }
+    let mut child = command
         .arg("up")
         .arg("--spec")
         .arg(&args.spec)

@@ -4,6 +4,8 @@
 //! separate plugins on a listener with global limits (a chain stage cannot wait for the
 //! service), and the limits file `wasmesh-ratelimit` reads (the filter crate's `LimitsFile`);
 //! both bootstraps pass `envoy --mode validate`, and a bad section is refused with its place.
+//! `wasmesh up --detach` runs such a spec with real `redis-server` and `wasmesh-ratelimit`
+//! processes and enforces the global limit through them.
 //! `UPDATE_GOLDEN=1 cargo test -p sdk --test ratelimit_global_spec` rewrites the golden files.
 
 // Test code: a failed unwrap is a failed test.
@@ -236,21 +238,177 @@ fn a_chain_refuses_a_ratelimit_stage_with_global_limits() {
     );
 }
 
+/// `wasmesh up` runs a spec with global limits: one service behind a front proxy whose global
+/// rule admits 5 requests per minute per `x-user`.
+const UP_SPEC: &str = r#"name: rlup
+ratelimit_service:
+  address: 127.0.0.1
+  port: 8081
+front_proxy:
+  listeners:
+    - name: public
+      port: 8080
+      filters:
+        - ratelimit:
+            domain: public
+            global:
+              timeout_ms: 500
+              failure_mode: open
+              rules:
+                - name: per-user
+                  key: { header: x-user }
+                  limit: { requests: 5, per: minute }
+      routes:
+        - match: { prefix: / }
+          service: a
+services:
+  - name: a
+    port: 8000
+    instances: [{ address: 10.0.0.10 }]
+"#;
+
+fn get(url: &str, user: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .into();
+    let mut req = agent.get(url);
+    if let Some(u) = user {
+        req = req.header("x-user", u);
+    }
+    let mut r = req.call().unwrap();
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// The `<name>: <value>` counters of an Envoy admin's `/stats` whose name contains `filter`.
+fn stat(admin: &str, name: &str) -> Option<u64> {
+    let (_, text) = get(&format!("{admin}/stats?filter=wasmesh_ratelimit"), None);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `wasmesh up --detach` on a spec with global limits starts `redis-server` and
+/// `wasmesh-ratelimit` before the Envoys, the front proxy admits exactly the global limit per key
+/// through them (the failure mode is `open`, so without the service every request would pass),
+/// `status` lists both, and `down` leaves no process behind.
 #[test]
-fn wasmesh_up_refuses_a_spec_with_global_limits_instead_of_failing_every_request() {
+fn wasmesh_up_runs_redis_and_wasmesh_ratelimit_for_global_limits() {
     let dir = std::env::temp_dir().join(format!("wasmesh-up-global-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let spec = dir.join("mesh.yaml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let mut opts = sdk::up::Options::new(spec, "envoy".into(), "m.wasm".into(), "svc".into());
-    opts.run_dir = dir.join("run");
-    let e = sdk::up::start(opts, &sdk::up::Progress::new(true))
-        .err()
-        .map(|e| e.to_string());
+    std::fs::write(&spec, UP_SPEC).unwrap();
+    let run_dir = dir.join("run");
+    let second = 100 + u8::try_from(std::process::id() % 100).unwrap();
+    let net = format!("127.{second}.61");
+    let front = format!("127.{second}.61.1");
+    let wasmesh = env!("CARGO_BIN_EXE_wasmesh");
+    let out = std::process::Command::new(wasmesh)
+        .args(["up", "--detach", "--net", &net, "--front-bind", &front])
+        .arg("--spec")
+        .arg(&spec)
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .env("WASMESH_SERVICES_BIN", sdk::up::services_bin().unwrap())
+        .env("WASMESH_RATELIMIT_BIN", sdk::up::ratelimit_bin().unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let state = sdk::up::read_state(&run_dir);
+    // Whatever happens below, stop the mesh.
+    struct Down(PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = sdk::up::down(&self.0);
+        }
+    }
+    let guard = Down(run_dir.clone());
+    assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        e.as_deref()
-            .is_some_and(|e| e.contains("global rate limits (ratelimit_service) are not run")),
-        "{e:?}"
+        stdout.contains("mesh \"rlup\" is up: 5 processes"),
+        "{stdout}"
     );
+    let state = state.unwrap();
+    let rl = state.plan.ratelimit.unwrap();
+    assert_eq!(rl.ip.to_string(), front);
+    // Redis and the service start first (so they stop last).
+    let order: Vec<(&str, sdk::up::Kind)> = state
+        .procs
+        .iter()
+        .map(|p| (p.name.as_str(), p.kind))
+        .collect();
+    assert_eq!(
+        order[..2],
+        [
+            ("redis-server", sdk::up::Kind::Redis),
+            ("wasmesh-ratelimit", sdk::up::Kind::Ratelimit)
+        ],
+        "{order:?}"
+    );
+    // The front proxy's cluster points at the service as it runs, not at the spec's address.
+    let boot = std::fs::read_to_string(run_dir.join("configs/front-proxy.json")).unwrap();
+    assert!(
+        boot.contains(&format!(
+            r#""address":"{}","port_value":{}"#,
+            rl.ip, rl.port
+        )),
+        "{boot}"
+    );
+    assert!(run_dir.join("redis").is_dir());
+    let status = std::process::Command::new(wasmesh)
+        .args(["status", "--run-dir"])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.status.success(), "{text}");
+    assert_eq!(text.matches(" ready ").count(), 5, "{text}");
+    assert!(
+        text.contains("redis-server") && text.contains("wasmesh-ratelimit"),
+        "{text}"
+    );
+    // Exactly the limit per key, then 429 from the global rule.
+    let url = format!("http://{front}:{}/", state.plan.listeners[0].port);
+    let statuses: Vec<u16> = (0..8).map(|_| get(&url, Some("alice")).0).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    let (code, body) = get(&url, Some("alice"));
+    assert_eq!(code, 429);
+    assert!(
+        body.contains(r#""rule":"per-user""#) && body.contains(r#""scope":"global""#),
+        "{body}"
+    );
+    // Another key has its own count; a request without the key is not counted.
+    assert_eq!(get(&url, Some("bob")).0, 200);
+    assert_eq!(get(&url, None).0, 200);
+    let admin = state.plan.front_admin_url();
+    let prefix = "wasmcustom.wasmesh_ratelimit.public.per-user";
+    assert_eq!(stat(&admin, &format!("{prefix}.global_allowed")), Some(6));
+    assert_eq!(stat(&admin, &format!("{prefix}.global_limited")), Some(4));
+    assert_eq!(
+        stat(&admin, &format!("{prefix}.global_failed_open")),
+        Some(0)
+    );
+    // `down` stops everything, Redis and the service included.
+    let down = std::process::Command::new(wasmesh)
+        .args(["down", "--run-dir"])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(down.status.success(), "{down:?}");
+    assert!(!sdk::up::alive(state.supervisor_pid));
+    for p in &state.procs {
+        assert!(
+            !sdk::up::alive(p.pid),
+            "{} (pid {}) still running",
+            p.name,
+            p.pid
+        );
+    }
+    drop(guard);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,10 +16,15 @@
 //!   under Node through `wasm-bindgen-test-runner` (`wasm-bindgen-cli` at exactly the
 //!   `wasm-bindgen` version in `Cargo.lock`, built once with `cargo install --locked` into
 //!   `.tools/`). Only for crates without proxy-wasm: a filter needs Envoy's host, not JS.
+//! - [`redis_server`]: Debian's `redis-server` (global rate limits), `apt-get install`ed when
+//!   missing ([`debian`]).
 //!
 //! All are safe to call from many test threads and processes at once.
 
 #![forbid(unsafe_code)]
+
+pub mod debian;
+pub use debian::redis_server;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -26,25 +26,10 @@ pub fn free_port() -> u16 {
         .unwrap()
 }
 
-/// Makes sure `redis-server` is installed (apt-get install when missing) and returns its path.
+/// Makes sure `redis-server` is installed (apt-get install when missing: `toolchain`'s helper,
+/// shared with `wasmesh up`) and returns its path.
 pub fn redis_server() -> PathBuf {
-    let candidates = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"];
-    let found = || candidates.iter().map(PathBuf::from).find(|p| p.exists());
-    if let Some(p) = found() {
-        return p;
-    }
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "redis-server"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install() {
-        let _ = Command::new("apt-get").args(["update", "-q"]).status();
-        assert!(install(), "apt-get install redis-server failed");
-    }
-    found().expect("redis-server still missing after apt-get install")
+    toolchain::redis_server().unwrap()
 }
 
 /// A `redis-server` on a loopback port, without persistence; killed on drop.
