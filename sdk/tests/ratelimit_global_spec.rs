@@ -393,7 +393,39 @@ fn wasmesh_up_runs_redis_and_wasmesh_ratelimit_for_global_limits() {
         stat(&admin, &format!("{prefix}.global_failed_open")),
         Some(0)
     );
-    // `down` stops everything, Redis and the service included.
+    // The supervisor restarts a service that dies; the counts live in Redis, so `alice` stays
+    // limited and `bob` has 4 left.
+    let old = state
+        .procs
+        .iter()
+        .find(|p| p.kind == sdk::up::Kind::Ratelimit)
+        .unwrap()
+        .pid;
+    sdk::up::kill(old);
+    let t0 = std::time::Instant::now();
+    let restarted = loop {
+        let now = sdk::up::read_state(&run_dir).unwrap();
+        let p = now
+            .procs
+            .iter()
+            .find(|p| p.kind == sdk::up::Kind::Ratelimit)
+            .unwrap()
+            .clone();
+        if p.pid != 0 && p.pid != old && sdk::up::ready_status(&p.ready_url) == Some(200) {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "wasmesh-ratelimit not restarted: {p:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(restarted.restarts, 1);
+    assert_eq!(get(&url, Some("alice")).0, 429);
+    let bob: Vec<u16> = (0..5).map(|_| get(&url, Some("bob")).0).collect();
+    assert_eq!(bob, [200, 200, 200, 200, 429]);
+    let state = sdk::up::read_state(&run_dir).unwrap();
+    // `down` stops everything, Redis and the service included, after the Envoys.
     let down = std::process::Command::new(wasmesh)
         .args(["down", "--run-dir"])
         .arg(&run_dir)
@@ -409,6 +441,11 @@ fn wasmesh_up_runs_redis_and_wasmesh_ratelimit_for_global_limits() {
             p.pid
         );
     }
+    let log = std::fs::read_to_string(run_dir.join("up.log")).unwrap();
+    assert!(
+        log.contains("stopped front-proxy, a-1, a-1-sidecar, wasmesh-ratelimit, redis-server"),
+        "{log}"
+    );
     drop(guard);
     let _ = std::fs::remove_dir_all(&dir);
 }
