@@ -668,16 +668,18 @@ mod tests {
     type Headers = Vec<(String, String)>;
 
     fn seen(port: u16) -> (Headers, Headers) {
-        let r = integration::client::request(
-            port,
-            "GET",
-            PATH,
-            &[
-                ("host", "bench.local"),
-                ("user-agent", "wasmesh-bench"),
-                ("tracestate", "vendor=1"),
-            ],
-        );
+        seen_with(port, &[])
+    }
+
+    /// As [`seen`], the request also carrying `extra`.
+    fn seen_with(port: u16, extra: &[(&str, &str)]) -> (Headers, Headers) {
+        let mut request = vec![
+            ("host", "bench.local"),
+            ("user-agent", "wasmesh-bench"),
+            ("tracestate", "vendor=1"),
+        ];
+        request.extend_from_slice(extra);
+        let r = integration::client::request(port, "GET", PATH, &request);
         assert_eq!(r.status, 200);
         let shape = |k: &str, v: &str| -> String {
             match k {
@@ -745,6 +747,48 @@ mod tests {
                 "{}",
                 job.name
             );
+        }
+    }
+
+    /// The auth peers likewise: the same credential through the wasmesh and the peer listener
+    /// of each auth job leaves the same upstream-visible and client-visible headers (credential
+    /// removed, consumer and claim set).
+    #[test]
+    fn auth_peers_do_exactly_what_the_auth_filter_does() {
+        let wasm = toolchain::wasm_module().unwrap();
+        let peers = peers_module().unwrap();
+        let upstream = integration::upstream::EchoUpstream::start();
+        let pair = |v: &Variant| {
+            bench_auth::PEER_JOBS
+                .iter()
+                .any(|(p, _)| v.name == format!("{p}.wasmesh") || v.name == format!("{p}.peer"))
+        };
+        let vs: Vec<Variant> = variants(&wasm, &peers, &[bench_auth::JOB.to_owned()])
+            .into_iter()
+            .filter(pair)
+            .collect();
+        let envoy = Envoy::new(multi_bootstrap_to(&vs, Backend::Echo(upstream.port))).start();
+        for (prefix, _) in bench_auth::PEER_JOBS {
+            let t = vs
+                .iter()
+                .find(|v| v.name == format!("{prefix}.wasmesh"))
+                .and_then(|v| v.traffic.as_ref())
+                .unwrap();
+            let cred = [(t.header, t.value(0))];
+            let w = seen_with(envoy.listener_port(&format!("{prefix}.wasmesh")), &cred);
+            let p = seen_with(envoy.listener_port(&format!("{prefix}.peer")), &cred);
+            assert_eq!(w, p, "{prefix}: wasmesh (left) and peer (right) differ");
+            // Not vacuous: the consumer is set and the credential gone.
+            let consumer = if *prefix == "auth-apikey" {
+                "mobile"
+            } else {
+                "alice"
+            };
+            assert!(
+                w.0.iter().any(|(k, v)| k == "x-consumer" && v == consumer),
+                "{prefix}: {w:?}"
+            );
+            assert!(!w.0.iter().any(|(k, _)| k == t.header), "{prefix}: {w:?}");
         }
     }
 
