@@ -782,11 +782,8 @@ impl Provider {
                 .and_then(|s| s.keys(r, now))
                 .ok_or(Reject::KeysUnavailable)?,
         };
-        let candidates: Vec<&Key> = keys
-            .iter()
-            .filter(|k| k.accepts(parsed.alg, parsed.kid.as_deref()))
-            .collect();
-        if candidates.is_empty() {
+        let accepts = |k: &&Key| k.accepts(parsed.alg, parsed.kid.as_deref());
+        if !keys.iter().any(|k| accepts(&k)) {
             let kid_known = parsed
                 .kid
                 .as_deref()
@@ -809,7 +806,7 @@ impl Provider {
         if !budget() {
             return Err(Reject::OverBudget);
         }
-        let ok = candidates.iter().any(|k| {
+        let ok = keys.iter().filter(accepts).any(|k| {
             jws::verify_signature(
                 parsed.alg,
                 &k.material,

@@ -68,8 +68,10 @@ impl Alg {
 }
 
 #[derive(Deserialize)]
-struct RawHeader {
-    alg: Option<String>,
+struct RawHeader<'h> {
+    /// Borrowed from the decoded header when it has no escapes (no allocation).
+    #[serde(borrow)]
+    alg: Option<std::borrow::Cow<'h, str>>,
     #[serde(default)]
     kid: Option<String>,
     #[serde(default)]
@@ -107,7 +109,7 @@ pub fn parse(token: &str, max_len: usize) -> Result<Parsed<'_>, Reject> {
         return Err(Reject::Malformed);
     };
     let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| Reject::Malformed)?;
-    let header: RawHeader = serde_json::from_slice(&header).map_err(|_| Reject::Malformed)?;
+    let header: RawHeader<'_> = serde_json::from_slice(&header).map_err(|_| Reject::Malformed)?;
     let alg = match header.alg.as_deref() {
         None => return Err(Reject::Malformed),
         Some(a) => Alg::from_name(a).ok_or(Reject::AlgNotAllowed)?,
