@@ -59,6 +59,11 @@ envoy:
 bench *flags:
     cargo xtask bench {{flags}}
 
+# The rpc filter's Thrift calls: instructions/call and calls/s (interleaved rounds, Envoy pinned),
+# with the load generator built optimized, e.g. `just bench-rpc --requests 0 --seconds 2`.
+bench-rpc *flags:
+    cargo run --release -q -p xtask -- bench --only rpc {{flags}}
+
 # Generate envoy-configs/ and docker-compose.yaml from the demo spec.
 gen spec="demo/mesh.yaml":
     cargo run -q -p sdk --bin wasmesh -- gen --spec {{spec}}
