@@ -36,13 +36,14 @@ pub fn redis_server() -> Result<PathBuf, ToolchainError> {
 }
 
 /// `apt-get install -y -q <packages>` (non-interactive), retried once after `apt-get update`.
-/// One install at a time per process (dpkg takes a lock per machine anyway).
+/// One install at a time per process; across processes apt-get waits up to two minutes for
+/// dpkg's machine-wide lock instead of failing at once (two test binaries installing together).
 pub fn apt_get_install(packages: &[&str]) -> Result<(), ToolchainError> {
     static ONE: Mutex<()> = Mutex::new(());
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let install = || {
         Command::new("apt-get")
-            .args(["install", "-y", "-q"])
+            .args(["-o", "DPkg::Lock::Timeout=120", "install", "-y", "-q"])
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
@@ -50,7 +51,9 @@ pub fn apt_get_install(packages: &[&str]) -> Result<(), ToolchainError> {
     if install().is_ok_and(|s| s.success()) {
         return Ok(());
     }
-    let _ = Command::new("apt-get").args(["update", "-q"]).status();
+    let _ = Command::new("apt-get")
+        .args(["-o", "DPkg::Lock::Timeout=120", "update", "-q"])
+        .status();
     match install() {
         Ok(s) if s.success() => Ok(()),
         other => Err(ToolchainError::Command {

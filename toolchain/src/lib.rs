@@ -24,7 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod debian;
-pub use debian::redis_server;
+pub use debian::{apt_get_install, redis_server};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -99,16 +99,8 @@ fn install_v1() -> Option<String> {
         return None;
     }
     println!("    docker-compose 1.x missing: apt-get install docker-compose");
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "docker-compose"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !install() {
-        let _ = Command::new("apt-get").args(["update", "-q"]).output();
-        install();
+    if let Err(e) = toolchain::apt_get_install(&["docker-compose"]) {
+        println!("    {e}");
     }
     installed_v1()
 }

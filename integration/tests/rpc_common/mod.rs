@@ -107,20 +107,8 @@ pub fn thrift_peers() -> (PathBuf, PathBuf, PathBuf) {
                 .is_ok_and(|o| o.status.success())
     };
     if !ready() {
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "thrift-compiler", "python3-thrift"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install() {
-            let _ = Command::new("apt-get").args(["update", "-q"]).status();
-            assert!(
-                install(),
-                "apt-get install thrift-compiler python3-thrift failed"
-            );
-        }
+        toolchain::apt_get_install(&["thrift-compiler", "python3-thrift"])
+            .unwrap_or_else(|e| panic!("installing the Thrift peers: {e}"));
         assert!(
             ready(),
             "thrift-compiler / python3-thrift still missing after apt-get"
