@@ -14,8 +14,6 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
-
 use integration::envoy::validate_file;
 use sdk::generate;
 use sdk::ir::Mesh;
@@ -74,12 +72,10 @@ fn spec(mode: Option<&str>) -> String {
     )
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
 
 fn mesh(text: &str) -> Mesh {
-    Mesh::from_spec(&generate::parse_spec(text, "chain.yaml").unwrap()).unwrap()
+    common::mesh(text, "chain.yaml").unwrap()
 }
 
 fn front(text: &str, layout: &Layout) -> String {
@@ -91,18 +87,7 @@ fn sidecar(text: &str, layout: &Layout) -> String {
 }
 
 fn golden(name: &str, got: &str) {
-    let path = root().join(format!("tests/golden/chain/{name}"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, got).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(
-        got,
-        want,
-        "{name} differs from {} (UPDATE_GOLDEN=1 if intended)",
-        path.display()
-    );
+    common::golden("chain", name, got);
 }
 
 #[test]

@@ -72,27 +72,14 @@ services:
     instances: [{ address: 127.0.0.1 }]
 "#;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
 
 fn mesh(text: &str) -> Result<Mesh, String> {
-    Mesh::from_spec(&generate::parse_spec(text, "global.yaml").map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())
+    common::mesh(text, "global.yaml")
 }
 
 fn golden(name: &str, got: &str) {
-    let path = root().join("tests/golden/ratelimit").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, got).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(
-        got,
-        want,
-        "{name} differs from {} (UPDATE_GOLDEN=1 if intended)",
-        path.display()
-    );
+    common::golden("ratelimit", name, got);
 }
 
 #[test]

@@ -13,8 +13,6 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
-
 use integration::envoy::validate_file;
 use sdk::generate;
 use sdk::ir::Mesh;
@@ -56,30 +54,17 @@ services:
     instances: [{ address: 127.0.0.1 }]
 "#;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
 
 fn mesh(text: &str) -> Result<Mesh, String> {
-    Mesh::from_spec(&generate::parse_spec(text, "ratelimit.yaml").map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())
+    common::mesh(text, "ratelimit.yaml")
 }
 
 #[test]
 fn ratelimit_front_proxy_matches_golden_and_runs_before_headers() {
     let files = generate::files(&mesh(SPEC).unwrap(), &Layout::container()).unwrap();
     let front = files.get("envoy-configs/front-proxy.yaml").unwrap();
-    let golden = root().join("tests/golden/ratelimit/front-proxy.yaml");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&golden, front).unwrap();
-    }
-    let want = std::fs::read_to_string(&golden).unwrap();
-    assert_eq!(
-        front,
-        &want,
-        "front proxy differs from {} (UPDATE_GOLDEN=1 if intended)",
-        golden.display()
-    );
+    common::golden("ratelimit", "front-proxy.yaml", front);
     // Order: ratelimit (300) before headers (400), whatever the spec order.
     let rl_at = front.find("root_id: ratelimit").unwrap();
     let headers_at = front.find("root_id: headers").unwrap();
