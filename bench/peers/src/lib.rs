@@ -21,11 +21,16 @@
 //! - `apikey`: the auth API-key job: read `x-api-key`, compare its SHA-256 with the one known
 //!   digest (decoded once at configure time), 401 when wrong; else remove `x-api-key` and set
 //!   `x-consumer: mobile`.
+//! - `apikey_keep`: the same with the key left on the request (one read, one write: the issue 8
+//!   target's job, "API key with the consumer forwarded in a header").
 //! - `jwt_cached`: the auth JWT job: read `authorization`, look the `Bearer` token up in a
 //!   per-VM map of verified tokens (checking `exp` against the host clock); on a miss verify it
 //!   (RS256 with `rsa`, key built once at configure time; `iss`, `aud`, `exp`) and remember it;
 //!   401 when invalid; else remove `authorization`, set `x-org` (claim `org`) and `x-consumer`
 //!   (claim `sub`).
+//! - `jwt_one`: the same with the token left on the request and only `sub` forwarded, as
+//!   `x-consumer` (one read, one write: the issue 8 target's job, "JWT cache hit with one claim
+//!   forwarded").
 //! - `ratelimit`: one rate-limit rule with a constant key, exact across workers, the obvious
 //!   way: per request one shared-data token bucket (`get_shared_data`, refill in fixed point,
 //!   take one, `set_shared_data` with the CAS token, retry on a mismatch), limit 10⁹ per second
@@ -159,8 +164,14 @@ enum Job {
     TenSets,
     FrontProxy,
     Sidecar,
-    ApiKey,
-    JwtCached,
+    /// `keep`: the key stays on the request (only the consumer is written).
+    ApiKey {
+        keep: bool,
+    },
+    /// `one`: the token stays and only `sub` is forwarded, as `x-consumer`.
+    JwtCached {
+        one: bool,
+    },
     RateLimit,
     LocalReply,
 }
@@ -326,15 +337,19 @@ impl RootContext for Root {
             "ten_sets" => Some(Job::TenSets),
             "front_proxy" => Some(Job::FrontProxy),
             "sidecar" => Some(Job::Sidecar),
-            "apikey" => {
+            "apikey" | "apikey_keep" => {
                 DIGEST.with(|d| d.set(unhex(API_KEY_SHA256).unwrap_or_default()));
-                Some(Job::ApiKey)
+                Some(Job::ApiKey {
+                    keep: id == "apikey_keep",
+                })
             }
-            "jwt_cached" => {
+            "jwt_cached" | "jwt_one" => {
                 let key = rsa_key();
                 let ok = key.is_some();
                 RSA_KEY.with(|k| *k.borrow_mut() = key);
-                ok.then_some(Job::JwtCached)
+                ok.then_some(Job::JwtCached {
+                    one: id == "jwt_one",
+                })
             }
             "ratelimit" => Some(Job::RateLimit),
             "local_reply" => Some(Job::LocalReply),
@@ -425,17 +440,19 @@ impl HttpContext for Peer {
                     .unwrap_or_default();
                 self.set_http_request_header("x-served-by", Some(&format!("a {route}")));
             }
-            Job::ApiKey => {
+            Job::ApiKey { keep } => {
                 let ok = self
                     .get_http_request_header("x-api-key")
                     .is_some_and(|k| Sha256::digest(k.as_bytes())[..] == DIGEST.with(Cell::get));
                 if !ok {
                     return self.unauthorized();
                 }
-                self.set_http_request_header("x-api-key", None);
+                if !keep {
+                    self.set_http_request_header("x-api-key", None);
+                }
                 self.set_http_request_header("x-consumer", Some("mobile"));
             }
-            Job::JwtCached => {
+            Job::JwtCached { one } => {
                 let Some(auth) = self.get_http_request_header("authorization") else {
                     return self.unauthorized();
                 };
@@ -464,8 +481,10 @@ impl HttpContext for Peer {
                         c
                     }
                 };
-                self.set_http_request_header("authorization", None);
-                self.set_http_request_header("x-org", Some(&claims.org));
+                if !one {
+                    self.set_http_request_header("authorization", None);
+                    self.set_http_request_header("x-org", Some(&claims.org));
+                }
                 self.set_http_request_header("x-consumer", Some(&claims.sub));
             }
             Job::RateLimit => {
@@ -496,8 +515,8 @@ impl HttpContext for Peer {
             | Job::Headers
             | Job::TenSets
             | Job::Sidecar
-            | Job::ApiKey
-            | Job::JwtCached
+            | Job::ApiKey { .. }
+            | Job::JwtCached { .. }
             | Job::RateLimit
             | Job::LocalReply => {}
         }
