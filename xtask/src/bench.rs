@@ -503,20 +503,7 @@ fn targets(delta: &dyn Fn(&str) -> Option<f64>) {
             if limited <= bound { "met" } else { "NOT met" }
         ));
     }
-    if let (Some(chain), Some(stacked), Some(job)) = (
-        delta("chain-one-pass.wasmesh"),
-        delta("chain-stacked.wasmesh"),
-        delta("headers-job.wasmesh"),
-    ) {
-        lines.push(format!(
-            "chain {chain:+.0} vs headers job {job:+.0} + 15,000 = {:+.0}: {}; vs 0.6 x stacked {stacked:+.0} = {:+.0} ({:.2}x): {}",
-            job + 15_000.0,
-            if chain <= job + 15_000.0 { "met" } else { "NOT met" },
-            0.6 * stacked,
-            chain / stacked,
-            if chain <= 0.6 * stacked { "met" } else { "NOT met" }
-        ));
-    }
+    lines.extend(bench_chain::target_lines(delta));
     lines.extend(bench_auth::target_lines(delta));
     if !lines.is_empty() {
         println!();

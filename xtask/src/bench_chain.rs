@@ -27,11 +27,62 @@ fn ratelimit(domain: &str) -> Value {
         "limit": {"requests": 1_000_000_000u64, "per": "second"}}]})
 }
 
+/// The no-filter listener that gets the chain's requests (the key header costs Envoy itself
+/// ~3,600 instructions per request): the chain's and the stacked filters' own cost is their
+/// delta over this one, next to the headers job's delta over the plain `none`.
+pub const NONE: &str = "chain.none";
+
+/// The issue 11 chain targets, per module (`""`, `@alt`, ...): chain ≤ headers job + 15,000 and
+/// ≤ 0.6 × the three standalone filters stacked, once over the same-request `chain.none` (the
+/// chain and stacked deltas; the headers job's plain requests over `none`) and once over the
+/// plain `none` for all three (as printed before `chain.none` existed).
+pub fn target_lines(delta: &dyn Fn(&str) -> Option<f64>) -> Vec<String> {
+    let mut out = Vec::new();
+    let same = delta(NONE);
+    for tag in ["", "@alt", "@alt2", "@alt3"] {
+        let (Some(chain), Some(stacked), Some(job)) = (
+            delta(&format!("chain-one-pass.wasmesh{tag}")),
+            delta(&format!("chain-stacked.wasmesh{tag}")),
+            delta(&format!("headers-job.wasmesh{tag}")),
+        ) else {
+            continue;
+        };
+        let mut line =
+            |base: &str, chain: f64, stacked: f64| {
+                out.push(format!(
+                "chain{tag} ({base}) {chain:+.0} vs headers job {job:+.0} + 15,000 = {:+.0}: {} \
+                 (chain - job {:+.0}); vs 0.6 x stacked {stacked:+.0} = {:+.0} ({:.3}x): {}",
+                job + 15_000.0,
+                if chain <= job + 15_000.0 { "met" } else { "NOT met" },
+                chain - job,
+                0.6 * stacked,
+                chain / stacked,
+                if chain <= 0.6 * stacked { "met" } else { "NOT met" }
+            ));
+            };
+        if let Some(b) = same {
+            line(
+                &format!("chain and stacked over {NONE} {b:+.0}, job over none"),
+                chain - b,
+                stacked - b,
+            );
+        }
+        line("all over none", chain, stacked);
+    }
+    out
+}
+
 /// `(name, what, filters, traffic)` of each variant.
 pub fn variants(wasm: &Path) -> Vec<(String, String, Vec<Value>, Traffic)> {
     let job = super::job_config();
     let traffic = || Traffic::one("x-api-key", API_KEY);
     vec![
+        (
+            NONE.into(),
+            "no filter, the chain's requests (API key and all): Envoy's own cost of them".into(),
+            vec![],
+            traffic(),
+        ),
         (
             "chain-stacked.wasmesh".into(),
             "auth (API key) -> ratelimit (per consumer) -> headers job, three plugins".into(),

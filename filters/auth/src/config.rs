@@ -198,6 +198,22 @@ pub struct ApiKeys {
     /// Forward the key upstream (default false: removed from headers; a query key stays).
     #[serde(default, skip_serializing_if = "is_false")]
     pub forward_key: bool,
+    /// Keys that verified remembered per worker, so a repeat key skips its SHA-256 (compared
+    /// in constant time with the remembered key; wrong keys are never remembered). Default
+    /// 1000, never more than the number of configured keys; 0 off.
+    #[serde(
+        default = "default_key_cache",
+        skip_serializing_if = "is_default_key_cache"
+    )]
+    pub cache_entries: usize,
+}
+
+fn default_key_cache() -> usize {
+    1000
+}
+
+fn is_default_key_cache(n: &usize) -> bool {
+    *n == default_key_cache()
 }
 
 /// One consumer with API keys.

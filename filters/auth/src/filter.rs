@@ -404,7 +404,7 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
     let api_keys = match &config.api_keys {
         None => None,
         Some(a) => {
-            let mut table = KeyTable::default();
+            let mut table = KeyTable::with_cache(a.cache_entries);
             let mut consumers = Vec::new();
             for (i, c) in a.consumers.iter().enumerate() {
                 for (j, d) in c.keys_sha256.iter().enumerate() {
@@ -1161,7 +1161,11 @@ impl Compiled {
                 let Some(found) = find(&a.from, map) else {
                     return Outcome::Missing;
                 };
-                match a.table.lookup(found.value).and_then(|c| a.consumers.get(c)) {
+                let (consumer, hit) = a.table.lookup(found.value);
+                if hit {
+                    self.stats.bump(CACHE_HITS);
+                }
+                match consumer.and_then(|c| a.consumers.get(c)) {
                     None => Outcome::Failed(Reject::InvalidApiKey),
                     Some(name) => {
                         let writes = if a.forward {
@@ -1403,5 +1407,13 @@ impl Compiled {
         self.stats.bump(ALLOWED);
         stream.identity = Some(id);
         Decision::Continue
+    }
+}
+
+#[cfg(test)]
+impl Compiled {
+    /// The API key table (its digest count and cache), for tests.
+    pub(crate) fn api_key_table(&self) -> Option<&KeyTable> {
+        self.api_keys.as_ref().map(|a| &a.table)
     }
 }

@@ -1218,3 +1218,127 @@ fn cached_jwt_request_makes_exactly_the_planned_host_calls() {
     assert_eq!(d, Decision::Continue);
     assert_eq!(calls, ["read authorization", "now", "set x-consumer"]);
 }
+
+/// Consumers `c0..cN` with keys `key-0..key-N` (their digests) and the given cache size.
+fn api_keys_filter(n: usize, cache_entries: Option<usize>) -> Compiled {
+    let consumers: Vec<Value> = (0..n)
+        .map(|i| json!({"name": format!("c{i}"), "keys_sha256": [hex(&sha256(format!("key-{i}").as_bytes()))]}))
+        .collect();
+    let mut keys = json!({"consumers": consumers});
+    if let Some(c) = cache_entries {
+        keys["cache_entries"] = json!(c);
+    }
+    filter(json!({"api_keys": keys}))
+}
+
+/// The consumer a request with API key `key` gets, or the refusal code.
+fn api_key_outcome(f: &Compiled, h: &mut MockHost, key: &str) -> String {
+    h.request = host(&[("x-api-key", key), ("x-consumer", "forged")]).request;
+    match run(f, h).0 {
+        Decision::Continue => h.request.get("x-consumer").unwrap_or("-").to_owned(),
+        Decision::Reply(r) => format!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A key that verified once is answered from the cache: no second SHA-256 (counted by the key
+/// table), the same consumer and headers, and the hits in `cache_hits`. Wrong keys are hashed
+/// every time and never remembered, so a flood of them leaves the cache as it was.
+#[test]
+fn repeat_api_key_skips_the_digest_and_wrong_keys_are_never_cached() {
+    let f = api_keys_filter(2, None);
+    let table = f.api_key_table().unwrap();
+    let mut h = host(&[]);
+    f.define_metrics(&mut h, "k").unwrap();
+    for round in 0..3 {
+        assert_eq!(api_key_outcome(&f, &mut h, "key-0"), "c0");
+        assert_eq!(h.request.get("x-api-key"), None);
+        assert_eq!(table.digests_computed(), 1, "round {round}");
+    }
+    assert_eq!(api_key_outcome(&f, &mut h, "key-1"), "c1");
+    assert_eq!(api_key_outcome(&f, &mut h, "key-1"), "c1");
+    assert_eq!(table.digests_computed(), 2);
+    assert_eq!(table.cached(), 2);
+    // A flood of wrong keys, some of a valid key's length and sharing its prefix.
+    for i in 0..200 {
+        let wrong = if i % 2 == 0 {
+            format!("key-{}", i + 2)
+        } else {
+            format!("forged-{i}")
+        };
+        assert_eq!(
+            api_key_outcome(&f, &mut h, &wrong),
+            r#"401 {"error":"invalid_api_key"}"#
+        );
+    }
+    assert_eq!(table.digests_computed(), 202);
+    assert_eq!(table.cached(), 2, "wrong keys are not remembered");
+    // The valid keys are still answered from the cache.
+    assert_eq!(api_key_outcome(&f, &mut h, "key-0"), "c0");
+    assert_eq!(api_key_outcome(&f, &mut h, "key-1"), "c1");
+    assert_eq!(table.digests_computed(), 202);
+    f.flush_stats(&mut h);
+    assert_eq!(h.metric("wasmesh.auth.k.cache_hits"), Some(5));
+    assert_eq!(h.metric("wasmesh.auth.k.allowed"), Some(7));
+    assert_eq!(h.metric("wasmesh.auth.k.denied.invalid_api_key"), Some(200));
+}
+
+/// The cache never holds more than `cache_entries` keys (nor more than the configured keys);
+/// keys beyond it evict others and are hashed again, always with the right consumer. With
+/// `cache_entries: 0` every request is hashed.
+#[test]
+fn api_key_cache_is_bounded_and_evicts() {
+    let f = api_keys_filter(20, Some(6));
+    let table = f.api_key_table().unwrap();
+    let mut h = host(&[]);
+    for round in 0..3 {
+        for i in 0..20 {
+            assert_eq!(
+                api_key_outcome(&f, &mut h, &format!("key-{i}")),
+                format!("c{i}"),
+                "round {round}"
+            );
+            assert!(table.cached() <= 6, "{} cached", table.cached());
+        }
+    }
+    assert_eq!(table.cached(), 6);
+    // 60 requests over 20 keys with room for 6: most were hashed again.
+    assert!(
+        table.digests_computed() > 40,
+        "{}",
+        table.digests_computed()
+    );
+
+    // Fewer keys than cache_entries: at most the keys.
+    let f = api_keys_filter(3, Some(100));
+    let table = f.api_key_table().unwrap();
+    for i in [0, 1, 2, 0, 1, 2, 2] {
+        assert_eq!(
+            api_key_outcome(&f, &mut h, &format!("key-{i}")),
+            format!("c{i}")
+        );
+    }
+    assert_eq!(table.cached(), 3);
+    assert_eq!(table.digests_computed(), 3);
+
+    let f = api_keys_filter(1, Some(0));
+    let table = f.api_key_table().unwrap();
+    for _ in 0..4 {
+        assert_eq!(api_key_outcome(&f, &mut h, "key-0"), "c0");
+    }
+    assert_eq!(table.digests_computed(), 4);
+    assert_eq!(table.cached(), 0);
+}
+
+/// `cache_entries` at its default is not written back (SDK output unchanged); another value
+/// is, and round-trips.
+#[test]
+fn api_key_cache_entries_serializes_only_when_set() {
+    let c = AuthConfig::from_json(br#"{"api_keys":{"consumers":[]}}"#).unwrap();
+    assert_eq!(c.api_keys.as_ref().unwrap().cache_entries, 1000);
+    assert!(!serde_json::to_string(&c).unwrap().contains("cache_entries"));
+    let c = AuthConfig::from_json(br#"{"api_keys":{"consumers":[],"cache_entries":0}}"#).unwrap();
+    let text = serde_json::to_string(&c).unwrap();
+    assert!(text.contains(r#""cache_entries":0"#), "{text}");
+    assert_eq!(AuthConfig::from_json(text.as_bytes()).unwrap(), c);
+}

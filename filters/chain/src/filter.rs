@@ -1,11 +1,13 @@
 //! The compiled chain and its per-request run: each stage's own compiled filter, run in order
 //! over one [`Phase`] per phase.
 
+use std::cell::RefCell;
+
 use filter_core::{Decision, HeaderMapKind, Host};
 
 use crate::ConfigError;
 use crate::config::{ChainConfig, Stage};
-use crate::phase::{Phase, ReadPlan};
+use crate::phase::{Overlay, Phase, ReadPlan};
 
 /// One compiled stage: exactly its standalone filter's compiled form. (Few per chain, built
 /// once: the size difference between variants does not matter.)
@@ -28,6 +30,11 @@ pub struct Compiled {
     request_reads: ReadPlan,
     /// How the response phase reads the response headers.
     response_reads: ReadPlan,
+    /// Whether any stage works on responses (otherwise the response phase returns at once).
+    response_work: bool,
+    /// This worker's overlay buffers, lent to each phase in turn (phases never overlap on a
+    /// worker), so a request's header changes reuse the previous request's strings.
+    overlay: RefCell<Overlay>,
 }
 
 /// Per-request state of one stage.
@@ -117,10 +124,17 @@ pub fn compile(config: &ChainConfig) -> Result<Compiled, ConfigError> {
         };
         (need, &[][..])
     }));
+    let response_work = stages.iter().any(|s| match s {
+        CompiledStage::Headers(f) => f.has_response_work(),
+        CompiledStage::RateLimit(f) => f.has_response_work(),
+        CompiledStage::Auth(_) => false,
+    });
     Ok(Compiled {
         stages,
         request_reads,
         response_reads,
+        response_work,
+        overlay: RefCell::new(Overlay::default()),
     })
 }
 
@@ -145,8 +159,14 @@ impl Compiled {
     /// upstream); otherwise every change is written once at the end.
     pub fn on_request_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
         stream.stages.clear();
+        stream.stages.reserve_exact(self.stages.len());
         stream.ran = 0;
-        let mut phase = Phase::new(host, HeaderMapKind::Request, &self.request_reads);
+        let mut phase = Phase::with_overlay(
+            host,
+            HeaderMapKind::Request,
+            &self.request_reads,
+            self.take_overlay(),
+        );
         let last = self.stages.len().saturating_sub(1);
         for (i, stage) in self.stages.iter().enumerate() {
             if i == last {
@@ -181,20 +201,42 @@ impl Compiled {
                 Decision::Continue => {}
                 // No stage pauses today; a pause or a reply ends this pass.
                 other => {
-                    phase.discard();
+                    self.put_overlay(phase.discard());
                     return other;
                 }
             }
         }
-        phase.finish();
+        self.put_overlay(phase.finish());
         Decision::Continue
+    }
+
+    /// The worker's overlay buffers (fresh ones when lent out: never on one worker's thread).
+    fn take_overlay(&self) -> Overlay {
+        self.overlay
+            .try_borrow_mut()
+            .map(|mut o| std::mem::take(&mut *o))
+            .unwrap_or_default()
+    }
+
+    fn put_overlay(&self, overlay: Overlay) {
+        if let Ok(mut o) = self.overlay.try_borrow_mut() {
+            *o = overlay;
+        }
     }
 
     /// Response phase: the response-phase work of the stages that ran on the request (all of
     /// them, or up to and including the one that answered locally), in order, over one read
     /// of the response headers and one write.
     pub fn on_response_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
-        let mut phase = Phase::new(host, HeaderMapKind::Response, &self.response_reads);
+        if !self.response_work {
+            return Decision::Continue;
+        }
+        let mut phase = Phase::with_overlay(
+            host,
+            HeaderMapKind::Response,
+            &self.response_reads,
+            self.take_overlay(),
+        );
         let mut decision = Decision::Continue;
         let last = stream.stages.len().saturating_sub(1);
         for (i, (stage, s)) in self.stages.iter().zip(stream.stages.iter_mut()).enumerate() {
@@ -219,7 +261,7 @@ impl Compiled {
                 break;
             }
         }
-        phase.finish();
+        self.put_overlay(phase.finish());
         decision
     }
 }

@@ -86,8 +86,9 @@ enum Base {
 }
 
 /// What the phase knew of a header on the host when a stage first changed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Had {
+    #[default]
     Absent,
     /// Present with this many values.
     Present(usize),
@@ -104,65 +105,143 @@ impl Had {
     }
 }
 
-/// A changed header.
-#[derive(Debug)]
-enum Change {
-    /// Every value replaced by these (empty: removed).
-    Set(Vals),
-    /// These values added to whatever the host has (not read).
-    Add(Vals),
-}
-
-/// A header's values: almost always one, kept without a second allocation.
+/// A header's values. The buffers are kept when the overlay is cleared (see [`Overlay`]):
+/// `items[..len]` are the values, the rest spare strings reused by the next push.
 #[derive(Debug, Default)]
 struct Vals {
-    first: Option<String>,
-    more: Vec<String>,
+    items: Vec<String>,
+    len: usize,
+    /// A value longer than [`Overlay::KEEP_BYTES`] was pushed since the last recycle.
+    big: bool,
 }
 
 impl Vals {
-    fn one(v: String) -> Self {
-        Self {
-            first: Some(v),
-            more: Vec::new(),
-        }
+    fn clear(&mut self) {
+        self.len = 0;
     }
 
-    fn push(&mut self, v: String) {
-        if self.first.is_none() {
-            self.first = Some(v);
-        } else {
-            self.more.push(v);
+    fn push(&mut self, v: &str) {
+        match self.items.get_mut(self.len) {
+            Some(spare) if spare.capacity() <= Overlay::KEEP_BYTES => {
+                spare.clear();
+                spare.push_str(v);
+            }
+            // A spare grown past the bound by an earlier request is not kept.
+            Some(spare) => *spare = v.to_owned(),
+            None => self.items.push(v.to_owned()),
         }
+        self.big |= v.len() > Overlay::KEEP_BYTES;
+        self.len += 1;
     }
 
     fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.more.len()
+        self.len
     }
 
     fn is_empty(&self) -> bool {
-        self.first.is_none()
+        self.len == 0
     }
 
-    fn first(&self) -> Option<&String> {
-        self.first.as_ref()
+    fn as_slice(&self) -> &[String] {
+        self.items.get(..self.len).unwrap_or(&[])
+    }
+
+    fn first(&self) -> Option<&str> {
+        self.as_slice().first().map(String::as_str)
     }
 
     fn split_first(&self) -> Option<(&String, &[String])> {
-        self.first.as_ref().map(|f| (f, self.more.as_slice()))
+        self.as_slice().split_first()
     }
 
-    fn iter(&self) -> impl Iterator<Item = &String> {
-        self.first.iter().chain(self.more.iter())
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        self.as_slice().iter().map(String::as_str)
     }
 }
 
-/// One changed header: its name (lower case), the change, and what the host had.
-#[derive(Debug)]
+/// One changed header: its name (lower case), its values, and what the host had.
+#[derive(Debug, Default)]
 struct Entry {
     name: String,
-    change: Change,
+    /// `true`: every value replaced by `vals` (empty: removed). `false`: `vals` added to
+    /// whatever the host has (not read).
+    set: bool,
+    vals: Vals,
     had: Had,
+}
+
+/// The changed headers of a phase, in first-change order. Clearing keeps the entries' string
+/// buffers, so a chain that hands its overlay from request to request (one per worker, see
+/// [`crate::Compiled`]) writes names and values into memory it already has instead of
+/// allocating a few strings per header per request. What it keeps is bounded: at most
+/// [`Overlay::KEEP`] entries, each with buffers no larger than [`Overlay::KEEP_BYTES`].
+#[derive(Debug, Default)]
+pub struct Overlay {
+    entries: Vec<Entry>,
+    len: usize,
+}
+
+impl Overlay {
+    /// Entries kept for reuse after a phase.
+    pub const KEEP: usize = 16;
+    /// Largest string buffer kept for reuse.
+    pub const KEEP_BYTES: usize = 1024;
+
+    fn live(&self) -> &[Entry] {
+        self.entries.get(..self.len).unwrap_or(&[])
+    }
+
+    fn find_mut(&mut self, name: &str) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(..self.len)?
+            .iter_mut()
+            .find(|e| e.name.eq_ignore_ascii_case(name))
+    }
+
+    /// A new entry for `name` (lower-cased), with no values.
+    fn push(&mut self, name: &str, set: bool, had: Had) -> Option<&mut Entry> {
+        if self.len == self.entries.len() {
+            self.entries.push(Entry::default());
+        }
+        let e = self.entries.get_mut(self.len)?;
+        self.len += 1;
+        if e.name.capacity() > Self::KEEP_BYTES {
+            e.name = String::new();
+        }
+        e.name.clear();
+        e.name.push_str(name);
+        e.name.make_ascii_lowercase();
+        e.set = set;
+        e.vals.clear();
+        e.had = had;
+        Some(e)
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Cleared for the next phase, dropping entries beyond [`Overlay::KEEP`], values beyond it
+    /// per entry, and string buffers grown past [`Overlay::KEEP_BYTES`].
+    fn recycle(mut self) -> Self {
+        self.len = 0;
+        if self.entries.len() > Self::KEEP {
+            self.entries.truncate(Self::KEEP);
+        }
+        for e in &mut self.entries {
+            if e.vals.items.len() > Self::KEEP {
+                e.vals.items.truncate(Self::KEEP);
+            }
+            if e.vals.big {
+                e.vals.big = false;
+                e.vals.items.retain(|v| v.capacity() <= Self::KEEP_BYTES);
+            }
+            if e.name.capacity() > Self::KEEP_BYTES {
+                e.name = String::new();
+            }
+        }
+        self
+    }
 }
 
 /// The chain's view of one phase over the real host `H`.
@@ -172,7 +251,7 @@ pub struct Phase<'h, H: Host> {
     plan: &'h ReadPlan,
     base: Base,
     /// Changed headers, in first-change order.
-    overlay: Vec<Entry>,
+    overlay: Overlay,
     /// The next whole-map read may take the map instead of cloning it (the last stage runs).
     hand_over: bool,
     /// A stage replaced the whole map: it is written whole at the end.
@@ -191,12 +270,25 @@ fn lower(name: &str) -> String {
 impl<'h, H: Host> Phase<'h, H> {
     /// A phase addressing `kind` on `host`, reading as `plan` says.
     pub fn new(host: &'h mut H, kind: HeaderMapKind, plan: &'h ReadPlan) -> Self {
+        Self::with_overlay(host, kind, plan, Overlay::default())
+    }
+
+    /// As [`Phase::new`], writing its changes into `overlay`'s buffers (a previous phase's,
+    /// returned by [`Phase::finish`] or [`Phase::discard`]), so names and values are copied
+    /// into memory already allocated.
+    pub fn with_overlay(
+        host: &'h mut H,
+        kind: HeaderMapKind,
+        plan: &'h ReadPlan,
+        mut overlay: Overlay,
+    ) -> Self {
+        overlay.clear();
         Self {
             host,
             kind,
             plan,
             base: Base::Singles(Vec::new()),
-            overlay: Vec::with_capacity(8),
+            overlay,
             hand_over: false,
             replaced: false,
             now: None,
@@ -259,34 +351,45 @@ impl<'h, H: Host> Phase<'h, H> {
         }
     }
 
-    fn entry(&mut self, name: &str) -> Option<&mut Entry> {
-        self.overlay
-            .iter_mut()
-            .find(|e| e.name.eq_ignore_ascii_case(name))
-    }
-
-    fn set_change(&mut self, name: &str, change: Change) {
-        if let Some(e) = self.entry(name) {
-            e.change = change;
+    /// Replaces every value of `name` with `value` (`None`: removes it).
+    fn set_change(&mut self, name: &str, value: Option<&str>) {
+        let new = self
+            .overlay
+            .find_mut(name)
+            .is_none()
+            .then(|| self.known(name));
+        let e = match new {
+            None => self.overlay.find_mut(name),
+            Some(had) => self.overlay.push(name, true, had),
+        };
+        let Some(e) = e else {
             return;
+        };
+        e.set = true;
+        e.vals.clear();
+        if let Some(v) = value {
+            e.vals.push(v);
         }
-        let had = self.known(name);
-        self.overlay.push(Entry {
-            name: lower(name),
-            change,
-            had,
-        });
     }
 
-    /// Drops every pending write (the chain answers locally; nothing goes upstream).
-    pub fn discard(self) {}
+    /// Drops every pending write (the chain answers locally; nothing goes upstream); returns
+    /// the overlay's buffers for the next phase.
+    pub fn discard(self) -> Overlay {
+        self.overlay.recycle()
+    }
 
-    /// Writes the phase's changes to the host: once, at the end of the phase.
-    pub fn finish(mut self) {
+    /// Writes the phase's changes to the host: once, at the end of the phase. Returns the
+    /// overlay's buffers for the next phase.
+    pub fn finish(mut self) -> Overlay {
+        self.write();
+        self.overlay.recycle()
+    }
+
+    fn write(&mut self) {
         let kind = self.kind;
         if self.replaced {
             if let Base::Whole(m) = &mut self.base {
-                apply(m, &self.overlay);
+                apply(m, self.overlay.live());
                 let _ = self.host.set_header_map(kind, m);
             }
             return;
@@ -295,56 +398,47 @@ impl<'h, H: Host> Phase<'h, H> {
             Base::Whole(m) => Some(m),
             Base::Singles(_) | Base::Moved => None,
         };
-        // The writes, and the pairs of the map after them when the whole map is known.
-        let mut writes: Vec<&Entry> = Vec::with_capacity(self.overlay.len());
+        let live = self.overlay.live();
+        // How many writes, and the pairs of the map after them when the whole map is known.
+        let mut writes = 0usize;
         let mut pairs = base.map_or(0, |m| m.pairs.len());
-        for e in &self.overlay {
-            match &e.change {
-                Change::Set(vs) => {
-                    if let Had::Present(n) = e.had {
-                        pairs = pairs.saturating_sub(n);
-                    }
-                    pairs += vs.len();
-                    let unchanged = match base {
-                        Some(m) => values(m, &e.name).eq(vs.iter().map(String::as_str)),
-                        None => vs.is_empty() && e.had == Had::Absent,
-                    };
-                    if !unchanged {
-                        writes.push(e);
-                    }
-                }
-                Change::Add(vs) if vs.is_empty() => {}
-                Change::Add(vs) => {
-                    pairs += vs.len();
-                    writes.push(e);
-                }
+        for e in live {
+            if e.set
+                && let Had::Present(n) = e.had
+            {
+                pairs = pairs.saturating_sub(n);
+            }
+            pairs += e.vals.len();
+            if needs_write(e, base) {
+                writes += 1;
             }
         }
-        if writes.is_empty() {
+        if writes == 0 {
             return;
         }
-        if writes.len() > 1
+        if writes > 1
             && let Some(m) = base
         {
             let mut replaced_once = false;
-            let single: u32 = writes
+            let single: u32 = live
                 .iter()
-                .map(|e| single_cost(&e.change, e.had.present(), &mut replaced_once))
+                .filter(|e| needs_write(e, base))
+                .map(|e| single_cost(e, &mut replaced_once))
                 .sum();
             let pairs = u32::try_from(pairs).unwrap_or(u32::MAX);
             let whole =
                 cost::WHOLE_MAP_BASE.saturating_add(cost::WHOLE_MAP_PER_PAIR.saturating_mul(pairs));
             if whole < single {
                 let mut after = m.clone();
-                apply(&mut after, &self.overlay);
+                apply(&mut after, live);
                 let _ = self.host.set_header_map(kind, &after);
                 return;
             }
         }
-        for e in writes {
+        for e in live.iter().filter(|e| needs_write(e, base)) {
             let name = e.name.as_str();
-            match &e.change {
-                Change::Set(vs) => match (vs.split_first(), e.had) {
+            if e.set {
+                match (e.vals.split_first(), e.had) {
                     (None, Had::Absent) => {}
                     (None, _) => {
                         let _ = self.host.remove_header(kind, name);
@@ -359,38 +453,50 @@ impl<'h, H: Host> Phase<'h, H> {
                             let _ = self.host.add_header(kind, name, v);
                         }
                     }
-                },
-                Change::Add(vs) => {
-                    for v in vs.iter() {
-                        let _ = self.host.add_header(kind, name, v);
-                    }
+                }
+            } else {
+                for v in e.vals.iter() {
+                    let _ = self.host.add_header(kind, name, v);
                 }
             }
         }
     }
 }
 
+/// Whether a change must reach the host: not when it leaves the known values as they are.
+fn needs_write(e: &Entry, base: Option<&HeaderMap>) -> bool {
+    if !e.set {
+        return !e.vals.is_empty();
+    }
+    if e.had == Had::Absent {
+        // Known absent when first changed (the map read since shows the same).
+        return !e.vals.is_empty();
+    }
+    let unchanged = match base {
+        Some(m) => values(m, &e.name).eq(e.vals.iter()),
+        None => e.vals.is_empty() && e.had == Had::Absent,
+    };
+    !unchanged
+}
+
 /// Probe-table cost of writing one change by single calls.
-fn single_cost(change: &Change, had: Option<bool>, replaced_once: &mut bool) -> u32 {
+fn single_cost(e: &Entry, replaced_once: &mut bool) -> u32 {
     let adds = |n: usize| cost::ADD.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
-    match change {
-        Change::Add(vs) => adds(vs.len()),
-        Change::Set(vs) if vs.is_empty() => {
-            if had == Some(false) {
-                0
-            } else {
-                cost::REMOVE
-            }
-        }
-        Change::Set(vs) if had == Some(false) => adds(vs.len()),
-        Change::Set(vs) => {
-            let r = if std::mem::replace(replaced_once, true) {
-                cost::REPLACE_MORE
-            } else {
-                cost::REPLACE_FIRST
-            };
-            r.saturating_add(adds(vs.len().saturating_sub(1)))
-        }
+    let had = e.had.present();
+    let n = e.vals.len();
+    if !e.set {
+        adds(n)
+    } else if n == 0 {
+        if had == Some(false) { 0 } else { cost::REMOVE }
+    } else if had == Some(false) {
+        adds(n)
+    } else {
+        let r = if std::mem::replace(replaced_once, true) {
+            cost::REPLACE_MORE
+        } else {
+            cost::REPLACE_FIRST
+        };
+        r.saturating_add(adds(n.saturating_sub(1)))
     }
 }
 
@@ -398,24 +504,24 @@ fn single_cost(change: &Change, had: Option<bool>, replaced_once: &mut bool) -> 
 fn apply(map: &mut HeaderMap, overlay: &[Entry]) {
     for e in overlay {
         let name = e.name.as_str();
-        match &e.change {
-            Change::Set(vs) => {
-                let mut vs = vs.iter();
-                match vs.next() {
-                    Some(first) => map.set(name, first.clone()),
-                    None => {
-                        map.remove(name);
-                    }
-                }
-                for v in vs {
-                    map.add(name, v.clone());
+        let mut vs = e.vals.iter();
+        if e.set && e.had == Had::Absent {
+            // Known absent from this map when first changed: no scan for existing values.
+            for v in vs {
+                map.pairs.push((e.name.clone(), v.to_owned()));
+            }
+            continue;
+        }
+        if e.set {
+            match vs.next() {
+                Some(first) => map.set(name, first.to_owned()),
+                None => {
+                    map.remove(name);
                 }
             }
-            Change::Add(vs) => {
-                for v in vs.iter() {
-                    map.add(name, v.clone());
-                }
-            }
+        }
+        for v in vs {
+            map.add(name, v.to_owned());
         }
     }
 }
@@ -435,7 +541,7 @@ impl<H: Host> Host for Phase<'_, H> {
         if matches!(self.base, Base::Moved) {
             // Read again after the hand-over (not planned): a fresh copy.
             let mut map = self.host.header_map(kind)?;
-            apply(&mut map, &self.overlay);
+            apply(&mut map, self.overlay.live());
             return Ok(map);
         }
         self.read_whole()?;
@@ -450,7 +556,7 @@ impl<H: Host> Host for Phase<'_, H> {
         } else {
             self.read_whole()?.clone()
         };
-        apply(&mut map, &self.overlay);
+        apply(&mut map, self.overlay.live());
         Ok(map)
     }
 
@@ -458,9 +564,9 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.header(kind, name);
         }
-        let added = match self.entry(name).map(|e| &e.change) {
-            Some(Change::Set(vs)) => return Ok(vs.first().cloned()),
-            Some(Change::Add(vs)) => vs.first().cloned(),
+        let added = match self.overlay.find_mut(name) {
+            Some(e) if e.set => return Ok(e.vals.first().map(str::to_owned)),
+            Some(e) => e.vals.first().map(str::to_owned),
             None => None,
         };
         let base = self.base_value(name)?;
@@ -486,7 +592,7 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.replace_header(kind, name, value);
         }
-        self.set_change(name, Change::Set(Vals::one(value.to_owned())));
+        self.set_change(name, Some(value));
         Ok(())
     }
 
@@ -499,33 +605,27 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.add_header(kind, name, value);
         }
-        if let Some(Entry {
-            change: Change::Set(vs) | Change::Add(vs),
-            ..
-        }) = self.entry(name)
-        {
-            vs.push(value.to_owned());
+        if let Some(e) = self.overlay.find_mut(name) {
+            e.vals.push(value);
             return Ok(());
         }
         let had = self.known(name);
-        let change = match (had, &self.base) {
-            (Had::Absent, _) => Change::Set(Vals::one(value.to_owned())),
-            // Known: the result is exactly the host's values plus this one.
-            (Had::Present(_), Base::Whole(m)) => {
-                let mut vs = Vals::default();
-                for v in values(m, name) {
-                    vs.push(v.to_owned());
-                }
-                vs.push(value.to_owned());
-                Change::Set(vs)
-            }
-            _ => Change::Add(Vals::one(value.to_owned())),
+        let base = match &self.base {
+            Base::Whole(m) => Some(m),
+            Base::Singles(_) | Base::Moved => None,
         };
-        self.overlay.push(Entry {
-            name: lower(name),
-            change,
-            had,
-        });
+        // Known absent, or known in full: the result is exactly the host's values plus this
+        // one (a replace). Otherwise an add to what the host has.
+        let set = matches!((had, base), (Had::Absent, _) | (Had::Present(_), Some(_)));
+        let Some(e) = self.overlay.push(name, set, had) else {
+            return Ok(());
+        };
+        if let (Had::Present(_), Some(m)) = (had, base) {
+            for v in values(m, name) {
+                e.vals.push(v);
+            }
+        }
+        e.vals.push(value);
         Ok(())
     }
 
@@ -533,7 +633,7 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind {
             return self.host.remove_header(kind, name);
         }
-        self.set_change(name, Change::Set(Vals::default()));
+        self.set_change(name, None);
         Ok(())
     }
 
@@ -598,5 +698,66 @@ impl<H: Host> Host for Phase<'_, H> {
 
     fn record_metric(&mut self, id: u32, value: u64) -> Result<(), HostError> {
         self.host.record_metric(id, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use filter_core::mock::MockHost;
+
+    /// A phase on `overlay`'s buffers writes exactly its own changes (nothing of the previous
+    /// phase's names or values leaks), and what the overlay keeps afterwards is bounded.
+    #[test]
+    fn reused_overlay_writes_only_its_own_changes_and_stays_bounded() {
+        let plan = ReadPlan::Whole;
+        let mut overlay = Overlay::default();
+        let big = "v".repeat(Overlay::KEEP_BYTES + 1);
+        // Phase 1: many changes, one value over the size bound, several values per name.
+        let mut h = MockHost::new().with_request(&[(":path", "/"), ("old", "1")]);
+        let mut p = Phase::with_overlay(&mut h, HeaderMapKind::Request, &plan, overlay);
+        for i in 0..Overlay::KEEP + 4 {
+            p.replace_header(HeaderMapKind::Request, &format!("X-H{i}"), "long-value-one")
+                .unwrap();
+        }
+        p.replace_header(HeaderMapKind::Request, "x-big", &big)
+            .unwrap();
+        for i in 0..Overlay::KEEP + 2 {
+            p.add_header(HeaderMapKind::Request, "x-many", &i.to_string())
+                .unwrap();
+        }
+        p.remove_header(HeaderMapKind::Request, "old").unwrap();
+        overlay = p.finish();
+        assert_eq!(h.request.get("x-h0"), Some("long-value-one"));
+        assert_eq!(h.request.get("x-big"), Some(big.as_str()));
+        assert_eq!(h.request.get("old"), None);
+        assert_eq!(overlay.len, 0);
+        assert!(overlay.entries.len() <= Overlay::KEEP);
+        for e in &overlay.entries {
+            assert!(e.vals.items.len() <= Overlay::KEEP);
+            assert!(e.name.capacity() <= Overlay::KEEP_BYTES);
+            assert!(
+                e.vals
+                    .items
+                    .iter()
+                    .all(|v| v.capacity() <= Overlay::KEEP_BYTES)
+            );
+        }
+        // Phase 2 on the same buffers: shorter names and values, one add to a present header.
+        let mut h = MockHost::new().with_request(&[(":path", "/"), ("x-a", "0")]);
+        let before = h.request.clone();
+        let mut p = Phase::with_overlay(&mut h, HeaderMapKind::Request, &plan, overlay);
+        assert_eq!(p.header(HeaderMapKind::Request, "x-h0").unwrap(), None);
+        p.add_header(HeaderMapKind::Request, "x-a", "1").unwrap();
+        p.replace_header(HeaderMapKind::Request, "y", "z").unwrap();
+        assert_eq!(
+            p.header(HeaderMapKind::Request, "y").unwrap().as_deref(),
+            Some("z")
+        );
+        let _ = p.finish();
+        let mut want = before;
+        want.add("x-a", "1".into());
+        want.add("y", "z".into());
+        assert_eq!(h.request, want);
     }
 }
