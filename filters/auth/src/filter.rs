@@ -800,8 +800,11 @@ impl Provider {
                 Reject::UnknownKey
             });
         }
-        let claims: Value =
-            serde_json::from_slice(&parsed.payload).map_err(|_| Reject::Malformed)?;
+        // UTF-8 checked once for the whole payload (not per string, as `from_slice` does).
+        let claims: Value = std::str::from_utf8(&parsed.payload)
+            .ok()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .ok_or(Reject::Malformed)?;
         let exp = check_claims(self, &claims, now)?;
         if !budget() {
             return Err(Reject::OverBudget);

@@ -7,7 +7,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{KeyInit, Mac};
+use hmac::Mac;
 use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use signature::Verifier;
@@ -74,10 +74,11 @@ struct RawHeader<'h> {
     alg: Option<std::borrow::Cow<'h, str>>,
     #[serde(default)]
     kid: Option<String>,
+    /// Only whether they are present matters: skipped, not built into a `Value`.
     #[serde(default)]
-    crit: Option<serde_json::Value>,
+    crit: Option<serde::de::IgnoredAny>,
     #[serde(default)]
-    b64: Option<serde_json::Value>,
+    b64: Option<serde::de::IgnoredAny>,
 }
 
 /// A token split and decoded, not yet verified.
@@ -109,7 +110,9 @@ pub fn parse(token: &str, max_len: usize) -> Result<Parsed<'_>, Reject> {
         return Err(Reject::Malformed);
     };
     let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| Reject::Malformed)?;
-    let header: RawHeader<'_> = serde_json::from_slice(&header).map_err(|_| Reject::Malformed)?;
+    // UTF-8 checked once (`from_slice` checks each string); borrowed strings need it anyway.
+    let header = std::str::from_utf8(&header).map_err(|_| Reject::Malformed)?;
+    let header: RawHeader<'_> = serde_json::from_str(header).map_err(|_| Reject::Malformed)?;
     let alg = match header.alg.as_deref() {
         None => return Err(Reject::Malformed),
         Some(a) => Alg::from_name(a).ok_or(Reject::AlgNotAllowed)?,
@@ -132,24 +135,20 @@ pub fn parse(token: &str, max_len: usize) -> Result<Parsed<'_>, Reject> {
     })
 }
 
-fn hmac_ok<M: Mac + KeyInit>(key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
-    match <M as KeyInit>::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(msg);
-            // Constant-time comparison inside `verify_slice`.
-            mac.verify_slice(sig).is_ok()
-        }
-        Err(_) => false,
-    }
+/// `keyed` is a copy of the key's prepared state ([`crate::jwk::HmacKey`]).
+fn hmac_ok<M: Mac>(mut keyed: M, msg: &[u8], sig: &[u8]) -> bool {
+    keyed.update(msg);
+    // Constant-time comparison inside `verify_slice`.
+    keyed.verify_slice(sig).is_ok()
 }
 
 /// Whether `sig` is a valid `alg` signature of `msg` under `key`. A key of the wrong type for
 /// the algorithm never verifies.
 pub fn verify_signature(alg: Alg, key: &KeyMaterial, msg: &[u8], sig: &[u8]) -> bool {
     match (alg, key) {
-        (Alg::Hs256, KeyMaterial::Oct(k)) => hmac_ok::<hmac::Hmac<Sha256>>(k, msg, sig),
-        (Alg::Hs384, KeyMaterial::Oct(k)) => hmac_ok::<hmac::Hmac<Sha384>>(k, msg, sig),
-        (Alg::Hs512, KeyMaterial::Oct(k)) => hmac_ok::<hmac::Hmac<Sha512>>(k, msg, sig),
+        (Alg::Hs256, KeyMaterial::Oct(k)) => hmac_ok(k.hs256.clone(), msg, sig),
+        (Alg::Hs384, KeyMaterial::Oct(k)) => hmac_ok(k.hs384.clone(), msg, sig),
+        (Alg::Hs512, KeyMaterial::Oct(k)) => hmac_ok(k.hs512.clone(), msg, sig),
         (Alg::Rs256, KeyMaterial::Rsa(k)) => k
             .verify(
                 rsa::Pkcs1v15Sign::new::<Sha256>(),
@@ -189,5 +188,57 @@ pub fn verify_signature(alg: Alg, key: &KeyMaterial, msg: &[u8], sig: &[u8]) -> 
         (Alg::EdDsa, KeyMaterial::Ed25519(k)) => ed25519_dalek::Signature::from_slice(sig)
             .is_ok_and(|s| k.verify_strict(msg, &s).is_ok()),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use crate::jwk::parse_jwks;
+    use hmac::KeyInit;
+
+    /// HMAC keys are keyed once at parse time ([`crate::jwk::HmacKey`]); a secret longer than
+    /// the hash block (hashed first, RFC 2104) and one shorter must still verify exactly what
+    /// the `hmac` crate, keyed from the raw secret, signs, for each HS algorithm.
+    #[test]
+    fn prepared_hmac_keys_verify_what_the_raw_secret_signs() {
+        for len in [32, 64, 200] {
+            let secret: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let jwks = format!(
+                r#"{{"keys":[{{"kty":"oct","k":"{}"}}]}}"#,
+                URL_SAFE_NO_PAD.encode(&secret)
+            );
+            let key = &parse_jwks(jwks.as_bytes()).unwrap()[0].material;
+            let msg = b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9";
+            fn sign<M: Mac + KeyInit>(secret: &[u8], msg: &[u8]) -> Vec<u8> {
+                let mut m = <M as KeyInit>::new_from_slice(secret).unwrap();
+                m.update(msg);
+                m.finalize().into_bytes().to_vec()
+            }
+            let sigs = [
+                (Alg::Hs256, sign::<hmac::Hmac<Sha256>>(&secret, msg)),
+                (Alg::Hs384, sign::<hmac::Hmac<Sha384>>(&secret, msg)),
+                (Alg::Hs512, sign::<hmac::Hmac<Sha512>>(&secret, msg)),
+            ];
+            for (alg, sig) in &sigs {
+                assert!(
+                    verify_signature(*alg, key, msg, sig),
+                    "{alg:?}, {len}-byte secret"
+                );
+                // The same key state serves the next token too (a copy is consumed, not it).
+                assert!(verify_signature(*alg, key, msg, sig), "{alg:?} again");
+                let mut bad = sig.clone();
+                bad[0] ^= 1;
+                assert!(!verify_signature(*alg, key, msg, &bad), "{alg:?} altered");
+                assert!(
+                    !verify_signature(*alg, key, b"other", sig),
+                    "{alg:?} other msg"
+                );
+            }
+            // A tag of another HS algorithm never verifies.
+            assert!(!verify_signature(Alg::Hs256, key, msg, &sigs[2].1));
+        }
     }
 }
