@@ -8,7 +8,7 @@ mod rpc_common;
 
 use integration::envoy::Envoy;
 use rpc_common::{
-    ThriftServer, bootstrap, cluster, prom, rpc_filter, tcp_proxy, thrift_client,
+    ThriftServer, bootstrap, cluster, prom, rpc_filter, settled_stats, tcp_proxy, thrift_client,
     thrift_client_with, thrift_peers,
 };
 use serde_json::json;
@@ -75,7 +75,7 @@ fn thrift_through_envoy_with_apache_thrift_python_peers() {
     assert_eq!(r["malformed_read"], 0, "the bad connection is closed (EOF)");
     assert_eq!(r["other_connection"], 3);
 
-    let text = envoy.admin_get("/stats/prometheus").text();
+    let text = settled_stats(&envoy);
     let get = |n: &str| prom(&text, n).unwrap_or_else(|| panic!("no {n} in\n{text}"));
     assert_eq!(get("rpc_thrift_Calc_add_requests"), 1005);
     assert_eq!(get("rpc_thrift_Calc_add_responses_ok"), 1005);
@@ -167,7 +167,7 @@ fn thrift_compact_through_envoy() {
         json!({"type": 6, "message": "wasmesh: call denied by policy"})
     );
     assert_eq!(r["after_denied"], 42);
-    let text = envoy.admin_get("/stats/prometheus").text();
+    let text = settled_stats(&envoy);
     assert_eq!(prom(&text, "rpc_thrift_Calc_add_requests"), Some(1002));
     assert_eq!(
         prom(&text, "rpc_thrift_Calc_div_responses_exception"),

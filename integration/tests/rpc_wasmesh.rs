@@ -12,7 +12,7 @@ use std::time::Duration;
 use integration::envoy::Envoy;
 use rpc::wasmesh_rpc::{status, types};
 use rpc_client::{Call, Client, ClientError, Server, header};
-use rpc_common::{bootstrap, cluster, prom, rpc_filter, tcp_proxy};
+use rpc_common::{bootstrap, cluster, prom, rpc_filter, settled_stats, tcp_proxy};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,7 +151,7 @@ fn wasmesh_rpc_through_envoy_with_real_client_and_servers() {
     assert_eq!(r.payload, b"still-here", "other connections keep working");
 
     // Metrics at /stats/prometheus.
-    let text = envoy.admin_get("/stats/prometheus").text();
+    let text = settled_stats(&envoy);
     let get = |n: &str| prom(&text, n).unwrap_or_else(|| panic!("no {n} in\n{text}"));
     assert_eq!(get("rpc_wasmesh_rpc_Orders_Put_requests"), 1000);
     assert_eq!(get("rpc_wasmesh_rpc_Orders_Put_responses_ok"), 1000);

@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use thiserror::Error;
 
-use crate::message::{LocalError, Message};
+use crate::message::{Head, LocalError, Message};
 
 /// A frame that cannot be decoded or encoded. Carries the offending value.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -41,11 +41,15 @@ pub trait Codec {
     fn frame_len(&self, head: &[u8]) -> Result<Option<u64>, CodecError>;
     /// Decodes one complete frame.
     fn decode(&self, frame: &[u8]) -> Result<Message, CodecError>;
-    /// Decodes one complete frame travelling server to client. The filter matches these by
+    /// Decodes one complete frame's [`Head`], borrowing from the frame: the filter's per-call
+    /// path. It validates the frame exactly as [`Codec::decode`] does (same errors), and
+    /// `decode(frame)` equals `head(frame)` plus the metadata entries.
+    fn head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError>;
+    /// As [`Codec::head`], for a frame travelling server to client: the filter matches these by
     /// request id, so a protocol may leave `service`, `method` and `caller` empty here (saving
-    /// their allocations) as long as it validates the frame as [`Codec::decode`] does.
-    fn decode_reply(&self, frame: &[u8]) -> Result<Message, CodecError> {
-        self.decode(frame)
+    /// their decoding) as long as it refuses exactly the frames [`Codec::head`] refuses.
+    fn reply_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
+        self.head(frame)
     }
     /// Encodes `message` (possibly mutated) with the payload of the frame it was decoded from.
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError>;
@@ -100,28 +104,39 @@ impl Decoder {
         self.buf.extend_from_slice(chunk);
     }
 
+    /// As [`Decoder::feed`], taking the chunk's allocation: when nothing is buffered (the usual
+    /// case: a read ends on a frame boundary) the chunk becomes the buffer without a copy.
+    pub fn feed_owned(&mut self, chunk: Vec<u8>) {
+        if self.pos >= self.buf.len() {
+            self.buf = chunk;
+            self.pos = 0;
+        } else {
+            self.feed(&chunk);
+        }
+    }
+
     /// The next complete frame: its message and its byte range (see [`Decoder::bytes`]).
     /// `Ok(None)`: no complete frame left; the partial rest stays buffered.
     pub fn next_frame<C: Codec + ?Sized>(
         &mut self,
         codec: &C,
     ) -> Result<Option<(Message, Range<usize>)>, DecodeError> {
-        self.next(codec, false)
+        let Some(range) = self.next_range(codec)? else {
+            return Ok(None);
+        };
+        match codec.decode(self.bytes(&range)) {
+            Ok(message) => Ok(Some((message, range))),
+            Err(error) => Err(self.poison(codec, error)),
+        }
     }
 
-    /// As [`Decoder::next_frame`], decoding with [`Codec::decode_reply`] (server-to-client bytes).
-    pub fn next_reply<C: Codec + ?Sized>(
+    /// The next complete frame's byte range, not yet decoded (the caller decodes it, for example
+    /// with [`Codec::head`], and calls [`Decoder::poison`] when that fails). Checks the frame's
+    /// magic and size. `Ok(None)`: no complete frame left; the partial rest stays buffered.
+    pub fn next_range<C: Codec + ?Sized>(
         &mut self,
         codec: &C,
-    ) -> Result<Option<(Message, Range<usize>)>, DecodeError> {
-        self.next(codec, true)
-    }
-
-    fn next<C: Codec + ?Sized>(
-        &mut self,
-        codec: &C,
-        reply: bool,
-    ) -> Result<Option<(Message, Range<usize>)>, DecodeError> {
+    ) -> Result<Option<Range<usize>>, DecodeError> {
         let fail = |error| DecodeError {
             codec: codec.name(),
             error,
@@ -146,24 +161,21 @@ impl Decoder {
             }));
         }
         let len = len as usize;
-        let Some(frame) = rest.get(..len) else {
+        if rest.len() < len {
             return Ok(None);
-        };
-        let decoded = if reply {
-            codec.decode_reply(frame)
-        } else {
-            codec.decode(frame)
-        };
-        match decoded {
-            Ok(message) => {
-                let range = self.pos..self.pos + len;
-                self.pos += len;
-                Ok(Some((message, range)))
-            }
-            Err(e) => {
-                self.failed = true;
-                Err(fail(e))
-            }
+        }
+        let range = self.pos..self.pos + len;
+        self.pos += len;
+        Ok(Some(range))
+    }
+
+    /// Marks the stream as failed (a frame did not decode): every later call is an error.
+    /// Returns the decode error for `error`.
+    pub fn poison<C: Codec + ?Sized>(&mut self, codec: &C, error: CodecError) -> DecodeError {
+        self.failed = true;
+        DecodeError {
+            codec: codec.name(),
+            error,
         }
     }
 
@@ -244,9 +256,10 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn utf8(&mut self, n: usize, what: &str) -> Result<String, CodecError> {
+    /// `n` bytes as UTF-8 text, borrowed.
+    pub(crate) fn str(&mut self, n: usize, what: &str) -> Result<&'a str, CodecError> {
         let s = self.take(n)?;
-        String::from_utf8(s.to_vec()).map_err(|_| {
+        std::str::from_utf8(s).map_err(|_| {
             CodecError::Malformed(format!(
                 "{what} is not UTF-8: {:02x?}",
                 s.get(..16).unwrap_or(s)

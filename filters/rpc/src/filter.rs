@@ -19,7 +19,7 @@ use crate::ConfigError;
 use crate::codec::{Codec, CodecError, DecodeError, Decoder};
 use crate::config::{AclAction, DenyMode, KeyPart, MAX_MAX_FRAME, Protocol, RpcConfig};
 use crate::host::{Direction, L4Host};
-use crate::message::{LocalError, Message, MessageType, ResponseStatus, keys};
+use crate::message::{Head, LocalError, MessageType, ResponseStatus, keys};
 use crate::thrift::Thrift;
 use crate::wasmesh_rpc::WasmeshRpc;
 
@@ -44,9 +44,9 @@ struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, m: &Message) -> bool {
+    fn matches(&self, m: &Head<'_>) -> bool {
         let ok = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
-        ok(&self.caller, &m.caller) && ok(&self.service, &m.service) && ok(&self.method, &m.method)
+        ok(&self.caller, m.caller) && ok(&self.service, m.service) && ok(&self.method, m.method)
     }
 }
 
@@ -61,30 +61,52 @@ struct LimitRule {
 /// How many times a bucket update is retried when another worker wrote it in between.
 const CAS_RETRIES: usize = 8;
 
-/// Metric ids of one service/method pair.
+/// The counters of one service/method pair (slots in [`Counts`]) and its histogram's metric id.
 #[derive(Debug, Clone, Copy)]
 struct KeyIds {
-    requests: u32,
-    oneway: u32,
-    ok: u32,
-    exception: u32,
-    error: u32,
-    denied: u32,
-    limited: u32,
-    rx_bytes: u32,
-    tx_bytes: u32,
+    requests: Slot,
+    oneway: Slot,
+    ok: Slot,
+    exception: Slot,
+    error: Slot,
+    denied: Slot,
+    limited: Slot,
+    rx_bytes: Slot,
+    tx_bytes: Slot,
     latency_ms: u32,
 }
 
-/// Metric ids of connection-level events.
+/// The counters of connection-level events (slots in [`Counts`]).
 #[derive(Debug, Clone, Copy)]
 struct ConnIds {
-    malformed: u32,
-    oversized: u32,
-    denied_closed: u32,
-    local_replies: u32,
-    untracked: u32,
-    limit_errors: u32,
+    malformed: Slot,
+    oversized: Slot,
+    denied_closed: Slot,
+    local_replies: Slot,
+    untracked: Slot,
+    limit_errors: Slot,
+}
+
+/// A counter's index in [`Counts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot(u32);
+
+/// Counter increments summed in the VM and sent to Envoy by [`Compiled::flush_stats`] (the
+/// root's tick): a host call per counter changed per flush instead of per data callback.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Envoy's metric id per slot.
+    ids: Vec<u32>,
+    /// Not yet sent, per slot.
+    values: Vec<i64>,
+}
+
+impl Counts {
+    fn slot(&mut self, id: u32) -> Slot {
+        self.ids.push(id);
+        self.values.push(0);
+        Slot(self.ids.len() as u32 - 1)
+    }
 }
 
 /// Metrics, defined lazily per service/method and bounded by `max_stat_keys`.
@@ -94,6 +116,7 @@ struct Stats {
     keys: HashMap<String, HashMap<String, KeyIds>>,
     count: usize,
     other: Option<KeyIds>,
+    counts: Counts,
 }
 
 /// Replaces characters Envoy's stat names cannot carry.
@@ -110,26 +133,6 @@ fn sanitize(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Counter increments of one callback, summed per metric and written at its end: a host call
-/// per metric touched instead of one per call.
-#[derive(Debug, Default)]
-pub struct Deltas(Vec<(u32, i64)>);
-
-impl Deltas {
-    fn add(&mut self, id: u32, delta: i64) {
-        match self.0.iter_mut().find(|(i, _)| *i == id) {
-            Some((_, d)) => *d += delta,
-            None => self.0.push((id, delta)),
-        }
-    }
-
-    fn flush<H: L4Host>(&mut self, host: &mut H) {
-        for (id, delta) in self.0.drain(..) {
-            let _ = host.increment_metric(id, delta);
-        }
-    }
 }
 
 /// The compiled, immutable filter (plus its VM-wide metric ids).
@@ -323,6 +326,8 @@ pub struct Connection {
     /// The metric ids of the service/method last seen on this connection: pipelined calls
     /// mostly repeat it, and two string compares are cheaper than two map lookups.
     last_key: Option<(String, String, KeyIds)>,
+    /// The latency groups recorded in the current upstream callback (kept for its allocation).
+    recorded: Vec<(u32, SystemTime)>,
 }
 
 impl Compiled {
@@ -335,6 +340,7 @@ impl Compiled {
             routed: self.routes.is_empty() && self.default_cluster.is_none(),
             closed: false,
             last_key: None,
+            recorded: Vec::new(),
         }
     }
 
@@ -356,26 +362,36 @@ impl Compiled {
 
     fn conn_ids<H: L4Host>(&self, host: &mut H) -> Option<ConnIds> {
         let mut stats = self.stats.borrow_mut();
+        let stats = &mut *stats;
         if stats.conn.is_none() {
             let p = &self.prefix;
             let mut c = |n: &str| host.define_metric(MetricKind::Counter, &format!("rpc.{p}.{n}"));
             let ids = (|| {
-                Ok::<_, filter_core::HostError>(ConnIds {
-                    malformed: c("malformed_frames")?,
-                    oversized: c("oversized_frames")?,
-                    denied_closed: c("denied_closed")?,
-                    local_replies: c("local_replies")?,
-                    untracked: c("untracked_requests")?,
-                    limit_errors: c("limit_errors")?,
-                })
+                Ok::<_, filter_core::HostError>([
+                    c("malformed_frames")?,
+                    c("oversized_frames")?,
+                    c("denied_closed")?,
+                    c("local_replies")?,
+                    c("untracked_requests")?,
+                    c("limit_errors")?,
+                ])
             })();
-            stats.conn = ids.ok();
+            let k = &mut stats.counts;
+            stats.conn = ids.ok().map(|[a, b, c, d, e, f]| ConnIds {
+                malformed: k.slot(a),
+                oversized: k.slot(b),
+                denied_closed: k.slot(c),
+                local_replies: k.slot(d),
+                untracked: k.slot(e),
+                limit_errors: k.slot(f),
+            });
         }
         stats.conn
     }
 
     fn key_ids<H: L4Host>(&self, host: &mut H, service: &str, method: &str) -> Option<KeyIds> {
         let mut stats = self.stats.borrow_mut();
+        let stats = &mut *stats;
         if let Some(ids) = stats.keys.get(service).and_then(|m| m.get(method)) {
             return Some(*ids);
         }
@@ -390,21 +406,36 @@ impl Compiled {
         };
         let base = format!("rpc.{}.{s}.{m}", self.prefix);
         let mut def = |kind, n: &str| host.define_metric(kind, &format!("{base}.{n}"));
-        let ids = (|| {
-            Ok::<_, filter_core::HostError>(KeyIds {
-                requests: def(MetricKind::Counter, "requests")?,
-                oneway: def(MetricKind::Counter, "oneway")?,
-                ok: def(MetricKind::Counter, "responses.ok")?,
-                exception: def(MetricKind::Counter, "responses.exception")?,
-                error: def(MetricKind::Counter, "responses.error")?,
-                denied: def(MetricKind::Counter, "denied")?,
-                limited: def(MetricKind::Counter, "limited")?,
-                rx_bytes: def(MetricKind::Counter, "request_bytes")?,
-                tx_bytes: def(MetricKind::Counter, "response_bytes")?,
-                latency_ms: def(MetricKind::Histogram, "latency_ms")?,
-            })
+        let mut c = |n: &str| def(MetricKind::Counter, n);
+        let counters = (|| {
+            Ok::<_, filter_core::HostError>([
+                c("requests")?,
+                c("oneway")?,
+                c("responses.ok")?,
+                c("responses.exception")?,
+                c("responses.error")?,
+                c("denied")?,
+                c("limited")?,
+                c("request_bytes")?,
+                c("response_bytes")?,
+            ])
         })()
         .ok()?;
+        let latency_ms = def(MetricKind::Histogram, "latency_ms").ok()?;
+        let k = &mut stats.counts;
+        let [a, b, c, d, e, f, g, h, i] = counters;
+        let ids = KeyIds {
+            requests: k.slot(a),
+            oneway: k.slot(b),
+            ok: k.slot(c),
+            exception: k.slot(d),
+            error: k.slot(e),
+            denied: k.slot(f),
+            limited: k.slot(g),
+            rx_bytes: k.slot(h),
+            tx_bytes: k.slot(i),
+            latency_ms,
+        };
         if overflow {
             stats.other = Some(ids);
         } else {
@@ -418,7 +449,34 @@ impl Compiled {
         Some(ids)
     }
 
-    fn allowed(&self, m: &Message) -> bool {
+    /// Adds to a counter in the VM (sent by [`Compiled::flush_stats`]).
+    fn add(&self, slot: Slot, delta: i64) {
+        if let Some(v) = self
+            .stats
+            .borrow_mut()
+            .counts
+            .values
+            .get_mut(slot.0 as usize)
+        {
+            *v += delta;
+        }
+    }
+
+    /// Sends the counts summed since the last flush to Envoy: one `increment_metric` per counter
+    /// that changed. Called from the root's tick (filters/wasmesh-module/src/root.rs); counters
+    /// reach `/stats` up to one tick late. Histogram samples are recorded at once.
+    pub fn flush_stats<H: L4Host>(&self, host: &mut H) {
+        let mut stats = self.stats.borrow_mut();
+        let Counts { ids, values } = &mut stats.counts;
+        for (id, v) in ids.iter().zip(values.iter_mut()) {
+            if *v != 0 {
+                let _ = host.increment_metric(*id, *v);
+                *v = 0;
+            }
+        }
+    }
+
+    fn allowed(&self, m: &Head<'_>) -> bool {
         match &self.acl {
             None => true,
             Some((default, rules)) => {
@@ -433,7 +491,7 @@ impl Compiled {
 
     /// Takes a token for `m` from the first matching limit's shared bucket; `false` when the
     /// bucket is empty. Host failures fail open (counted in `limit_errors`).
-    fn within_limits<H: L4Host>(&self, host: &mut H, m: &Message) -> bool {
+    fn within_limits<H: L4Host>(&self, host: &mut H, m: &Head<'_>) -> bool {
         let Some((i, rule)) = self
             .limits
             .iter()
@@ -446,9 +504,9 @@ impl Compiled {
         for part in &rule.key {
             key.push('\u{1f}');
             key.push_str(match part {
-                KeyPart::Service => &m.service,
-                KeyPart::Method => &m.method,
-                KeyPart::Caller => &m.caller,
+                KeyPart::Service => m.service,
+                KeyPart::Method => m.method,
+                KeyPart::Caller => m.caller,
             });
         }
         {
@@ -492,7 +550,7 @@ impl Compiled {
 
     fn limit_error<H: L4Host>(&self, host: &mut H, e: &HostError) -> bool {
         if let Some(c) = self.conn_ids(host) {
-            let _ = host.increment_metric(c.limit_errors, 1);
+            self.add(c.limit_errors, 1);
         }
         host.warn(&format!(
             "rpc: rate limit bucket not updated, call allowed: {e}"
@@ -500,19 +558,13 @@ impl Compiled {
         true
     }
 
-    fn fail<H: L4Host>(
-        &self,
-        host: &mut H,
-        conn: &mut Connection,
-        dir: Direction,
-        e: &DecodeError,
-    ) {
+    fn fail<H: L4Host>(&self, host: &mut H, closed: &mut bool, dir: Direction, e: &DecodeError) {
         if let Some(ids) = self.conn_ids(host) {
             let id = match e.error {
                 CodecError::TooLarge { .. } => ids.oversized,
                 _ => ids.malformed,
             };
-            let _ = host.increment_metric(id, 1);
+            self.add(id, 1);
         }
         let side = match dir {
             Direction::Downstream => "client",
@@ -521,16 +573,13 @@ impl Compiled {
         host.warn(&format!(
             "rpc: closing connection: bad frame from the {side}: {e}"
         ));
-        conn.closed = true;
+        *closed = true;
         host.close();
     }
 
-    fn route<H: L4Host>(&self, host: &mut H, conn: &mut Connection, m: &Message) {
-        conn.routed = true;
-        let cluster = self
-            .routes
-            .get(&m.service)
-            .or(self.default_cluster.as_ref());
+    fn route<H: L4Host>(&self, host: &mut H, routed: &mut bool, service: &str) {
+        *routed = true;
+        let cluster = self.routes.get(service).or(self.default_cluster.as_ref());
         if let Some(cluster) = cluster
             && let Err(e) = host.set_filter_state(CLUSTER_FILTER_STATE, cluster)
         {
@@ -540,39 +589,13 @@ impl Compiled {
         }
     }
 
-    /// Client-to-server bytes (`on_downstream_data`). Counter updates are summed and written
-    /// once per metric per callback.
+    /// Client-to-server bytes (`on_downstream_data`). Counters are summed in the VM (see
+    /// [`Compiled::flush_stats`]); frames pass untouched unless refused or mutated.
     pub fn on_downstream_data<H: L4Host>(
         &self,
         host: &mut H,
         conn: &mut Connection,
         len: usize,
-    ) -> Verdict {
-        let mut deltas = Deltas::default();
-        let v = self.downstream(host, conn, len, &mut deltas);
-        deltas.flush(host);
-        v
-    }
-
-    /// Server-to-client bytes (`on_upstream_data`).
-    pub fn on_upstream_data<H: L4Host>(
-        &self,
-        host: &mut H,
-        conn: &mut Connection,
-        len: usize,
-    ) -> Verdict {
-        let mut deltas = Deltas::default();
-        let v = self.upstream(host, conn, len, &mut deltas);
-        deltas.flush(host);
-        v
-    }
-
-    fn downstream<H: L4Host>(
-        &self,
-        host: &mut H,
-        conn: &mut Connection,
-        len: usize,
-        deltas: &mut Deltas,
     ) -> Verdict {
         let dir = Direction::Downstream;
         let chunk = match take_chunk(host, conn.closed, dir, len) {
@@ -582,46 +605,50 @@ impl Compiled {
         let mut changed = conn.down.buffered() > 0;
         // One clock read per callback: every frame of a chunk arrived at the same time.
         let mut now: Option<SystemTime> = None;
-        conn.down.feed(&chunk);
+        conn.down.feed_owned(chunk);
+        let codec = self.codec.as_ref();
         let mut out = Output::default();
         loop {
-            let (mut msg, range) = match conn.down.next_frame(self.codec.as_ref()) {
-                Ok(Some(f)) => f,
+            let range = match conn.down.next_range(codec) {
+                Ok(Some(r)) => r,
                 Ok(None) => break,
-                Err(e) => {
-                    self.fail(host, conn, dir, &e);
-                    let _ = host.set_data(dir, len, &[]);
-                    return Verdict::Pause;
+                Err(e) => return self.fail_data(host, &mut conn.closed, dir, len, &e),
+            };
+            let head = match codec.head(conn.down.bytes(&range)) {
+                Ok(h) => h,
+                Err(error) => {
+                    let e = conn.down.poison(codec, error);
+                    return self.fail_data(host, &mut conn.closed, dir, len, &e);
                 }
             };
             if !conn.routed {
-                self.route(host, conn, &msg);
+                self.route(host, &mut conn.routed, head.service);
             }
-            let frame = conn.down.bytes(&range);
-            if !matches!(msg.kind, MessageType::Request | MessageType::Oneway) {
+            if !matches!(head.kind, MessageType::Request | MessageType::Oneway) {
                 out.keep(&conn.down, &range);
                 continue;
             }
             let ids = match &conn.last_key {
-                Some((s, m, ids)) if *s == msg.service && *m == msg.method => Some(*ids),
+                Some((s, m, ids)) if s == head.service && m == head.method => Some(*ids),
                 _ => {
-                    let ids = self.key_ids(host, &msg.service, &msg.method);
-                    conn.last_key = ids.map(|i| (msg.service.clone(), msg.method.clone(), i));
+                    let ids = self.key_ids(host, head.service, head.method);
+                    conn.last_key =
+                        ids.map(|i| (head.service.to_owned(), head.method.to_owned(), i));
                     ids
                 }
             };
             if let Some(ids) = ids {
-                let counter = if msg.kind == MessageType::Oneway {
+                let counter = if head.kind == MessageType::Oneway {
                     ids.oneway
                 } else {
                     ids.requests
                 };
-                deltas.add(counter, 1);
-                deltas.add(ids.rx_bytes, frame.len() as i64);
+                self.add(counter, 1);
+                self.add(ids.rx_bytes, range.len() as i64);
             }
-            let refusal = if !self.allowed(&msg) {
+            let refusal = if !self.allowed(&head) {
                 Some(LocalError::Denied)
-            } else if !self.within_limits(host, &msg) {
+            } else if !self.within_limits(host, &head) {
                 Some(LocalError::OverLimit)
             } else {
                 None
@@ -633,13 +660,15 @@ impl Compiled {
                         LocalError::Denied => ids.denied,
                         LocalError::OverLimit => ids.limited,
                     };
-                    deltas.add(counter, 1);
+                    self.add(counter, 1);
                 }
-                if msg.kind == MessageType::Oneway {
+                if head.kind == MessageType::Oneway {
                     // Nobody waits for an answer: dropping it is the reply.
                     out.replace(&conn.down, &range, &[]);
                     continue;
                 }
+                // The rare path: an owned message for the probe and the error reply.
+                let msg = head.to_message(Vec::new());
                 let probe = match self.on_deny {
                     DenyMode::ErrorReply if conn.pending.len() < self.max_pending.max(1) => {
                         self.codec.probe(&msg)
@@ -656,7 +685,7 @@ impl Compiled {
                     }
                     None => {
                         if let Some(c) = self.conn_ids(host) {
-                            let _ = host.increment_metric(c.denied_closed, 1);
+                            self.add(c.denied_closed, 1);
                         }
                         host.warn(&format!(
                             "rpc: closing connection: call {}.{} by {:?} refused: {}",
@@ -676,10 +705,15 @@ impl Compiled {
             if self.set_metadata.is_empty() {
                 out.keep(&conn.down, &range);
             } else {
-                for (k, v) in &self.set_metadata {
-                    msg.set(k, v);
-                }
-                match self.codec.encode(&msg, frame) {
+                // A mutation applies: decode the whole frame, set the entries, re-encode.
+                let frame = conn.down.bytes(&range);
+                let encoded = self.codec.decode(frame).and_then(|mut msg| {
+                    for (k, v) in &self.set_metadata {
+                        msg.set(k, v);
+                    }
+                    self.codec.encode(&msg, frame)
+                });
+                match encoded {
                     Ok(bytes) => {
                         changed = true;
                         out.replace(&conn.down, &range, &bytes);
@@ -690,16 +724,16 @@ impl Compiled {
                     }
                 }
             }
-            if msg.kind == MessageType::Request {
+            if head.kind == MessageType::Request {
                 if conn.pending.len() < self.max_pending {
                     let start = *now.get_or_insert_with(|| host.now());
                     conn.pending.push_back(Pending::Forwarded {
-                        id: msg.request_id,
+                        id: head.request_id,
                         start,
                         ids,
                     });
                 } else if let Some(c) = self.conn_ids(host) {
-                    deltas.add(c.untracked, 1);
+                    self.add(c.untracked, 1);
                 }
             }
         }
@@ -716,12 +750,12 @@ impl Compiled {
         Verdict::Continue
     }
 
-    fn upstream<H: L4Host>(
+    /// Server-to-client bytes (`on_upstream_data`).
+    pub fn on_upstream_data<H: L4Host>(
         &self,
         host: &mut H,
         conn: &mut Connection,
         len: usize,
-        deltas: &mut Deltas,
     ) -> Verdict {
         let dir = Direction::Upstream;
         let chunk = match take_chunk(host, conn.closed, dir, len) {
@@ -730,35 +764,43 @@ impl Compiled {
         };
         let mut changed = conn.up.buffered() > 0;
         let mut now: Option<SystemTime> = None;
-        let mut recorded: Vec<(u32, SystemTime)> = Vec::new();
-        conn.up.feed(&chunk);
+        conn.recorded.clear();
+        conn.up.feed_owned(chunk);
+        let codec = self.codec.as_ref();
         let mut out = Output::default();
         loop {
-            let (msg, range) = match conn.up.next_reply(self.codec.as_ref()) {
-                Ok(Some(f)) => f,
+            let range = match conn.up.next_range(codec) {
+                Ok(Some(r)) => r,
                 Ok(None) => break,
-                Err(e) => {
-                    self.fail(host, conn, dir, &e);
-                    let _ = host.set_data(dir, len, &[]);
-                    return Verdict::Pause;
+                Err(e) => return self.fail_data(host, &mut conn.closed, dir, len, &e),
+            };
+            let head = match codec.reply_head(conn.up.bytes(&range)) {
+                Ok(h) => h,
+                Err(error) => {
+                    let e = conn.up.poison(codec, error);
+                    return self.fail_data(host, &mut conn.closed, dir, len, &e);
                 }
             };
-            let frame = conn.up.bytes(&range);
-            if msg.kind.is_reply()
+            if head.kind.is_reply()
                 && let Some(i) = conn.pending.iter().position(|p| {
                     // A heartbeat reply answers a probe only, never a forwarded call (the client's
                     // own heartbeats may reuse a pending call's id).
-                    p.id() == msg.request_id
-                        && (msg.kind != MessageType::HeartbeatReply
+                    p.id() == head.request_id
+                        && (head.kind != MessageType::HeartbeatReply
                             || matches!(p, Pending::Probe { .. }))
                 })
             {
-                match conn.pending.remove(i) {
+                let pending = if i == 0 {
+                    conn.pending.pop_front()
+                } else {
+                    conn.pending.remove(i)
+                };
+                match pending {
                     Some(Pending::Probe { reply, .. }) => {
                         changed = true;
                         out.replace(&conn.up, &range, &reply);
                         if let Some(c) = self.conn_ids(host) {
-                            deltas.add(c.local_replies, 1);
+                            self.add(c.local_replies, 1);
                         }
                         continue;
                     }
@@ -767,19 +809,19 @@ impl Compiled {
                         ids: Some(ids),
                         ..
                     }) => {
-                        let status = msg.status.unwrap_or(ResponseStatus::Ok);
+                        let status = head.status.unwrap_or(ResponseStatus::Ok);
                         let id = match status {
                             ResponseStatus::Ok => ids.ok,
                             ResponseStatus::Exception => ids.exception,
                             ResponseStatus::Error => ids.error,
                         };
-                        deltas.add(id, 1);
-                        deltas.add(ids.tx_bytes, frame.len() as i64);
+                        self.add(id, 1);
+                        self.add(ids.tx_bytes, range.len() as i64);
                         // Requests read in one downstream callback share `start` and responses
                         // read in one upstream callback share `now`: their latencies are equal,
                         // so a group is recorded once (a host call per group, not per response).
-                        if !recorded.contains(&(ids.latency_ms, start)) {
-                            recorded.push((ids.latency_ms, start));
+                        if !conn.recorded.contains(&(ids.latency_ms, start)) {
+                            conn.recorded.push((ids.latency_ms, start));
                             let ms = now
                                 .get_or_insert_with(|| host.now())
                                 .duration_since(start)
@@ -799,6 +841,20 @@ impl Compiled {
             host.warn(&format!("rpc: rewriting upstream data: {e}"));
         }
         Verdict::Continue
+    }
+
+    /// A frame did not decode: count, log, close, drop this callback's bytes.
+    fn fail_data<H: L4Host>(
+        &self,
+        host: &mut H,
+        closed: &mut bool,
+        dir: Direction,
+        len: usize,
+        e: &DecodeError,
+    ) -> Verdict {
+        self.fail(host, closed, dir, e);
+        let _ = host.set_data(dir, len, &[]);
+        Verdict::Pause
     }
 }
 

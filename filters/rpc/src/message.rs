@@ -138,6 +138,46 @@ impl Message {
     }
 }
 
+/// What the filter's per-call path needs of a frame, borrowed from the frame bytes (or from the
+/// codec's configuration): no allocation. [`crate::codec::Codec::head`] decodes it; a full
+/// [`Message`] is decoded only when a frame must be re-encoded or answered locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head<'a> {
+    /// The frame's type.
+    pub kind: MessageType,
+    /// Request id (Thrift seqid, wasmesh-rpc request id); replies carry the request's id.
+    pub request_id: u64,
+    /// Service name ("" when the frame names none).
+    pub service: &'a str,
+    /// Method name ("" when the frame names none).
+    pub method: &'a str,
+    /// Caller identity ("" when the frame names none).
+    pub caller: &'a str,
+    /// Outcome, for replies.
+    pub status: Option<ResponseStatus>,
+    /// Thrift: the service came from a multiplexed `Service:method` name.
+    pub service_in_name: bool,
+    /// Where the opaque payload lies within the frame bytes.
+    pub body: Range<usize>,
+}
+
+impl Head<'_> {
+    /// The owned message of these fields, with `metadata`.
+    pub fn to_message(&self, metadata: Vec<(String, String)>) -> Message {
+        Message {
+            kind: self.kind,
+            request_id: self.request_id,
+            service: self.service.to_owned(),
+            method: self.method.to_owned(),
+            caller: self.caller.to_owned(),
+            status: self.status,
+            metadata,
+            service_in_name: self.service_in_name,
+            body: self.body.clone(),
+        }
+    }
+}
+
 /// Well-known metadata keys.
 pub mod keys {
     /// The service called.

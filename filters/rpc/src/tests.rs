@@ -575,6 +575,8 @@ fn pass(
         Direction::Downstream => f.on_downstream_data(h, c, bytes.len()),
         Direction::Upstream => f.on_upstream_data(h, c, bytes.len()),
     };
+    // The root's tick, here after every callback (counters are summed in the VM until then).
+    f.flush_stats(h);
     (v, h.chunk[&dir].clone())
 }
 
@@ -1320,9 +1322,10 @@ fn pipelined_calls_timed_together_are_one_latency_sample_and_exact_counts() {
 }
 
 #[test]
-fn thrift_replies_decode_without_names_to_the_same_id_kind_and_status() {
+fn heads_borrow_the_same_fields_decode_returns_and_fail_alike() {
     for codec in [Thrift::default(), compact()] {
         for (kind, body) in [
+            (message_type::CALL, vec![8u8, 0, 1, 0, 0, 0, 2, 0]),
             (message_type::REPLY, vec![8u8, 0, 0, 0, 0, 0, 42, 0]),
             (message_type::REPLY, vec![12u8, 0, 1, 0, 0]),
             (message_type::EXCEPTION, vec![0u8]),
@@ -1338,19 +1341,22 @@ fn thrift_replies_decode_without_names_to_the_same_id_kind_and_status() {
                 thrift::frame_compact(&h, &body)
             };
             let full = codec.decode(&frame).unwrap();
-            let reply = codec.decode_reply(&frame).unwrap();
+            let head = codec.head(&frame).unwrap();
+            assert_eq!(head.to_message(Vec::new()), full);
+            assert_eq!((head.service, head.method), ("Calc", "add"));
+            let reply = codec.reply_head(&frame).unwrap();
             assert_eq!(
-                (reply.kind, reply.request_id, reply.status),
-                (full.kind, full.request_id, full.status)
+                (reply.kind, reply.request_id, reply.status, reply.method),
+                (full.kind, full.request_id, full.status, "")
             );
-            assert_eq!(
-                (full.service.as_str(), full.method.as_str()),
-                ("Calc", "add")
-            );
-            assert!(reply.method.is_empty());
         }
     }
-    // A name that is not UTF-8 is refused on both paths.
+    // wasmesh-rpc: the head is the message without its free metadata entries.
+    let frame = req(9, "Orders", "Get", "a");
+    let full = WasmeshRpc.decode(&frame).unwrap();
+    let head = WasmeshRpc.head(&frame).unwrap();
+    assert_eq!(head.to_message(full.metadata.clone()), full);
+    // A name that is not UTF-8 is refused on both paths, with the same error.
     let mut bad = thrift::frame(
         &Header {
             name: "xy".into(),
@@ -1362,8 +1368,67 @@ fn thrift_replies_decode_without_names_to_the_same_id_kind_and_status() {
     bad[12] = 0xff;
     let codec = Thrift::default();
     assert!(codec.decode(&bad).is_err());
+    assert_eq!(codec.head(&bad).map(|_| ()), codec.decode(&bad).map(|_| ()));
     assert_eq!(
-        codec.decode_reply(&bad),
-        codec.decode(&bad).map(|_| unreachable!())
+        codec.reply_head(&bad).map(|_| ()),
+        codec.decode(&bad).map(|_| ())
     );
+}
+
+#[test]
+fn counters_are_summed_in_the_vm_and_sent_once_per_flush() {
+    let f = compile(&wm_config()).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let batch = [req(1, "S", "m", "a"), req(2, "S", "m", "a")].concat();
+    h.chunk.insert(Direction::Downstream, batch.clone());
+    f.on_downstream_data(&mut h, &mut c, batch.len());
+    h.chunk.insert(Direction::Downstream, req(3, "S", "m", "a"));
+    f.on_downstream_data(&mut h, &mut c, req(3, "S", "m", "a").len());
+    assert_eq!(h.counter("rpc.wasmesh_rpc.S.m.requests"), 0, "not sent yet");
+    f.flush_stats(&mut h);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.S.m.requests"), 3);
+    let bytes = (batch.len() + req(3, "S", "m", "a").len()) as i64;
+    assert_eq!(h.counter("rpc.wasmesh_rpc.S.m.request_bytes"), bytes);
+    // Sent counts are not sent again.
+    f.flush_stats(&mut h);
+    assert_eq!(h.counter("rpc.wasmesh_rpc.S.m.requests"), 3);
+}
+
+#[test]
+fn thrift_binary_fast_head_equals_the_general_decoder_on_random_and_damaged_frames() {
+    let mut r = rng(0x7e57);
+    let codec = Thrift {
+        default_service: "Calc".into(),
+        ..Thrift::default()
+    };
+    let mut fast = 0;
+    for i in 0..5_000 {
+        let mut frame = thrift_frame(&mut r);
+        if i % 2 == 1 {
+            // Damage a byte of the message header or the first body bytes.
+            let at = 4 + below(&mut r, 20.min(frame.len() as u64 - 4)) as usize;
+            frame[at] = r.next_u64() as u8;
+        }
+        let general = codec.general_head(&frame);
+        match codec.binary_head(&frame, true) {
+            Some(h) => {
+                fast += 1;
+                assert_eq!(Ok(h), general, "frame {frame:02x?}");
+            }
+            None => assert_eq!(codec.head(&frame), general),
+        }
+        assert_eq!(codec.head(&frame), general);
+        // The reply path: the same frames refused with the same errors, the same fields but
+        // the names.
+        let nameless = |h: crate::message::Head<'_>| (h.kind, h.request_id, h.status, h.body);
+        assert_eq!(
+            codec.reply_head(&frame).map(nameless),
+            general.clone().map(nameless)
+        );
+        if let Ok(h) = codec.reply_head(&frame) {
+            assert_eq!((h.service, h.method), ("", ""));
+        }
+    }
+    assert!(fast > 2_500, "the fast path took {fast} of 5000");
 }

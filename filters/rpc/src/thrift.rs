@@ -6,7 +6,7 @@
 //! Thrift binary frames carry no metadata, so metadata mutations are refused (THeader would).
 
 use crate::codec::{Codec, CodecError, Reader};
-use crate::message::{LocalError, Message, MessageType, ResponseStatus};
+use crate::message::{Head, LocalError, Message, MessageType, ResponseStatus};
 
 /// Strict binary protocol version marker (`VERSION_1`).
 const VERSION_1: u32 = 0x8001_0000;
@@ -107,7 +107,14 @@ pub fn app_exception_struct_compact(message: &str, kind: i32) -> Vec<u8> {
     s
 }
 
-fn read_header_compact(r: &mut Reader<'_>, keep_name: bool) -> Result<Header, CodecError> {
+/// A message header as read off a frame: the name borrowed.
+struct RawHeader<'a> {
+    name: &'a str,
+    kind: u8,
+    seqid: i32,
+}
+
+fn read_header_compact<'a>(r: &mut Reader<'a>) -> Result<RawHeader<'a>, CodecError> {
     let id = r.u8()?;
     let vt = r.u8()?;
     if id != COMPACT_ID || vt & 0x1f != 1 {
@@ -115,20 +122,112 @@ fn read_header_compact(r: &mut Reader<'_>, keep_name: bool) -> Result<Header, Co
     }
     let seqid = read_varint(r)? as u32 as i32;
     let name_len = read_varint(r)? as usize;
-    let name = name(r, name_len, keep_name)?;
-    Ok(Header {
+    let name = name(r, name_len)?;
+    Ok(RawHeader {
         name,
         kind: vt >> 5,
         seqid,
     })
 }
 
+/// Big-endian u32 at `at`, when the frame has it.
+fn be32(frame: &[u8], at: usize) -> Option<u32> {
+    frame
+        .get(at..at.checked_add(4)?)?
+        .first_chunk::<4>()
+        .map(|b| u32::from_be_bytes(*b))
+}
+
 impl Thrift {
-    fn decode_with(&self, frame: &[u8], keep_name: bool) -> Result<Message, CodecError> {
+    /// [`Thrift::decode_head`] for the usual frame (strict binary header, known type), without
+    /// the general reader; `None` for anything else, which the general path then decodes (or
+    /// refuses with its error). Same result as the general path wherever it returns `Some`.
+    /// With `names` false (the reply path) the name is only validated (an ASCII check, the
+    /// full UTF-8 check only for other bytes) and `service`/`method` stay empty.
+    pub(crate) fn binary_head<'a>(&'a self, frame: &'a [u8], names: bool) -> Option<Head<'a>> {
+        let word = be32(frame, 4)?;
+        if word & VERSION_MASK != VERSION_1 {
+            return None;
+        }
+        let name_end = 12usize.checked_add(be32(frame, 8)? as usize)?;
+        let raw = frame.get(12..name_end)?;
+        let name = if names {
+            std::str::from_utf8(raw).ok()?
+        } else if raw.is_ascii() || std::str::from_utf8(raw).is_ok() {
+            ""
+        } else {
+            return None;
+        };
+        let seqid = be32(frame, name_end)?;
+        let body = name_end + 4..frame.len();
+        let (kind, status) = match (word & 0xff) as u8 {
+            message_type::CALL => (MessageType::Request, None),
+            message_type::ONEWAY => (MessageType::Oneway, None),
+            message_type::EXCEPTION => (MessageType::Error, Some(ResponseStatus::Error)),
+            message_type::REPLY => {
+                // A result struct: field 0 is success; any other field is a declared exception.
+                let ok = match frame.get(body.start) {
+                    None | Some(0) => true,
+                    Some(_) => frame
+                        .get(body.start + 1..body.start + 3)
+                        .is_none_or(|id| id == [0, 0]),
+                };
+                let status = if ok {
+                    ResponseStatus::Ok
+                } else {
+                    ResponseStatus::Exception
+                };
+                (MessageType::Response, Some(status))
+            }
+            _ => return None,
+        };
+        let (service, method, service_in_name) = match name.split_once(':') {
+            Some((service, method)) => (service, method, true),
+            None if !names => ("", "", false),
+            None => (self.default_service.as_str(), name, false),
+        };
+        Some(Head {
+            kind,
+            request_id: u64::from(seqid),
+            service,
+            method,
+            caller: "",
+            status,
+            service_in_name,
+            body,
+        })
+    }
+
+    fn decode_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
+        if self.protocol == ThriftProtocol::Binary
+            && let Some(head) = self.binary_head(frame, true)
+        {
+            return Ok(head);
+        }
+        self.general_head(frame)
+    }
+
+    /// [`Codec::reply_head`]: names left empty.
+    fn decode_reply_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
+        if self.protocol == ThriftProtocol::Binary
+            && let Some(head) = self.binary_head(frame, false)
+        {
+            return Ok(head);
+        }
+        self.general_head(frame).map(|h| Head {
+            service: "",
+            method: "",
+            service_in_name: false,
+            ..h
+        })
+    }
+
+    /// Decodes any header this codec accepts, with the reader's errors.
+    pub(crate) fn general_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
         let mut r = Reader::new(frame, 4);
         let h = match self.protocol {
-            ThriftProtocol::Binary => read_header(&mut r, keep_name)?,
-            ThriftProtocol::Compact => read_header_compact(&mut r, keep_name)?,
+            ThriftProtocol::Binary => read_header(&mut r)?,
+            ThriftProtocol::Compact => read_header_compact(&mut r)?,
         };
         let kind = match h.kind {
             message_type::CALL => MessageType::Request,
@@ -142,23 +241,12 @@ impl Thrift {
                 )));
             }
         };
-        let mut m = Message::new(kind, u64::from(h.seqid as u32));
-        // Split the decoded name in place: one allocation for `Service:method`, not three.
-        let mut name = h.name;
-        match name.find(':') {
-            Some(i) => {
-                m.method = name.split_off(i + 1);
-                name.truncate(i);
-                m.service = name;
-                m.service_in_name = true;
-            }
-            None => {
-                self.default_service.clone_into(&mut m.service);
-                m.method = name;
-            }
-        }
-        m.body = r.pos..frame.len();
-        m.status = match kind {
+        let (service, method, service_in_name) = match h.name.split_once(':') {
+            Some((service, method)) => (service, method, true),
+            None => (self.default_service.as_str(), h.name, false),
+        };
+        let body = r.pos..frame.len();
+        let status = match kind {
             // A result struct: field 0 is success; any other field is a declared exception.
             MessageType::Response => {
                 let field_type = r.u8().unwrap_or(0);
@@ -181,7 +269,16 @@ impl Thrift {
             MessageType::Error => Some(ResponseStatus::Error),
             _ => None,
         };
-        Ok(m)
+        Ok(Head {
+            kind,
+            request_id: u64::from(h.seqid as u32),
+            service,
+            method,
+            caller: "",
+            status,
+            service_in_name,
+            body,
+        })
     }
 
     fn frame(&self, header: &Header, body: &[u8]) -> Vec<u8> {
@@ -229,44 +326,32 @@ pub fn app_exception_struct(message: &str, kind: i32) -> Vec<u8> {
     s
 }
 
-/// Reads a message header at the start of a frame's message (after the 4-byte frame length).
-/// The message name: validated always, allocated only when `keep` (replies are matched by id).
-fn name(r: &mut Reader<'_>, len: usize, keep: bool) -> Result<String, CodecError> {
-    if keep {
-        return r.utf8(len, "message name");
-    }
-    let at = r.pos;
-    let s = r.take(len)?;
-    match std::str::from_utf8(s) {
-        Ok(_) => Ok(String::new()),
-        Err(_) => {
-            // The same error as the allocating path.
-            r.pos = at;
-            r.utf8(len, "message name")
-        }
-    }
+/// The message name, validated as UTF-8, borrowed from the frame.
+fn name<'a>(r: &mut Reader<'a>, len: usize) -> Result<&'a str, CodecError> {
+    r.str(len, "message name")
 }
 
-fn read_header(r: &mut Reader<'_>, keep_name: bool) -> Result<Header, CodecError> {
+/// Reads a message header at the start of a frame's message (after the 4-byte frame length).
+fn read_header<'a>(r: &mut Reader<'a>) -> Result<RawHeader<'a>, CodecError> {
     let word = r.u32()?;
     if word & 0x8000_0000 != 0 {
         if word & VERSION_MASK != VERSION_1 {
             return Err(CodecError::BadMagic(word.to_be_bytes().to_vec()));
         }
         let name_len = r.u32()? as usize;
-        let name = name(r, name_len, keep_name)?;
+        let name = name(r, name_len)?;
         let seqid = r.i32()?;
-        Ok(Header {
+        Ok(RawHeader {
             name,
             kind: (word & 0xff) as u8,
             seqid,
         })
     } else {
         // Old-style (non-strict) header: name length, name, type byte, seqid.
-        let name = name(r, word as usize, keep_name)?;
+        let name = name(r, word as usize)?;
         let kind = r.u8()?;
         let seqid = r.i32()?;
-        Ok(Header { name, kind, seqid })
+        Ok(RawHeader { name, kind, seqid })
     }
 }
 
@@ -276,11 +361,10 @@ impl Codec for Thrift {
     }
 
     fn frame_len(&self, head: &[u8]) -> Result<Option<u64>, CodecError> {
-        let Some(len) = head.get(..4) else {
+        let Some(len) = head.first_chunk::<4>() else {
             return Ok(None);
         };
-        let mut r = Reader::new(len, 0);
-        let n = r.i32()?;
+        let n = i32::from_be_bytes(*len);
         if n < 0 {
             return Err(CodecError::Malformed(format!("negative frame length {n}")));
         }
@@ -301,11 +385,15 @@ impl Codec for Thrift {
     }
 
     fn decode(&self, frame: &[u8]) -> Result<Message, CodecError> {
-        self.decode_with(frame, true)
+        Ok(self.decode_head(frame)?.to_message(Vec::new()))
     }
 
-    fn decode_reply(&self, frame: &[u8]) -> Result<Message, CodecError> {
-        self.decode_with(frame, false)
+    fn head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
+        self.decode_head(frame)
+    }
+
+    fn reply_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
+        self.decode_reply_head(frame)
     }
 
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError> {

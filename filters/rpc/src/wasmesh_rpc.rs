@@ -4,7 +4,7 @@
 //! length, payload length, 64-bit request id), a key/value header block and an opaque payload.
 
 use crate::codec::{Codec, CodecError, Reader};
-use crate::message::{LocalError, Message, MessageType, ResponseStatus, keys};
+use crate::message::{Head, LocalError, Message, MessageType, ResponseStatus, keys};
 
 /// The two magic bytes, `WM`.
 pub const MAGIC: [u8; 2] = *b"WM";
@@ -136,6 +136,86 @@ fn header_block(headers: &[(String, String)]) -> Result<Vec<u8>, CodecError> {
     Ok(block)
 }
 
+/// Decodes a frame's head; every header entry other than the first non-empty `service`,
+/// `method` and `caller` goes to `entry` in frame order. Validates the whole frame.
+fn parse<'a>(
+    frame: &'a [u8],
+    mut entry: impl FnMut(&'a str, &'a str),
+) -> Result<Head<'a>, CodecError> {
+    let mut r = Reader::new(frame, 3);
+    let kind_byte = r.u8()?;
+    let flags = r.u8()?;
+    let status_byte = r.u8()?;
+    let block_len = usize::from(r.u16()?);
+    let payload_len = r.u32()? as usize;
+    let request_id = r.u64()?;
+    let kind = match (kind_byte, flags & FLAG_REPLY) {
+        (types::REQUEST, _) => MessageType::Request,
+        (types::ONEWAY, _) => MessageType::Oneway,
+        (types::RESPONSE, _) => MessageType::Response,
+        (types::ERROR, _) => MessageType::Error,
+        (types::HEARTBEAT, 0) => MessageType::Heartbeat,
+        (types::HEARTBEAT, _) => MessageType::HeartbeatReply,
+        (other, _) => return Err(CodecError::Malformed(format!("unknown frame type {other}"))),
+    };
+    let (mut service, mut method, mut caller) = ("", "", "");
+    let block_end = HEADER_LEN + block_len;
+    while r.pos < block_end {
+        let kl = usize::from(r.u16()?);
+        let key = r.take(kl)?;
+        let vl = usize::from(r.u16()?);
+        let value = r.str(vl, "header value")?;
+        if r.pos > block_end {
+            return Err(CodecError::Malformed(format!(
+                "header entry {:?} runs past the header block ({block_len} bytes)",
+                String::from_utf8_lossy(key)
+            )));
+        }
+        // The first non-empty service/method/caller go to their fields.
+        let field = match key {
+            b"service" => Some(&mut service),
+            b"method" => Some(&mut method),
+            b"caller" => Some(&mut caller),
+            _ => None,
+        };
+        match field {
+            Some(f) if f.is_empty() && !value.is_empty() => *f = value,
+            _ => {
+                let key = std::str::from_utf8(key).map_err(|_| {
+                    CodecError::Malformed(format!(
+                        "header key is not UTF-8: {:02x?}",
+                        key.get(..16).unwrap_or(key)
+                    ))
+                })?;
+                entry(key, value);
+            }
+        }
+    }
+    if r.remaining() != payload_len {
+        return Err(CodecError::Malformed(format!(
+            "payload length {payload_len} but {} bytes follow the header block",
+            r.remaining()
+        )));
+    }
+    let status = match kind {
+        MessageType::Response if status_byte == status::OK => Some(ResponseStatus::Ok),
+        MessageType::Response => Some(ResponseStatus::Exception),
+        MessageType::Error => Some(ResponseStatus::Error),
+        MessageType::HeartbeatReply => Some(ResponseStatus::Ok),
+        _ => None,
+    };
+    Ok(Head {
+        kind,
+        request_id,
+        service,
+        method,
+        caller,
+        status,
+        service_in_name: false,
+        body: r.pos..frame.len(),
+    })
+}
+
 impl Codec for WasmeshRpc {
     fn name(&self) -> &'static str {
         "wasmesh-rpc"
@@ -157,70 +237,13 @@ impl Codec for WasmeshRpc {
     }
 
     fn decode(&self, frame: &[u8]) -> Result<Message, CodecError> {
-        let mut r = Reader::new(frame, 3);
-        let kind_byte = r.u8()?;
-        let flags = r.u8()?;
-        let status_byte = r.u8()?;
-        let block_len = usize::from(r.u16()?);
-        let payload_len = r.u32()? as usize;
-        let request_id = r.u64()?;
-        let kind = match (kind_byte, flags & FLAG_REPLY) {
-            (types::REQUEST, _) => MessageType::Request,
-            (types::ONEWAY, _) => MessageType::Oneway,
-            (types::RESPONSE, _) => MessageType::Response,
-            (types::ERROR, _) => MessageType::Error,
-            (types::HEARTBEAT, 0) => MessageType::Heartbeat,
-            (types::HEARTBEAT, _) => MessageType::HeartbeatReply,
-            (other, _) => return Err(CodecError::Malformed(format!("unknown frame type {other}"))),
-        };
-        let mut m = Message::new(kind, request_id);
-        let block_end = HEADER_LEN + block_len;
-        while r.pos < block_end {
-            let kl = usize::from(r.u16()?);
-            let key = r.take(kl)?;
-            let vl = usize::from(r.u16()?);
-            let value = r.utf8(vl, "header value")?;
-            if r.pos > block_end {
-                return Err(CodecError::Malformed(format!(
-                    "header entry {:?} runs past the header block ({block_len} bytes)",
-                    String::from_utf8_lossy(key)
-                )));
-            }
-            // The first service/method/caller go to their fields without allocating a key.
-            let field = match key {
-                b"service" => Some(&mut m.service),
-                b"method" => Some(&mut m.method),
-                b"caller" => Some(&mut m.caller),
-                _ => None,
-            };
-            match field {
-                Some(f) if f.is_empty() && !value.is_empty() => *f = value,
-                _ => {
-                    let key = std::str::from_utf8(key).map_err(|_| {
-                        CodecError::Malformed(format!(
-                            "header key is not UTF-8: {:02x?}",
-                            key.get(..16).unwrap_or(key)
-                        ))
-                    })?;
-                    m.metadata.push((key.to_owned(), value));
-                }
-            }
-        }
-        if r.remaining() != payload_len {
-            return Err(CodecError::Malformed(format!(
-                "payload length {payload_len} but {} bytes follow the header block",
-                r.remaining()
-            )));
-        }
-        m.status = match kind {
-            MessageType::Response if status_byte == status::OK => Some(ResponseStatus::Ok),
-            MessageType::Response => Some(ResponseStatus::Exception),
-            MessageType::Error => Some(ResponseStatus::Error),
-            MessageType::HeartbeatReply => Some(ResponseStatus::Ok),
-            _ => None,
-        };
-        m.body = r.pos..frame.len();
-        Ok(m)
+        let mut metadata = Vec::new();
+        let head = parse(frame, |k, v| metadata.push((k.to_owned(), v.to_owned())))?;
+        Ok(head.to_message(metadata))
+    }
+
+    fn head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
+        parse(frame, |_, _| {})
     }
 
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError> {

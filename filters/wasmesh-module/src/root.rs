@@ -128,6 +128,9 @@ impl RootContext for Root {
         let config = self.get_plugin_configuration().unwrap_or_default();
         match configure(&root_id, &config) {
             Ok(filter) => {
+                if let Filter::Rpc(_) = &filter {
+                    crate::rpc::start();
+                }
                 if matches!(filter, Filter::RateLimit(_)) {
                     self.set_tick_period(crate::ratelimit::STATS_FLUSH_PERIOD);
                 }
@@ -172,6 +175,9 @@ impl RootContext for Root {
         }
         if let Some(Filter::Chain(f)) = &self.filter {
             crate::chain::on_tick(f);
+        }
+        if let Some(Filter::Rpc(f)) = &self.filter {
+            f.flush_stats(&mut crate::rpc::ProxyWasmL4Host);
         }
     }
 

@@ -4,7 +4,7 @@
 //! Loaded with `envoy.filters.network.wasm`, root id `rpc`, before `tcp_proxy`.
 
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use filter_core::{HostError, MetricKind};
 use proxy_wasm::hostcalls;
@@ -12,7 +12,20 @@ use proxy_wasm::traits::{Context, StreamContext};
 use proxy_wasm::types::{Action, BufferType, MetricType, Status};
 use rpc::host::{Direction, L4Host};
 
-/// [`L4Host`] over proxy-wasm host calls, valid inside a stream callback.
+/// How often the counters summed in the VM reach Envoy's stats (the root's tick calls
+/// `rpc::Compiled::flush_stats`).
+pub const STATS_FLUSH_PERIOD: Duration = Duration::from_secs(1);
+
+/// At configure time: starts the root's tick that flushes the counters. A failure is logged,
+/// never fatal (the filter works; its counters stay in the VM).
+pub fn start() {
+    if let Err(e) = hostcalls::set_tick_period(STATS_FLUSH_PERIOD) {
+        log::warn!("wasmesh rpc: no tick, stats not flushed: {e:?}");
+    }
+}
+
+/// [`L4Host`] over proxy-wasm host calls, valid inside a stream callback (and, for metrics,
+/// in the root's tick).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProxyWasmL4Host;
 

@@ -91,6 +91,29 @@ pub fn prom(text: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// `/stats/prometheus` once the rpc filter's counters have reached Envoy: the filter sums them
+/// in the VM and sends them on its root's 1 s tick, so this reads until the `rpc_` samples are
+/// the same in two reads 1.5 s apart (a tick in between), for at most 20 s.
+pub fn settled_stats(envoy: &integration::envoy::RunningEnvoy) -> String {
+    let rpc_lines = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("rpc_"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let started = std::time::Instant::now();
+    let mut text = envoy.admin_get("/stats/prometheus").text();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let next = envoy.admin_get("/stats/prometheus").text();
+        let same = rpc_lines(&next) == rpc_lines(&text);
+        text = next;
+        if same || started.elapsed() > std::time::Duration::from_secs(20) {
+            return text;
+        }
+    }
+}
+
 /// Makes sure Debian's `thrift-compiler` and `python3-thrift` are installed (installing them
 /// with apt-get when missing: the fresh-machine rule), then compiles `calc.thrift` into a fresh
 /// directory. Returns (python interpreter, generated-code directory, peer script).
