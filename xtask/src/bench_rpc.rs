@@ -140,8 +140,13 @@ fn drive(clients: &mut [Client], batches: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// `(listener name, what, filters)` of the three variants.
-fn variants(wasm: &Path) -> Vec<(&'static str, &'static str, Vec<Value>)> {
+/// Environment variable naming a second module to A/B against the first in the same run (as in
+/// `bench.rs`): adds the listener `rpc.filter@alt`, the same filter loaded from that module in
+/// its own VM.
+const ALT_WASM: &str = "WASMESH_BENCH_ALT_WASM";
+
+/// `(listener name, what, filters)` of the three variants, and `rpc.filter@alt` with `alt`.
+fn variants(wasm: &Path, alt: Option<&Path>) -> Vec<(&'static str, &'static str, Vec<Value>)> {
     let rpc = json!({
         "name": "envoy.filters.network.wasm",
         "typed_config": {
@@ -192,7 +197,14 @@ fn variants(wasm: &Path) -> Vec<(&'static str, &'static str, Vec<Value>)> {
             ]}
         }
     });
-    vec![
+    let alt_rpc = alt.map(|alt| {
+        let mut f = rpc.clone();
+        let vm = &mut f["typed_config"]["config"]["vm_config"];
+        vm["vm_id"] = json!("wasmesh@alt");
+        vm["code"]["local"]["filename"] = json!(alt.display().to_string());
+        f
+    });
+    let mut v = vec![
         ("rpc.plain", "plain tcp_proxy to calc", vec![tcp("plain")]),
         (
             "rpc.filter",
@@ -204,7 +216,15 @@ fn variants(wasm: &Path) -> Vec<(&'static str, &'static str, Vec<Value>)> {
             "native thrift_proxy, same routing",
             vec![native],
         ),
-    ]
+    ];
+    if let Some(f) = alt_rpc {
+        v.push((
+            "rpc.filter@alt",
+            "the same filter from WASMESH_BENCH_ALT_WASM + tcp_proxy",
+            vec![f, tcp("filter_alt")],
+        ));
+    }
+    v
 }
 
 fn cluster(name: &str, port: u16) -> Value {
@@ -221,8 +241,8 @@ fn cluster(name: &str, port: u16) -> Value {
     })
 }
 
-fn bootstrap(wasm: &Path, calc: u16, admin: u16) -> Value {
-    let listeners: Vec<Value> = variants(wasm)
+fn bootstrap(wasm: &Path, alt: Option<&Path>, calc: u16, admin: u16) -> Value {
+    let listeners: Vec<Value> = variants(wasm, alt)
         .into_iter()
         .map(|(name, _, filters)| {
             json!({
@@ -245,6 +265,7 @@ fn bootstrap(wasm: &Path, calc: u16, admin: u16) -> Value {
 /// Instructions per call for every variant, from one Envoy under callgrind.
 fn instructions(
     wasm: &Path,
+    alt: Option<&Path>,
     out: &Path,
     calc: u16,
     admin: u16,
@@ -259,7 +280,7 @@ fn instructions(
         }
     }
     let started = Instant::now();
-    let envoy = Envoy::new(bootstrap(wasm, calc, admin))
+    let envoy = Envoy::new(bootstrap(wasm, alt, calc, admin))
         .wrapper(&[
             "valgrind",
             "--tool=callgrind",
@@ -277,7 +298,7 @@ fn instructions(
     let batches = (calls / (BATCH * CONNECTIONS)).max(1);
     let counted = batches * BATCH * CONNECTIONS;
     let mut result = Vec::new();
-    for (i, (name, _, _)) in variants(wasm).iter().enumerate() {
+    for (i, (name, _, _)) in variants(wasm, alt).iter().enumerate() {
         let port = envoy.listener_port(name);
         let mut clients = (0..CONNECTIONS)
             .map(|c| Client::open(port, c))
@@ -438,20 +459,21 @@ fn pin_self(cpus: &str) -> Result<(), String> {
 /// and position effects hit all three alike; ratios are taken within a round.
 fn throughput(
     wasm: &Path,
+    alt: Option<&Path>,
     calc: u16,
     admin: u16,
     seconds: f64,
     rounds: usize,
     pin: Option<&Pinning>,
 ) -> Result<Vec<Vec<Segment>>, String> {
-    let mut envoy = Envoy::new(bootstrap(wasm, calc, admin)).log_level("warning");
+    let mut envoy = Envoy::new(bootstrap(wasm, alt, calc, admin)).log_level("warning");
     if let Some(p) = pin {
         envoy = envoy.wrapper(&["taskset", "-c", &p.envoy]);
     }
     let envoy = envoy.try_start()?;
     let pid = envoy.pid();
     let tck = clock_ticks_per_second();
-    let vs = variants(wasm);
+    let vs = variants(wasm, alt);
     let ports: Vec<u16> = vs.iter().map(|(n, _, _)| envoy.listener_port(n)).collect();
     for &port in &ports {
         let mut c = vec![Client::open(port, 1)?];
@@ -511,8 +533,18 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
     let wasm = opts.out.join("wasmesh_module.wasm");
     std::fs::copy(&built, &wasm).map_err(|e| format!("copying {}: {e}", built.display()))?;
     let size = std::fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
+    let alt = match std::env::var_os(ALT_WASM) {
+        Some(a) => {
+            let copy = opts.out.join("wasmesh_module_alt.wasm");
+            std::fs::copy(&a, &copy)
+                .map_err(|e| format!("copying {ALT_WASM} {}: {e}", Path::new(&a).display()))?;
+            Some(copy)
+        }
+        None => None,
+    };
+    let alt = alt.as_deref();
     let (calc, admin) = (server()?, server()?);
-    let vs = variants(&wasm);
+    let vs = variants(&wasm, alt);
     let irs = if opts.requests > 0 {
         if std::process::Command::new("valgrind")
             .arg("--version")
@@ -521,7 +553,15 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
         {
             return Err("valgrind is not installed (apt-get install valgrind)".into());
         }
-        instructions(&wasm, &opts.out, calc, admin, opts.warmup, opts.requests)?
+        instructions(
+            &wasm,
+            alt,
+            &opts.out,
+            calc,
+            admin,
+            opts.warmup,
+            opts.requests,
+        )?
     } else {
         vec![]
     };
@@ -531,7 +571,15 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
         if let Some(p) = &pin {
             pin_self(&p.load)?;
         }
-        let r = throughput(&wasm, calc, admin, opts.seconds, opts.rounds, pin.as_ref());
+        let r = throughput(
+            &wasm,
+            alt,
+            calc,
+            admin,
+            opts.seconds,
+            opts.rounds,
+            pin.as_ref(),
+        );
         if let Some(p) = &pin {
             pin_self(&p.all)?;
         }
@@ -583,7 +631,7 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
             iqr(&u, 2)
         );
     }
-    if rates.len() == 3 {
+    if rates.len() >= 3 {
         let (plain, filter, native) = (&rates[0], &rates[1], &rates[2]);
         let ratio =
             |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
@@ -628,9 +676,28 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
             "Envoy capacity filter / native per round: median {}",
             summary(&cap_fn, 1.0)
         );
+        if let (Some(alt_rates), Some(alt_cpu)) = (rates.get(3), cpu.get(3)) {
+            println!(
+                "filter@alt / plain calls/s per round: median {}",
+                summary(&ratio(alt_rates, plain), 0.8)
+            );
+            println!(
+                "Envoy capacity filter@alt / plain per round: median {}",
+                summary(&ratio(&cpu[0], alt_cpu), 0.8)
+            );
+            println!(
+                "filter / filter@alt calls/s per round: median {}",
+                summary(&ratio(filter, alt_rates), 1.0)
+            );
+            println!(
+                "Envoy capacity filter / filter@alt per round: median {}",
+                summary(&ratio(alt_cpu, &cpu[1]), 1.0)
+            );
+        }
         println!(
-            "{} rounds x 3 segments of {} s, order rotated each round; client and server built {}; {}; load average before {load_before}, after {load_after}",
+            "{} rounds x {} segments of {} s, order rotated each round; client and server built {}; {}; load average before {load_before}, after {load_after}",
             plain.len(),
+            rates.len(),
             opts.seconds,
             if cfg!(debug_assertions) {
                 "unoptimized (debug: run `cargo run --release -p xtask -- bench --only rpc`)"
@@ -652,6 +719,10 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
         size,
         built.display()
     );
+    if let Some(a) = alt {
+        let n = std::fs::metadata(a).map_or(0, |m| m.len());
+        println!("alt wasm module (rpc.filter@alt): {n} bytes ({ALT_WASM})");
+    }
     if !irs.is_empty() {
         println!(
             "calls counted under callgrind: {} per variant after {} warm-up; one Envoy, --concurrency 1",
@@ -668,17 +739,23 @@ mod tests {
 
     #[test]
     fn the_filter_config_compiles_and_listeners_are_distinct() {
-        let vs = variants(Path::new("m.wasm"));
+        let vs = variants(Path::new("m.wasm"), None);
         let cfg = vs[1].2[0]["typed_config"]["config"]["configuration"]["value"]
             .as_str()
             .unwrap()
             .to_owned();
         let c = rpc::RpcConfig::from_json(cfg.as_bytes()).unwrap();
         rpc::compile(&c).unwrap();
-        let b = bootstrap(Path::new("m.wasm"), 1, 2);
+        let b = bootstrap(Path::new("m.wasm"), None, 1, 2);
         assert_eq!(
             b["static_resources"]["listeners"].as_array().unwrap().len(),
             3
         );
+        let b = bootstrap(Path::new("m.wasm"), Some(Path::new("alt.wasm")), 1, 2);
+        let ls = b["static_resources"]["listeners"].as_array().unwrap();
+        assert_eq!(ls.len(), 4);
+        let vm = &ls[3]["filter_chains"][0]["filters"][0]["typed_config"]["config"]["vm_config"];
+        assert_eq!(vm["vm_id"], "wasmesh@alt");
+        assert_eq!(vm["code"]["local"]["filename"], "alt.wasm");
     }
 }
