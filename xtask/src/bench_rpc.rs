@@ -16,7 +16,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -140,13 +140,16 @@ fn drive(clients: &mut [Client], batches: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Environment variable naming a second module to A/B against the first in the same run (as in
-/// `bench.rs`): adds the listener `rpc.filter@alt`, the same filter loaded from that module in
-/// its own VM.
+/// Environment variable naming more modules (`:`-separated, at most three) to A/B against the
+/// first in the same run (as in `bench.rs`): adds the listeners `rpc.filter@alt`, `@alt2`,
+/// `@alt3`, the same filter loaded from those modules, each in its own VM.
 const ALT_WASM: &str = "WASMESH_BENCH_ALT_WASM";
 
-/// `(listener name, what, filters)` of the three variants, and `rpc.filter@alt` with `alt`.
-fn variants(wasm: &Path, alt: Option<&Path>) -> Vec<(&'static str, &'static str, Vec<Value>)> {
+/// Listener names of the alternative modules.
+const ALT_NAMES: [&str; 3] = ["rpc.filter@alt", "rpc.filter@alt2", "rpc.filter@alt3"];
+
+/// `(listener name, what, filters)` of the three variants, and one per module of `alts`.
+fn variants(wasm: &Path, alts: &[PathBuf]) -> Vec<(&'static str, &'static str, Vec<Value>)> {
     let rpc = json!({
         "name": "envoy.filters.network.wasm",
         "typed_config": {
@@ -197,13 +200,17 @@ fn variants(wasm: &Path, alt: Option<&Path>) -> Vec<(&'static str, &'static str,
             ]}
         }
     });
-    let alt_rpc = alt.map(|alt| {
-        let mut f = rpc.clone();
-        let vm = &mut f["typed_config"]["config"]["vm_config"];
-        vm["vm_id"] = json!("wasmesh@alt");
-        vm["code"]["local"]["filename"] = json!(alt.display().to_string());
-        f
-    });
+    let alt_rpc: Vec<(&'static str, Value)> = ALT_NAMES
+        .iter()
+        .zip(alts)
+        .map(|(name, alt)| {
+            let mut f = rpc.clone();
+            let vm = &mut f["typed_config"]["config"]["vm_config"];
+            vm["vm_id"] = json!(name.replace("rpc.filter", "wasmesh"));
+            vm["code"]["local"]["filename"] = json!(alt.display().to_string());
+            (*name, f)
+        })
+        .collect();
     let mut v = vec![
         ("rpc.plain", "plain tcp_proxy to calc", vec![tcp("plain")]),
         (
@@ -217,11 +224,12 @@ fn variants(wasm: &Path, alt: Option<&Path>) -> Vec<(&'static str, &'static str,
             vec![native],
         ),
     ];
-    if let Some(f) = alt_rpc {
+    for (name, f) in alt_rpc {
+        let prefix = name.replace("rpc.filter@", "filter_");
         v.push((
-            "rpc.filter@alt",
-            "the same filter from WASMESH_BENCH_ALT_WASM + tcp_proxy",
-            vec![f, tcp("filter_alt")],
+            name,
+            "the same filter from a WASMESH_BENCH_ALT_WASM module + tcp_proxy",
+            vec![f, tcp(&prefix)],
         ));
     }
     v
@@ -241,8 +249,8 @@ fn cluster(name: &str, port: u16) -> Value {
     })
 }
 
-fn bootstrap(wasm: &Path, alt: Option<&Path>, calc: u16, admin: u16) -> Value {
-    let listeners: Vec<Value> = variants(wasm, alt)
+fn bootstrap(wasm: &Path, alts: &[PathBuf], calc: u16, admin: u16) -> Value {
+    let listeners: Vec<Value> = variants(wasm, alts)
         .into_iter()
         .map(|(name, _, filters)| {
             json!({
@@ -265,7 +273,7 @@ fn bootstrap(wasm: &Path, alt: Option<&Path>, calc: u16, admin: u16) -> Value {
 /// Instructions per call for every variant, from one Envoy under callgrind.
 fn instructions(
     wasm: &Path,
-    alt: Option<&Path>,
+    alts: &[PathBuf],
     out: &Path,
     calc: u16,
     admin: u16,
@@ -280,7 +288,7 @@ fn instructions(
         }
     }
     let started = Instant::now();
-    let envoy = Envoy::new(bootstrap(wasm, alt, calc, admin))
+    let envoy = Envoy::new(bootstrap(wasm, alts, calc, admin))
         .wrapper(&[
             "valgrind",
             "--tool=callgrind",
@@ -298,7 +306,7 @@ fn instructions(
     let batches = (calls / (BATCH * CONNECTIONS)).max(1);
     let counted = batches * BATCH * CONNECTIONS;
     let mut result = Vec::new();
-    for (i, (name, _, _)) in variants(wasm, alt).iter().enumerate() {
+    for (i, (name, _, _)) in variants(wasm, alts).iter().enumerate() {
         let port = envoy.listener_port(name);
         let mut clients = (0..CONNECTIONS)
             .map(|c| Client::open(port, c))
@@ -459,21 +467,21 @@ fn pin_self(cpus: &str) -> Result<(), String> {
 /// and position effects hit all three alike; ratios are taken within a round.
 fn throughput(
     wasm: &Path,
-    alt: Option<&Path>,
+    alts: &[PathBuf],
     calc: u16,
     admin: u16,
     seconds: f64,
     rounds: usize,
     pin: Option<&Pinning>,
 ) -> Result<Vec<Vec<Segment>>, String> {
-    let mut envoy = Envoy::new(bootstrap(wasm, alt, calc, admin)).log_level("warning");
+    let mut envoy = Envoy::new(bootstrap(wasm, alts, calc, admin)).log_level("warning");
     if let Some(p) = pin {
         envoy = envoy.wrapper(&["taskset", "-c", &p.envoy]);
     }
     let envoy = envoy.try_start()?;
     let pid = envoy.pid();
     let tck = clock_ticks_per_second();
-    let vs = variants(wasm, alt);
+    let vs = variants(wasm, alts);
     let ports: Vec<u16> = vs.iter().map(|(n, _, _)| envoy.listener_port(n)).collect();
     for &port in &ports {
         let mut c = vec![Client::open(port, 1)?];
@@ -533,18 +541,20 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
     let wasm = opts.out.join("wasmesh_module.wasm");
     std::fs::copy(&built, &wasm).map_err(|e| format!("copying {}: {e}", built.display()))?;
     let size = std::fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
-    let alt = match std::env::var_os(ALT_WASM) {
-        Some(a) => {
-            let copy = opts.out.join("wasmesh_module_alt.wasm");
+    let mut alts = Vec::new();
+    if let Some(list) = std::env::var_os(ALT_WASM) {
+        for (i, a) in std::env::split_paths(&list).enumerate() {
+            if i >= ALT_NAMES.len() {
+                return Err(format!("{ALT_WASM}: at most {} modules", ALT_NAMES.len()));
+            }
+            let copy = opts.out.join(format!("wasmesh_module_alt{}.wasm", i + 1));
             std::fs::copy(&a, &copy)
-                .map_err(|e| format!("copying {ALT_WASM} {}: {e}", Path::new(&a).display()))?;
-            Some(copy)
+                .map_err(|e| format!("copying {ALT_WASM} {}: {e}", a.display()))?;
+            alts.push(copy);
         }
-        None => None,
-    };
-    let alt = alt.as_deref();
+    }
     let (calc, admin) = (server()?, server()?);
-    let vs = variants(&wasm, alt);
+    let vs = variants(&wasm, &alts);
     let irs = if opts.requests > 0 {
         if std::process::Command::new("valgrind")
             .arg("--version")
@@ -555,7 +565,7 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
         }
         instructions(
             &wasm,
-            alt,
+            &alts,
             &opts.out,
             calc,
             admin,
@@ -573,7 +583,7 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
         }
         let r = throughput(
             &wasm,
-            alt,
+            &alts,
             calc,
             admin,
             opts.seconds,
@@ -676,21 +686,25 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
             "Envoy capacity filter / native per round: median {}",
             summary(&cap_fn, 1.0)
         );
-        if let (Some(alt_rates), Some(alt_cpu)) = (rates.get(3), cpu.get(3)) {
+        for (k, name) in ALT_NAMES.iter().enumerate() {
+            let (Some(alt_rates), Some(alt_cpu)) = (rates.get(3 + k), cpu.get(3 + k)) else {
+                break;
+            };
+            let name = name.trim_start_matches("rpc.");
             println!(
-                "filter@alt / plain calls/s per round: median {}",
+                "{name} / plain calls/s per round: median {}",
                 summary(&ratio(alt_rates, plain), 0.8)
             );
             println!(
-                "Envoy capacity filter@alt / plain per round: median {}",
+                "Envoy capacity {name} / plain per round: median {}",
                 summary(&ratio(&cpu[0], alt_cpu), 0.8)
             );
             println!(
-                "filter / filter@alt calls/s per round: median {}",
+                "filter / {name} calls/s per round: median {}",
                 summary(&ratio(filter, alt_rates), 1.0)
             );
             println!(
-                "Envoy capacity filter / filter@alt per round: median {}",
+                "Envoy capacity filter / {name} per round: median {}",
                 summary(&ratio(alt_cpu, &cpu[1]), 1.0)
             );
         }
@@ -719,9 +733,9 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
         size,
         built.display()
     );
-    if let Some(a) = alt {
+    for (a, name) in alts.iter().zip(ALT_NAMES) {
         let n = std::fs::metadata(a).map_or(0, |m| m.len());
-        println!("alt wasm module (rpc.filter@alt): {n} bytes ({ALT_WASM})");
+        println!("{name}: {n} bytes ({ALT_WASM})");
     }
     if !irs.is_empty() {
         println!(
@@ -739,23 +753,27 @@ mod tests {
 
     #[test]
     fn the_filter_config_compiles_and_listeners_are_distinct() {
-        let vs = variants(Path::new("m.wasm"), None);
+        let vs = variants(Path::new("m.wasm"), &[]);
         let cfg = vs[1].2[0]["typed_config"]["config"]["configuration"]["value"]
             .as_str()
             .unwrap()
             .to_owned();
         let c = rpc::RpcConfig::from_json(cfg.as_bytes()).unwrap();
         rpc::compile(&c).unwrap();
-        let b = bootstrap(Path::new("m.wasm"), None, 1, 2);
+        let b = bootstrap(Path::new("m.wasm"), &[], 1, 2);
         assert_eq!(
             b["static_resources"]["listeners"].as_array().unwrap().len(),
             3
         );
-        let b = bootstrap(Path::new("m.wasm"), Some(Path::new("alt.wasm")), 1, 2);
+        let alts = [PathBuf::from("a.wasm"), PathBuf::from("b.wasm")];
+        let b = bootstrap(Path::new("m.wasm"), &alts, 1, 2);
         let ls = b["static_resources"]["listeners"].as_array().unwrap();
-        assert_eq!(ls.len(), 4);
-        let vm = &ls[3]["filter_chains"][0]["filters"][0]["typed_config"]["config"]["vm_config"];
-        assert_eq!(vm["vm_id"], "wasmesh@alt");
-        assert_eq!(vm["code"]["local"]["filename"], "alt.wasm");
+        assert_eq!(ls.len(), 5);
+        let vm = |i: usize| &ls[i]["filter_chains"][0]["filters"][0]["typed_config"]["config"]["vm_config"];
+        assert_eq!(vm(3)["vm_id"], "wasmesh@alt");
+        assert_eq!(vm(3)["code"]["local"]["filename"], "a.wasm");
+        assert_eq!(vm(4)["vm_id"], "wasmesh@alt2");
+        assert_eq!(vm(4)["code"]["local"]["filename"], "b.wasm");
+        assert_eq!(ls[4]["name"], "rpc.filter@alt2");
     }
 }
