@@ -17,7 +17,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -179,7 +179,9 @@ impl KeyCache {
         if sets == 0 {
             return None;
         }
-        let s = usize::try_from(self.hasher.hash_one(key) % sets as u64).unwrap_or(0);
+        let mut h = self.hasher.build_hasher();
+        h.write(key);
+        let s = usize::try_from(h.finish() % sets as u64).unwrap_or(0);
         let start = s * WAYS;
         Some((s, start..(start + WAYS).min(self.slots.len())))
     }

@@ -7,7 +7,7 @@
 //! identity header, claim headers and payload header are always either replaced or removed, so
 //! a client-sent copy never reaches the upstream.
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell, RefMut};
 use std::rc::Rc;
 use std::time::SystemTime;
 
@@ -191,6 +191,26 @@ pub struct Compiled {
     reads: ReadPlan,
     stats: Stats,
     budget: Option<RefCell<Bucket>>,
+    /// The map of a one-header read ([`ReadPlan::One`]), kept per worker: its vector and name
+    /// are allocated once, only the value comes from the host per request.
+    one: RefCell<HeaderMap>,
+}
+
+/// The request headers as read: the worker's one-header map, or a whole map.
+enum Read<'a> {
+    Lent(RefMut<'a, HeaderMap>),
+    Owned(HeaderMap),
+}
+
+impl std::ops::Deref for Read<'_> {
+    type Target = HeaderMap;
+
+    fn deref(&self) -> &HeaderMap {
+        match self {
+            Self::Lent(m) => m,
+            Self::Owned(m) => m,
+        }
+    }
 }
 
 /// A token bucket of verifications: `rate` per second, burst `rate`, in thousandths.
@@ -634,6 +654,7 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
         realm: config.realm.clone(),
         reads,
         stats: Stats::default(),
+        one: RefCell::new(HeaderMap::default()),
         budget: match config.verify_budget_per_second {
             Some(0) => {
                 return Err(invalid(
@@ -1086,16 +1107,34 @@ impl Compiled {
         }))
     }
 
-    fn read<H: Host>(&self, host: &mut H) -> Result<HeaderMap, filter_core::HostError> {
+    fn read<H: Host>(&self, host: &mut H) -> Result<Read<'_>, filter_core::HostError> {
         match &self.reads {
-            ReadPlan::One(name) => host
-                .header(HeaderMapKind::Request, name)
-                .map(|v| HeaderMap::new(v.map(|v| (name.clone(), v)).into_iter().collect())),
-            ReadPlan::All => host.header_map(HeaderMapKind::Request),
+            ReadPlan::One(name) => {
+                let v = host.header(HeaderMapKind::Request, name)?;
+                let Ok(mut map) = self.one.try_borrow_mut() else {
+                    return Ok(Read::Owned(HeaderMap::new(
+                        v.map(|v| (name.clone(), v)).into_iter().collect(),
+                    )));
+                };
+                match (v, map.pairs.first_mut()) {
+                    (Some(v), Some(pair)) => pair.1 = v,
+                    (Some(v), None) => map.pairs.push((name.clone(), v)),
+                    (None, _) => map.pairs.clear(),
+                }
+                Ok(Read::Lent(map))
+            }
+            ReadPlan::All => host.header_map(HeaderMapKind::Request).map(Read::Owned),
         }
     }
 
     fn rule(&self, map: &HeaderMap) -> Option<&RuleC> {
+        // The first rule matches every request (the default): nothing to look up.
+        if let Some(r) = self.rules.first()
+            && r.path.is_none()
+            && r.methods.is_empty()
+        {
+            return Some(r);
+        }
         let path = map.get(":path").unwrap_or("");
         let path = path.split(['?', '#']).next().unwrap_or(path);
         let method = map.get(":method").unwrap_or("");
@@ -1319,15 +1358,15 @@ impl Compiled {
             return Decision::Continue;
         }
         // The clock is a host call: only JWT (`exp`, `nbf`, ...) and Basic (the budget) need it.
-        let clock = if rule.required.iter().any(|m| *m != Method::ApiKey) {
-            host.now()
+        let (now, now_ns) = if rule.required.iter().any(|m| *m != Method::ApiKey) {
+            let clock = host.now();
+            let now_ns = clock
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            (unix(clock), now_ns)
         } else {
-            SystemTime::UNIX_EPOCH
+            (0, 0)
         };
-        let now = unix(clock);
-        let now_ns = clock
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
         let mut identity: Option<(Identity, Vec<Write<'_>>)> = None;
         let mut first_error: Option<Reject> = None;
         let mut any_present = false;

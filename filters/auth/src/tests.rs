@@ -1342,3 +1342,34 @@ fn api_key_cache_entries_serializes_only_when_set() {
     assert!(text.contains(r#""cache_entries":0"#), "{text}");
     assert_eq!(AuthConfig::from_json(text.as_bytes()).unwrap(), c);
 }
+
+/// The one-header read reuses the worker's map: a request without the header, after one with
+/// it, sees no header (not the previous request's value), and the next one sees its own.
+#[test]
+fn one_header_read_never_sees_the_previous_requests_value() {
+    let f = api_keys_filter(2, None);
+    let mut h = host(&[]);
+    for (key, want) in [
+        (Some("key-0"), "c0"),
+        (None, r#"401 {"error":"missing_credentials"}"#),
+        (Some("key-1"), "c1"),
+        (None, r#"401 {"error":"missing_credentials"}"#),
+        (None, r#"401 {"error":"missing_credentials"}"#),
+        (Some("key-9"), r#"401 {"error":"invalid_api_key"}"#),
+        (Some("key-0"), "c0"),
+    ] {
+        let got = match key {
+            Some(k) => api_key_outcome(&f, &mut h, k),
+            None => {
+                h.request = host(&[("x-consumer", "forged")]).request;
+                match run(&f, &mut h).0 {
+                    Decision::Reply(r) => {
+                        format!("{} {}", r.status, String::from_utf8_lossy(&r.body))
+                    }
+                    other => format!("{other:?}"),
+                }
+            }
+        };
+        assert_eq!(got, want, "key {key:?}");
+    }
+}

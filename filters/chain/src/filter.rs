@@ -45,10 +45,46 @@ enum StageStream {
     Headers(headers::Stream),
 }
 
+/// Stages whose stream state is kept inline (no allocation per request); more go to a vector.
+const INLINE_STAGES: usize = 4;
+
+/// The stages' stream states, in order: the first [`INLINE_STAGES`] inline, the rest in `more`.
+#[derive(Debug, Default)]
+struct StageStreams {
+    inline: [Option<StageStream>; INLINE_STAGES],
+    more: Vec<StageStream>,
+}
+
+impl StageStreams {
+    fn clear(&mut self) {
+        self.inline = Default::default();
+        self.more.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.inline.iter().flatten().count() + self.more.len()
+    }
+
+    fn push(&mut self, s: StageStream) {
+        match self.inline.iter_mut().find(|x| x.is_none()) {
+            Some(slot) => *slot = Some(s),
+            None => self.more.push(s),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &StageStream> {
+        self.inline.iter().flatten().chain(self.more.iter())
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut StageStream> {
+        self.inline.iter_mut().flatten().chain(self.more.iter_mut())
+    }
+}
+
 /// Per-request state: each stage's own stream state, and how many stages ran on the request.
 #[derive(Debug, Default)]
 pub struct Stream {
-    stages: Vec<StageStream>,
+    stages: StageStreams,
     ran: usize,
 }
 
@@ -159,7 +195,6 @@ impl Compiled {
     /// upstream); otherwise every change is written once at the end.
     pub fn on_request_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
         stream.stages.clear();
-        stream.stages.reserve_exact(self.stages.len());
         stream.ran = 0;
         let mut phase = Phase::with_overlay(
             host,
