@@ -30,7 +30,7 @@
 //! from the one bucket until it refills (they are limited together, never more leniently).
 //! Stats counts these as `slot_shared`.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind};
@@ -38,7 +38,7 @@ use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalRepl
 use crate::ConfigError;
 use crate::bucket::{Bucket, Lease, Limit, NANOS_PER_SECOND, lease_size};
 use crate::config::{FailureMode, RateLimitConfig, ResponseHeaders};
-use crate::keys::{KeySource, Matcher, key_hash};
+use crate::keys::{KeySource, Matcher, key_hash_seed, key_hash_seeded};
 
 /// Default slot count of a keyed rule.
 pub const DEFAULT_SLOTS: u32 = 16_384;
@@ -81,6 +81,9 @@ pub struct Compiled {
     reads: ReadPlan,
     needs_peer: bool,
     state: RefCell<WorkerState>,
+    /// The map of a one-header read ([`ReadPlan::One`]), kept per worker: its vector and name
+    /// are allocated once, only the value comes from the host per request.
+    one: RefCell<HeaderMap>,
     /// The last limited reply sent from this worker: rule, `Retry-After` seconds, the reply.
     last_reply: RefCell<Option<(usize, u64, LocalReply)>>,
     /// Global limits (rate limit service), checked after the local rules admit.
@@ -100,6 +103,8 @@ struct CompiledRule {
     key_prefix: String,
     /// The limit's rate in decimal, for the 429's `x-ratelimit-limit` (built once).
     limit_text: String,
+    /// [`crate::key_hash`]'s state after the rule name (a request hashes only its key).
+    hash_seed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +117,26 @@ enum ReadPlan {
 #[derive(Debug, Default)]
 struct WorkerState {
     rules: Vec<RuleState>,
+    /// The rules matched by the request in progress: scratch reused by every request,
+    /// allocated once with room for every rule.
+    matched: Vec<Matched>,
+}
+
+/// The request headers as read: the worker's one-header map, or a map of the request's own.
+enum Read<'a> {
+    Lent(RefMut<'a, HeaderMap>),
+    Owned(HeaderMap),
+}
+
+impl std::ops::Deref for Read<'_> {
+    type Target = HeaderMap;
+
+    fn deref(&self) -> &HeaderMap {
+        match self {
+            Self::Lent(m) => m,
+            Self::Owned(m) => m,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -237,6 +262,7 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
             shadow: r.shadow || config.shadow,
             key_prefix: format!("wasmesh.rl|{}|{}|", config.domain, r.name),
             limit_text: limit.rate().to_string(),
+            hash_seed: key_hash_seed(&r.name),
         });
     }
     let mut headers = Vec::new();
@@ -277,6 +303,7 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
                 pending: [0; 6],
             })
             .collect(),
+        matched: Vec::with_capacity(rules.len()),
     };
     Ok(Compiled {
         domain: config.domain.clone(),
@@ -289,6 +316,7 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
         reads,
         needs_peer,
         state: RefCell::new(state),
+        one: RefCell::new(HeaderMap::default()),
         last_reply: RefCell::new(None),
         global,
     })
@@ -320,6 +348,7 @@ enum Standing {
     Failed,
 }
 
+#[derive(Debug, Clone, Copy)]
 struct Matched {
     rule: usize,
     entry: usize,
@@ -455,19 +484,56 @@ impl Compiled {
         let Ok(mut state) = self.state.try_borrow_mut() else {
             return Decision::Continue;
         };
-        let map = match &self.reads {
-            ReadPlan::Nothing => HeaderMap::default(),
-            ReadPlan::One(name) => match host.header(HeaderMapKind::Request, name) {
-                Ok(v) => HeaderMap::new(v.map(|v| (name.clone(), v)).into_iter().collect()),
-                Err(_) => HeaderMap::default(),
-            },
-            ReadPlan::All => host.header_map(HeaderMapKind::Request).unwrap_or_default(),
-        };
+        let map = self.read(host);
+        let mut matched = std::mem::take(&mut state.matched);
+        matched.clear();
+        let decision = self.decide(host, stream, send_reply, &mut state, &map, &mut matched);
+        matched.clear();
+        state.matched = matched;
+        decision
+    }
+
+    /// The request headers the rules read (see [`ReadPlan`]); a failed read is an empty map.
+    fn read<H: Host>(&self, host: &mut H) -> Read<'_> {
+        match &self.reads {
+            ReadPlan::Nothing => Read::Owned(HeaderMap::default()),
+            ReadPlan::One(name) => {
+                let Ok(v) = host.header(HeaderMapKind::Request, name) else {
+                    return Read::Owned(HeaderMap::default());
+                };
+                let Ok(mut map) = self.one.try_borrow_mut() else {
+                    return Read::Owned(HeaderMap::new(
+                        v.map(|v| (name.clone(), v)).into_iter().collect(),
+                    ));
+                };
+                match (v, map.pairs.first_mut()) {
+                    (Some(v), Some(pair)) => pair.1 = v,
+                    (Some(v), None) => map.pairs.push((name.clone(), v)),
+                    (None, _) => map.pairs.clear(),
+                }
+                Read::Lent(map)
+            }
+            ReadPlan::All => {
+                Read::Owned(host.header_map(HeaderMapKind::Request).unwrap_or_default())
+            }
+        }
+    }
+
+    /// Steps 2 and 3 of the request (module docs) over the headers read; `matched` is the
+    /// worker's empty scratch vector.
+    fn decide<H: Host>(
+        &self,
+        host: &mut H,
+        stream: &mut Stream,
+        send_reply: bool,
+        state: &mut WorkerState,
+        map: &HeaderMap,
+        matched: &mut Vec<Matched>,
+    ) -> Decision {
         let now = nanos(host.now());
         let mut peer_cache: Option<Option<String>> = None;
-        let mut matched: Vec<Matched> = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.when.matches(&map) {
+            if !rule.when.matches(map) {
                 continue;
             }
             let mut peer = || {
@@ -481,10 +547,10 @@ impl Compiled {
                     })
                     .clone()
             };
-            let Some(key) = rule.key.extract(&map, &mut peer) else {
+            let Some(key) = rule.key.extract(map, &mut peer) else {
                 continue;
             };
-            let hash = key_hash(&rule.name, &key);
+            let hash = key_hash_seeded(rule.hash_seed, &key);
             let Some(rs) = state.rules.get_mut(i) else {
                 continue;
             };
@@ -514,12 +580,12 @@ impl Compiled {
             } else {
                 LIMITED
             };
-            count(&mut state, rule_i, which);
+            count(state, rule_i, which);
             let retry_ns = match standing {
                 Standing::Empty { retry_ns } => retry_ns,
                 _ => NANOS_PER_SECOND,
             };
-            self.flush_if_due(host, &mut state);
+            self.flush_if_due(host, state);
             if send_reply {
                 self.send_limited(host, rule_i, retry_ns);
                 return Decision::Pause;
@@ -529,7 +595,7 @@ impl Compiled {
 
         // Admitted: every rule with a token consumes one.
         let mut tightest: Option<(usize, u64, u64)> = None;
-        for m in &matched {
+        for m in matched.iter() {
             let shadow = self.rules.get(m.rule).is_some_and(|r| r.shadow);
             match m.standing {
                 Standing::Token => {
@@ -546,16 +612,16 @@ impl Compiled {
                     rs.pending[ALLOWED] += 1;
                 }
                 Standing::Empty { .. } if shadow => {
-                    count(&mut state, m.rule, SHADOW_LIMITED);
+                    count(state, m.rule, SHADOW_LIMITED);
                 }
                 Standing::Empty { .. } => {}
-                Standing::Failed => count(&mut state, m.rule, FAILED_OPEN),
+                Standing::Failed => count(state, m.rule, FAILED_OPEN),
             }
         }
         if let Some((rule_i, remaining, reset_ns)) = tightest {
             self.allowed_headers(stream, rule_i, remaining, reset_ns);
         }
-        self.flush_if_due(host, &mut state);
+        self.flush_if_due(host, state);
         if let Some(g) = &self.global {
             let peer = match peer_cache {
                 Some(p) => p,
@@ -566,7 +632,7 @@ impl Compiled {
                     .and_then(|raw| String::from_utf8(raw).ok()),
                 None => None,
             };
-            return g.start(host, &map, &mut || peer.clone(), &mut stream.global);
+            return g.start(host, map, &mut || peer.clone(), &mut stream.global);
         }
         Decision::Continue
     }

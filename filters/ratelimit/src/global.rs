@@ -207,7 +207,7 @@ impl Global {
             let key = if key.len() > MAX_KEY_LEN {
                 format!("#{:016x}", key_hash(&r.name, &key))
             } else {
-                key
+                key.into_owned()
             };
             out.push((u8::try_from(i).unwrap_or(u8::MAX), key));
         }

@@ -4,6 +4,7 @@
 //! address without trusted hops, the peer address the filter fetched once); nothing makes a
 //! host call.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use filter_core::HeaderMap;
@@ -242,28 +243,29 @@ impl KeySource {
         }
     }
 
-    /// The key of this request, `None` when it has none. `peer` is the connection's peer
-    /// address (`ip:port` or `[ip]:port`), fetched lazily by the caller.
-    pub(crate) fn extract(
-        &self,
-        map: &HeaderMap,
+    /// The key of this request, `None` when it has none: borrowed from the map or the
+    /// configuration (no allocation), except a client address, which is formatted. `peer` is
+    /// the connection's peer address (`ip:port` or `[ip]:port`), fetched lazily by the caller.
+    pub(crate) fn extract<'a>(
+        &'a self,
+        map: &'a HeaderMap,
         peer: &mut dyn FnMut() -> Option<String>,
-    ) -> Option<String> {
+    ) -> Option<Cow<'a, str>> {
         match self {
-            Self::Constant(c) => Some(c.clone()),
-            Self::Header(h) => map.get(h).map(str::to_owned),
-            Self::Method => map.get(":method").map(str::to_owned),
-            Self::Path => Some(path_of(map).to_owned()),
+            Self::Constant(c) => Some(Cow::Borrowed(c)),
+            Self::Header(h) => map.get(h).map(Cow::Borrowed),
+            Self::Method => map.get(":method").map(Cow::Borrowed),
+            Self::Path => Some(Cow::Borrowed(path_of(map))),
             Self::PathRegex(re) => re
                 .captures(path_of(map))
                 .and_then(|c| c.get(1))
-                .map(|m| m.as_str().to_owned()),
+                .map(|m| Cow::Borrowed(m.as_str())),
             Self::Query(name) => {
                 let query = map.get(":path")?.split_once('?')?.1;
                 let query = query.split_once('#').map_or(query, |(q, _)| q);
                 query.split('&').find_map(|pair| {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (k == name).then(|| v.to_owned())
+                    (k == name).then_some(Cow::Borrowed(v))
                 })
             }
             Self::Cookie(name) => map
@@ -273,7 +275,7 @@ impl KeySource {
                 .flat_map(|(_, v)| v.split(';'))
                 .find_map(|c| {
                     let (k, v) = c.trim().split_once('=')?;
-                    (k == name).then(|| v.trim_matches('"').to_owned())
+                    (k == name).then(|| Cow::Borrowed(v.trim_matches('"')))
                 }),
             Self::Client {
                 trusted_hops,
@@ -293,7 +295,7 @@ impl KeySource {
                     Some(ip) => ip,
                     None => parse_peer(&peer()?)?,
                 };
-                Some(group(ip, *v4, *v6))
+                Some(Cow::Owned(group(ip, *v4, *v6)))
             }
         }
     }
@@ -329,17 +331,32 @@ fn group(ip: IpAddr, v4: u8, v6: u8) -> String {
 /// A 64-bit hash of a key, the same in every worker and every build (FNV-1a with a final
 /// avalanche so that `hash % slots` spreads well).
 pub fn key_hash(rule: &str, key: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in rule.bytes().chain([0xff]).chain(key.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    key_hash_seeded(key_hash_seed(rule), key)
+}
+
+/// The FNV-1a state after `rule` and its separator: constant per rule, computed once at
+/// configure time so that a request hashes only its key ([`key_hash_seeded`]).
+pub(crate) fn key_hash_seed(rule: &str) -> u64 {
+    fnv(0xcbf2_9ce4_8422_2325, rule.bytes().chain([0xff]))
+}
+
+/// [`key_hash`] of `key` from its rule's [`key_hash_seed`].
+pub(crate) fn key_hash_seeded(seed: u64, key: &str) -> u64 {
+    let mut h = fnv(seed, key.bytes());
     // fmix64 from MurmurHash3.
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^= h >> 33;
+    h
+}
+
+fn fnv(mut h: u64, bytes: impl Iterator<Item = u8>) -> u64 {
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
     h
 }
 
@@ -376,7 +393,7 @@ mod tests {
             ("cookie", "x=1; session=\"s9\""),
             ("cookie", "other=2"),
         ]);
-        let ex = |k: &KeySource| k.extract(&m, &mut no_peer);
+        let ex = |k: &KeySource| k.extract(&m, &mut no_peer).map(Cow::into_owned);
         assert_eq!(ex(&key(r#"{"header":"X-Api-Key"}"#)).as_deref(), Some("k1"));
         assert_eq!(ex(&key(r#"{"header":"x-none"}"#)), None);
         assert_eq!(ex(&key(r#"{"query":"key"}"#)).as_deref(), Some("abc"));
@@ -491,5 +508,9 @@ mod tests {
         // Pinned: the hash decides slots in shared data, which outlive a module upgrade.
         assert_eq!(key_hash("", ""), 1_998_855_519_756_462_295);
         assert_eq!(key_hash("rule", "key"), 7_687_279_487_564_556_541);
+        assert_eq!(
+            key_hash_seeded(key_hash_seed("rule"), "key"),
+            key_hash("rule", "key")
+        );
     }
 }

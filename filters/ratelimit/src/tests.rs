@@ -258,6 +258,13 @@ fn keys_get_separate_buckets_and_missing_key_is_not_counted() {
     let before = none.host_calls;
     run(&f, &mut none);
     assert_eq!(none.host_calls - before, 1);
+    // The worker's one-header map was emptied by the absent header and is refilled: each key
+    // is still read as its own (both buckets stay empty for the minute).
+    assert_eq!(admitted(&f, &mut a, 1), 0, "key a after no key");
+    assert_eq!(admitted(&f, &mut b, 1), 0, "key b after key a");
+    let mut c = MockHost::new().with_request(&[("x-api-key", "c")]);
+    c.shared = b.shared.clone();
+    assert_eq!(admitted(&f, &mut c, 3), 2, "key c: its own bucket");
 }
 
 #[test]
