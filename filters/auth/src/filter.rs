@@ -44,8 +44,8 @@ pub struct Identity {
     /// How the caller authenticated.
     pub method: Method,
     /// The consumer: API key or Basic consumer name, or the JWT's consumer claim (default
-    /// `sub`).
-    pub consumer: String,
+    /// `sub`). Shared with the configuration (a request takes a reference, not a copy).
+    pub consumer: Rc<str>,
     /// The JWT `sub`, when authenticated by JWT.
     pub subject: Option<String>,
     /// The verified JWT claims, when authenticated by JWT.
@@ -102,7 +102,7 @@ enum Source {
 #[derive(Debug)]
 struct ApiKeysC {
     from: Vec<Source>,
-    consumers: Vec<String>,
+    consumers: Vec<Rc<str>>,
     table: KeyTable,
     forward: bool,
 }
@@ -111,7 +111,7 @@ struct ApiKeysC {
 struct BasicUserC {
     username: String,
     hash: PasswordHash,
-    consumer: String,
+    consumer: Rc<str>,
 }
 
 #[derive(Debug)]
@@ -437,7 +437,7 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
                     })?;
                     table.add(digest, i);
                 }
-                consumers.push(c.name.clone());
+                consumers.push(Rc::from(c.name.as_str()));
             }
             let default = Source::Header {
                 name: "x-api-key".into(),
@@ -478,7 +478,7 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
                     Ok(BasicUserC {
                         username: u.username.clone(),
                         hash,
-                        consumer: u.consumer.clone().unwrap_or_else(|| u.username.clone()),
+                        consumer: Rc::from(u.consumer.as_deref().unwrap_or(&u.username)),
                     })
                 })
                 .collect::<Result<_, ConfigError>>()?;
@@ -883,13 +883,13 @@ struct Found<'a> {
 
 /// The writes that keep a credential from reaching the upstream: remove its header, or drop its
 /// query parameter from `:path` (a cookie stays: other cookies share the header).
-fn strip<'a>(found: &Found<'a>, map: &HeaderMap) -> Vec<Write<'a>> {
+fn strip<'a>(found: &Found<'a>, map: &HeaderMap) -> Option<Write<'a>> {
     if let Some(h) = found.header {
-        return vec![Write::Remove(h)];
+        return Some(Write::Remove(h));
     }
     match (found.query, map.get(":path")) {
-        (Some(q), Some(path)) => vec![Write::Set(":path", without_param(path, q))],
-        _ => Vec::new(),
+        (Some(q), Some(path)) => Some(Write::Set(":path", without_param(path, q))),
+        _ => None,
     }
 }
 
@@ -952,7 +952,50 @@ fn find<'a>(sources: &'a [Source], map: &'a HeaderMap) -> Option<Found<'a>> {
 enum Outcome<'a> {
     Missing,
     Failed(Reject),
-    Ok(Identity, Vec<Write<'a>>),
+    Ok(Identity, Writes<'a>),
+}
+
+/// A method's header writes: the first inline (API key and Basic make at most one: the
+/// credential's removal), more (JWT claims) in a vector, so the common case allocates nothing.
+#[derive(Debug, Default)]
+struct Writes<'a> {
+    first: Option<Write<'a>>,
+    more: Vec<Write<'a>>,
+}
+
+impl<'a> Writes<'a> {
+    fn push(&mut self, w: Write<'a>) {
+        if self.first.is_none() && self.more.is_empty() {
+            self.first = Some(w);
+        } else {
+            self.more.push(w);
+        }
+    }
+
+    fn extend(&mut self, ws: Writes<'a>) {
+        for w in ws.first.into_iter().chain(ws.more) {
+            self.push(w);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Write<'a>> {
+        self.first.iter().chain(self.more.iter())
+    }
+}
+
+impl<'a> From<Vec<Write<'a>>> for Writes<'a> {
+    fn from(more: Vec<Write<'a>>) -> Self {
+        Self { first: None, more }
+    }
+}
+
+impl<'a> From<Option<Write<'a>>> for Writes<'a> {
+    fn from(first: Option<Write<'a>>) -> Self {
+        Self {
+            first,
+            more: Vec::new(),
+        }
+    }
 }
 
 /// A header write to make on success (names borrowed from the configuration or the request).
@@ -965,7 +1008,7 @@ enum Write<'a> {
 impl PrincipalC {
     fn matches(&self, id: &Identity) -> bool {
         match self {
-            Self::Consumer(c) => id.consumer == *c,
+            Self::Consumer(c) => *id.consumer == **c,
             Self::Subject(s) => id.subject.as_deref() == Some(s.as_str()),
             Self::ClaimEquals(path, want) => id
                 .claims
@@ -1187,11 +1230,11 @@ impl Compiled {
                         Outcome::Ok(
                             Identity {
                                 method: m,
-                                consumer,
+                                consumer: consumer.into(),
                                 subject,
                                 claims: Some(claims),
                             },
-                            writes,
+                            writes.into(),
                         )
                     }
                 }
@@ -1211,14 +1254,14 @@ impl Compiled {
                     None => Outcome::Failed(Reject::InvalidApiKey),
                     Some(name) => {
                         let writes = if a.forward {
-                            Vec::new()
+                            Writes::default()
                         } else {
-                            strip(&found, map)
+                            strip(&found, map).into()
                         };
                         Outcome::Ok(
                             Identity {
                                 method: m,
-                                consumer: name.clone(),
+                                consumer: Rc::clone(name),
                                 subject: None,
                                 claims: None,
                             },
@@ -1242,12 +1285,12 @@ impl Compiled {
                     Ok(u) => Outcome::Ok(
                         Identity {
                             method: m,
-                            consumer: u.consumer.clone(),
+                            consumer: Rc::clone(&u.consumer),
                             subject: None,
                             claims: None,
                         },
                         // Credentials never go upstream.
-                        vec![Write::Remove("authorization")],
+                        Some(Write::Remove("authorization")).into(),
                     ),
                 }
             }
@@ -1367,10 +1410,10 @@ impl Compiled {
         } else {
             (0, 0)
         };
-        let mut identity: Option<(Identity, Vec<Write<'_>>)> = None;
+        let mut identity: Option<(Identity, Writes<'_>)> = None;
         let mut first_error: Option<Reject> = None;
         let mut any_present = false;
-        let mut writes_all: Vec<Write<'_>> = Vec::new();
+        let mut writes_all = Writes::default();
         for &m in &rule.required {
             match self.try_method(m, &map, now, now_ns) {
                 Outcome::Missing => {
@@ -1390,7 +1433,7 @@ impl Compiled {
                     if rule.all {
                         writes_all.extend(writes);
                         if identity.is_none() {
-                            identity = Some((id, Vec::new()));
+                            identity = Some((id, Writes::default()));
                         }
                     } else {
                         identity = Some((id, writes));
@@ -1439,7 +1482,7 @@ impl Compiled {
                 writes.push(Write::Remove(h));
             }
         }
-        for w in &writes {
+        for w in writes.iter() {
             let _ = match w {
                 Write::Set(n, v) => host.replace_header(HeaderMapKind::Request, n, v),
                 Write::Remove(n) => host.remove_header(HeaderMapKind::Request, n),

@@ -357,7 +357,7 @@ fn cache_serves_verified_tokens_compares_them_whole_and_honours_exp() {
     assert_eq!(cache_hits, 0);
     let (d, s) = run(&f, &mut h);
     assert_eq!(d, Decision::Continue);
-    assert_eq!(s.identity().unwrap().consumer, "alice");
+    assert_eq!(&*s.identity().unwrap().consumer, "alice");
 
     // Same prefix, different signature: not a hit.
     let (head, sig) = token.rsplit_once('.').unwrap();
@@ -477,7 +477,7 @@ fn claims_payload_identity_and_token_forwarding() {
     );
     assert_eq!(h.request.get("authorization"), None, "token stripped");
     let id = s.identity().unwrap();
-    assert_eq!(id.consumer, "alice");
+    assert_eq!(&*id.consumer, "alice");
     assert_eq!(id.subject.as_deref(), Some("alice"));
     assert_eq!(id.method, Method::Jwt(0));
     assert_eq!(id.claims.as_ref().unwrap()["org"]["team"], "payments");
@@ -530,7 +530,7 @@ fn api_keys_from_header_bearer_and_query_with_several_keys_per_consumer() {
             Some(c) => {
                 assert_eq!(d, Decision::Continue, "{headers:?}");
                 assert_eq!(h.request.get("x-consumer"), Some(c));
-                assert_eq!(s.identity().unwrap().consumer, c);
+                assert_eq!(&*s.identity().unwrap().consumer, c);
                 assert_eq!(h.request.get("x-api-key"), None, "key stripped");
             }
             None => {
@@ -566,7 +566,7 @@ fn basic_with_salted_pbkdf2_hashes() {
         let mut h = host(&[("authorization", &enc("ops:s3cret"))]);
         let (d, s) = run(&f, &mut h);
         assert_eq!(d, Decision::Continue);
-        assert_eq!(s.identity().unwrap().consumer, "ops-team");
+        assert_eq!(&*s.identity().unwrap().consumer, "ops-team");
         assert_eq!(h.request.get("authorization"), None);
         assert_eq!(h.request.get("x-consumer"), Some("ops-team"));
     }

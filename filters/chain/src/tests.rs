@@ -242,7 +242,7 @@ fn allowed_request_reads_once_and_writes_once_per_phase() {
     );
     assert_eq!(h.map_writes + h.single_writes, h.writes_after_last_read());
     assert!(h.map_writes == 1 || h.single_writes > 0);
-    assert_eq!(s.identity().map(|i| i.consumer.as_str()), Some("alice"));
+    assert_eq!(s.identity().map(|i| &*i.consumer), Some("alice"));
     let up = &h.inner.request;
     assert_eq!(up.get("x-consumer"), Some("alice"));
     assert_eq!(up.get("x-api-key"), None);
