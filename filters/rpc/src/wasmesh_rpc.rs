@@ -213,6 +213,7 @@ fn parse<'a>(
         status,
         service_in_name: false,
         body: r.pos..frame.len(),
+        key: &[],
     })
 }
 
