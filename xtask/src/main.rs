@@ -24,23 +24,19 @@ Commands:
             the rpc filter + tcp_proxy, native thrift_proxy; calls/s over --rounds N
             (15) rounds, the three interleaved in rotating order, Envoy and the load
             pinned to separate CPUs unless --pin no; --requests 0 skips callgrind)
-  wasm      Build wasmesh_module.wasm and print its path and size.
+  wasm      Build wasmesh_module.wasm (cargo, then binaryen's wasm-opt) and print its path
+            and size, and those of cargo's output before wasm-opt.
   envoy     Install the pinned Envoy if needed and print its path.
 
-Environment: ENVOY_BIN (use this Envoy), WASMESH_WASM (use this module).";
+Environment: ENVOY_BIN (use this Envoy), WASMESH_WASM (use this module), WASM_OPT (use this
+wasm-opt, binaryen 108 or newer).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(),
         Some("bench") => bench_options(&args[1..]).and_then(|o| bench::run(&o)),
-        Some("wasm") => toolchain::wasm_module()
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                let size = std::fs::metadata(&p).map_err(|e| e.to_string())?.len();
-                println!("{} ({size} bytes)", p.display());
-                Ok(())
-            }),
+        Some("wasm") => wasm(),
         Some("envoy") => toolchain::envoy_bin()
             .map(|p| println!("{}", p.display()))
             .map_err(|e| e.to_string()),
@@ -57,6 +53,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask wasm`: the module everything loads, then cargo's output before `wasm-opt`.
+fn wasm() -> Result<(), String> {
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len());
+    let opt = toolchain::wasm_module().map_err(|e| e.to_string())?;
+    println!(
+        "{} ({} bytes)",
+        opt.display(),
+        size(&opt).map_err(|e| e.to_string())?
+    );
+    if std::env::var_os("WASMESH_WASM").is_none() {
+        let raw = toolchain::wasm_module_unoptimized().map_err(|e| e.to_string())?;
+        let bin = toolchain::wasm_opt::wasm_opt().map_err(|e| e.to_string())?;
+        println!(
+            "before {} {}: {} ({} bytes)",
+            bin.version_line,
+            toolchain::wasm_opt::WASM_OPT_PASSES.join(" "),
+            raw.display(),
+            size(&raw).map_err(|e| e.to_string())?
+        );
+    }
+    Ok(())
 }
 
 fn bench_options(args: &[String]) -> Result<bench::Options, String> {
