@@ -51,14 +51,6 @@ pub trait Codec {
     fn reply_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
         self.head(frame)
     }
-    /// As [`Codec::head`], for a frame travelling client to server whose caller already knows
-    /// the names of `known`, the non-empty [`Head::key`] of an earlier frame this codec decoded:
-    /// when the frame's key equals `known`, the codec may leave `service`, `method` and `caller`
-    /// empty and `service_in_name` false (the caller has them), refusing the same frames.
-    fn request_head<'a>(&'a self, frame: &'a [u8], known: &[u8]) -> Result<Head<'a>, CodecError> {
-        let _ = known;
-        self.head(frame)
-    }
     /// Encodes `message` (possibly mutated) with the payload of the frame it was decoded from.
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError>;
     /// A protocol-correct error reply to `request`, which the client's own library reads as the

@@ -315,18 +315,6 @@ impl Pending {
     }
 }
 
-/// The names and metric ids of the call last seen on a connection.
-#[derive(Debug)]
-struct LastCall {
-    /// [`Head::key`] (empty when the protocol has none: then names are compared).
-    key: Vec<u8>,
-    service: String,
-    method: String,
-    caller: String,
-    service_in_name: bool,
-    ids: KeyIds,
-}
-
 /// Per-connection state.
 #[derive(Debug)]
 pub struct Connection {
@@ -335,9 +323,9 @@ pub struct Connection {
     pending: VecDeque<Pending>,
     routed: bool,
     closed: bool,
-    /// The call last seen on this connection: pipelined calls mostly repeat it, so its names
-    /// are not decoded again (see [`Codec::request_head`]) and its metric ids not looked up.
-    last: Option<LastCall>,
+    /// The metric ids of the service/method last seen on this connection: pipelined calls
+    /// mostly repeat it, and two string compares are cheaper than two map lookups.
+    last_key: Option<(String, String, KeyIds)>,
     /// The latency groups recorded in the current upstream callback (kept for its allocation).
     recorded: Vec<(u32, SystemTime)>,
 }
@@ -351,7 +339,7 @@ impl Compiled {
             pending: VecDeque::new(),
             routed: self.routes.is_empty() && self.default_cluster.is_none(),
             closed: false,
-            last: None,
+            last_key: None,
             recorded: Vec::new(),
         }
     }
@@ -626,12 +614,7 @@ impl Compiled {
                 Ok(None) => break,
                 Err(e) => return self.fail_data(host, &mut conn.closed, dir, len, &e),
             };
-            // Names known from the previous call are not decoded again; routing needs them.
-            let known = match &conn.last {
-                Some(l) if conn.routed => l.key.as_slice(),
-                _ => &[],
-            };
-            let head = match codec.request_head(conn.down.bytes(&range), known) {
+            let head = match codec.head(conn.down.bytes(&range)) {
                 Ok(h) => h,
                 Err(error) => {
                     let e = conn.down.poison(codec, error);
@@ -645,37 +628,14 @@ impl Compiled {
                 out.keep(&conn.down, &range);
                 continue;
             }
-            let hit = conn.last.as_ref().is_some_and(|l| {
-                if head.key.is_empty() {
-                    l.key.is_empty() && l.service == head.service && l.method == head.method
-                } else {
-                    l.key == head.key
+            let ids = match &conn.last_key {
+                Some((s, m, ids)) if s == head.service && m == head.method => Some(*ids),
+                _ => {
+                    let ids = self.key_ids(host, head.service, head.method);
+                    conn.last_key =
+                        ids.map(|i| (head.service.to_owned(), head.method.to_owned(), i));
+                    ids
                 }
-            });
-            let ids = if hit {
-                conn.last.as_ref().map(|l| l.ids)
-            } else {
-                let ids = self.key_ids(host, head.service, head.method);
-                conn.last = ids.map(|ids| LastCall {
-                    key: head.key.to_vec(),
-                    service: head.service.to_owned(),
-                    method: head.method.to_owned(),
-                    caller: head.caller.to_owned(),
-                    service_in_name: head.service_in_name,
-                    ids,
-                });
-                ids
-            };
-            // A repeated key: the names are the previous call's.
-            let head = match &conn.last {
-                Some(l) if hit && !l.key.is_empty() => Head {
-                    service: &l.service,
-                    method: &l.method,
-                    caller: &l.caller,
-                    service_in_name: l.service_in_name,
-                    ..head
-                },
-                _ => head,
             };
             if let Some(ids) = ids {
                 let counter = if head.kind == MessageType::Oneway {

@@ -159,10 +159,6 @@ pub struct Head<'a> {
     pub service_in_name: bool,
     /// Where the opaque payload lies within the frame bytes.
     pub body: Range<usize>,
-    /// The frame bytes that alone determine `service`, `method` and `caller`, when the protocol
-    /// has such a span (Thrift: the message name); empty otherwise. See
-    /// [`crate::codec::Codec::request_head`].
-    pub key: &'a [u8],
 }
 
 impl Head<'_> {

@@ -17,7 +17,7 @@ use crate::config::{
 use crate::filter::{CLUSTER_FILTER_STATE, Verdict, compile};
 use crate::host::Direction;
 use crate::host::mock::MockL4Host;
-use crate::message::{Head, LocalError, Message, MessageType, ResponseStatus};
+use crate::message::{LocalError, Message, MessageType, ResponseStatus};
 use crate::thrift::{self, Header, Thrift, message_type};
 use crate::wasmesh_rpc::{self, Frame, WasmeshRpc, status, types};
 
@@ -1411,7 +1411,7 @@ fn thrift_binary_fast_head_equals_the_general_decoder_on_random_and_damaged_fram
             frame[at] = r.next_u64() as u8;
         }
         let general = codec.general_head(&frame);
-        match codec.binary_head(&frame, true, &[]) {
+        match codec.binary_head(&frame, true) {
             Some(h) => {
                 fast += 1;
                 assert_eq!(Ok(h), general, "frame {frame:02x?}");
@@ -1421,7 +1421,7 @@ fn thrift_binary_fast_head_equals_the_general_decoder_on_random_and_damaged_fram
         assert_eq!(codec.head(&frame), general);
         // The reply path: the same frames refused with the same errors, the same fields but
         // the names.
-        let nameless = |h: Head<'_>| (h.kind, h.request_id, h.status, h.body);
+        let nameless = |h: crate::message::Head<'_>| (h.kind, h.request_id, h.status, h.body);
         assert_eq!(
             codec.reply_head(&frame).map(nameless),
             general.clone().map(nameless)
@@ -1431,83 +1431,4 @@ fn thrift_binary_fast_head_equals_the_general_decoder_on_random_and_damaged_fram
         }
     }
     assert!(fast > 2_500, "the fast path took {fast} of 5000");
-}
-
-#[test]
-fn repeated_thrift_names_are_not_decoded_again_and_count_and_refuse_the_same() {
-    // The codec: a name equal to `known` is skipped, every other field as `head`.
-    let codec = Thrift::default();
-    let call = |name: &str, kind, seqid| {
-        thrift::frame(
-            &Header {
-                name: name.into(),
-                kind,
-                seqid,
-            },
-            &[0],
-        )
-    };
-    let add = call("Calc:add", 1, 5);
-    let full = codec.head(&add).unwrap();
-    assert_eq!(full.key, b"Calc:add");
-    let skipped = codec.request_head(&add, b"Calc:add").unwrap();
-    assert_eq!((skipped.service, skipped.method), ("", ""));
-    assert_eq!(
-        Head {
-            service: full.service,
-            method: full.method,
-            service_in_name: full.service_in_name,
-            ..skipped.clone()
-        },
-        full
-    );
-    assert_eq!(codec.request_head(&add, b"Calc:sub").unwrap(), full);
-    assert_eq!(codec.request_head(&add, b"").unwrap(), full);
-
-    // The filter: runs of repeated names, a denied name after and between allowed ones.
-    let mut cfg = RpcConfig::new(Protocol::Thrift);
-    cfg.acl = Some(AclConfig {
-        default_action: AclAction::Allow,
-        rules: vec![AclRule {
-            action: AclAction::Deny,
-            caller: None,
-            service: Some("Calc".into()),
-            method: Some("sub".into()),
-        }],
-    });
-    let f = compile(&cfg).unwrap();
-    let mut h = MockL4Host::default();
-    let mut c = f.connection();
-    let names = [
-        "Calc:add", "Calc:add", "Calc:sub", "Calc:sub", "Calc:add", "Calc:sub",
-    ];
-    let stream: Vec<u8> = names
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| call(n, 1, i as i32))
-        .collect();
-    let (_, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &stream);
-    let got = Decoder::new(1 << 20).decode_all(&codec, &fwd).unwrap();
-    let methods: Vec<&str> = got.iter().map(|(m, _)| m.method.as_str()).collect();
-    let probe = thrift::PROBE_METHOD;
-    assert_eq!(methods, ["add", "add", probe, probe, "add", probe]);
-    assert!(
-        got.iter()
-            .all(|(m, _)| m.service == "Calc" && m.service_in_name)
-    );
-    assert_eq!(h.counter("rpc.thrift.Calc.add.requests"), 3);
-    assert_eq!(h.counter("rpc.thrift.Calc.sub.requests"), 3);
-    assert_eq!(h.counter("rpc.thrift.Calc.sub.denied"), 3);
-    assert_eq!(h.counter("rpc.thrift.Calc.add.denied"), 0);
-    // The same in a second read: the cache carries over between callbacks.
-    let (_, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &stream);
-    assert_eq!(
-        Decoder::new(1 << 20)
-            .decode_all(&codec, &fwd)
-            .unwrap()
-            .len(),
-        6
-    );
-    assert_eq!(h.counter("rpc.thrift.Calc.sub.denied"), 6);
-    assert_eq!(h.counter("rpc.thrift.Calc.add.requests"), 6);
 }

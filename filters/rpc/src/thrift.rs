@@ -143,24 +143,15 @@ impl Thrift {
     /// the general reader; `None` for anything else, which the general path then decodes (or
     /// refuses with its error). Same result as the general path wherever it returns `Some`.
     /// With `names` false (the reply path) the name is only validated (an ASCII check, the
-    /// full UTF-8 check only for other bytes) and `service`/`method` stay empty; a name equal to
-    /// a non-empty `known` (validated when it was first decoded) is not looked at again.
-    pub(crate) fn binary_head<'a>(
-        &'a self,
-        frame: &'a [u8],
-        names: bool,
-        known: &[u8],
-    ) -> Option<Head<'a>> {
+    /// full UTF-8 check only for other bytes) and `service`/`method` stay empty.
+    pub(crate) fn binary_head<'a>(&'a self, frame: &'a [u8], names: bool) -> Option<Head<'a>> {
         let word = be32(frame, 4)?;
         if word & VERSION_MASK != VERSION_1 {
             return None;
         }
         let name_end = 12usize.checked_add(be32(frame, 8)? as usize)?;
         let raw = frame.get(12..name_end)?;
-        let skip = !known.is_empty() && raw == known;
-        let name = if skip {
-            ""
-        } else if names {
+        let name = if names {
             std::str::from_utf8(raw).ok()?
         } else if raw.is_ascii() || std::str::from_utf8(raw).is_ok() {
             ""
@@ -192,7 +183,7 @@ impl Thrift {
         };
         let (service, method, service_in_name) = match name.split_once(':') {
             Some((service, method)) => (service, method, true),
-            None if !names || skip => ("", "", false),
+            None if !names => ("", "", false),
             None => (self.default_service.as_str(), name, false),
         };
         Some(Head {
@@ -204,13 +195,12 @@ impl Thrift {
             status,
             service_in_name,
             body,
-            key: raw,
         })
     }
 
     fn decode_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
         if self.protocol == ThriftProtocol::Binary
-            && let Some(head) = self.binary_head(frame, true, &[])
+            && let Some(head) = self.binary_head(frame, true)
         {
             return Ok(head);
         }
@@ -220,7 +210,7 @@ impl Thrift {
     /// [`Codec::reply_head`]: names left empty.
     fn decode_reply_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
         if self.protocol == ThriftProtocol::Binary
-            && let Some(head) = self.binary_head(frame, false, &[])
+            && let Some(head) = self.binary_head(frame, false)
         {
             return Ok(head);
         }
@@ -288,7 +278,6 @@ impl Thrift {
             status,
             service_in_name,
             body,
-            key: h.name.as_bytes(),
         })
     }
 
@@ -405,15 +394,6 @@ impl Codec for Thrift {
 
     fn reply_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
         self.decode_reply_head(frame)
-    }
-
-    fn request_head<'a>(&'a self, frame: &'a [u8], known: &[u8]) -> Result<Head<'a>, CodecError> {
-        if self.protocol == ThriftProtocol::Binary
-            && let Some(head) = self.binary_head(frame, true, known)
-        {
-            return Ok(head);
-        }
-        self.general_head(frame)
     }
 
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError> {

@@ -213,7 +213,6 @@ fn parse<'a>(
         status,
         service_in_name: false,
         body: r.pos..frame.len(),
-        key: &[],
     })
 }
 
