@@ -20,8 +20,9 @@ use crate::emit::{self, EmitError};
 use crate::ir::{InstanceIr, Mesh, ServiceIr};
 use crate::spec::{EndpointSource, Protocol};
 
-/// Where `cargo xtask wasm` / the tests build the module, relative to the repository root.
-pub const WASM_HOST_PATH: &str = "./target/wasm-build/wasm32-wasip1/wasm/wasmesh_module.wasm";
+/// Where `cargo xtask wasm` / the tests build the module (after `wasm-opt`), relative to the
+/// repository root.
+pub const WASM_HOST_PATH: &str = "./target/wasm-build/optimized/wasmesh_module.wasm";
 
 /// The Envoy image, overridable with `ENVOY_IMAGE`; pinned to the version the CI validates with.
 pub const ENVOY_IMAGE: &str = "${ENVOY_IMAGE:-envoyproxy/envoy:v1.40.0}";
