@@ -531,7 +531,8 @@ pub struct Options {
     pub pin: bool,
 }
 
-/// Builds `bench_peers.wasm` next to the wasmesh module (same target dir and profile).
+/// Builds `bench_peers.wasm` next to the wasmesh module (same target dir, profile and
+/// `wasm-opt` passes).
 fn peers_module() -> Result<PathBuf, String> {
     toolchain::ensure_wasm_target().map_err(|e| e.to_string())?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
@@ -546,10 +547,18 @@ fn peers_module() -> Result<PathBuf, String> {
     if !status.success() {
         return Err(format!("cargo build -p bench-peers: {status}"));
     }
-    Ok(dir
+    // Through the same `wasm-opt` step as the wasmesh module, so the ratios compare like with
+    // like.
+    let input = dir
         .join(toolchain::WASM_TARGET)
         .join("wasm")
-        .join("bench_peers.wasm"))
+        .join("bench_peers.wasm");
+    let output = toolchain::optimized_wasm_path().with_file_name("bench_peers.wasm");
+    let e = |e: toolchain::ToolchainError| e.to_string();
+    let opt = toolchain::wasm_opt::wasm_opt().map_err(e)?;
+    let features = toolchain::wasm_opt::feature_flags_for(toolchain::WASM_TARGET).map_err(e)?;
+    toolchain::wasm_opt::optimize_cached(&opt, &features, &input, &output).map_err(e)?;
+    Ok(output)
 }
 
 /// Runs every variant and prints Markdown tables.
