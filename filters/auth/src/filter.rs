@@ -7,13 +7,16 @@
 //! identity header, claim headers and payload header are always either replaced or removed, so
 //! a client-sent copy never reaches the upstream.
 
-use std::cell::{Cell, OnceCell, RefCell, RefMut};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 use std::time::SystemTime;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind};
+use filter_core::{
+    Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind, OneHeader,
+    ReadHeaders,
+};
 use serde_json::Value;
 
 use crate::ConfigError;
@@ -193,24 +196,7 @@ pub struct Compiled {
     budget: Option<RefCell<Bucket>>,
     /// The map of a one-header read ([`ReadPlan::One`]), kept per worker: its vector and name
     /// are allocated once, only the value comes from the host per request.
-    one: RefCell<HeaderMap>,
-}
-
-/// The request headers as read: the worker's one-header map, or a whole map.
-enum Read<'a> {
-    Lent(RefMut<'a, HeaderMap>),
-    Owned(HeaderMap),
-}
-
-impl std::ops::Deref for Read<'_> {
-    type Target = HeaderMap;
-
-    fn deref(&self) -> &HeaderMap {
-        match self {
-            Self::Lent(m) => m,
-            Self::Owned(m) => m,
-        }
-    }
+    one: OneHeader,
 }
 
 /// A token bucket of verifications: `rate` per second, burst `rate`, in thousandths.
@@ -654,7 +640,7 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
         realm: config.realm.clone(),
         reads,
         stats: Stats::default(),
-        one: RefCell::new(HeaderMap::default()),
+        one: OneHeader::default(),
         budget: match config.verify_budget_per_second {
             Some(0) => {
                 return Err(invalid(
@@ -1150,23 +1136,12 @@ impl Compiled {
         }))
     }
 
-    fn read<H: Host>(&self, host: &mut H) -> Result<Read<'_>, filter_core::HostError> {
+    fn read<H: Host>(&self, host: &mut H) -> Result<ReadHeaders<'_>, filter_core::HostError> {
         match &self.reads {
-            ReadPlan::One(name) => {
-                let v = host.header(HeaderMapKind::Request, name)?;
-                let Ok(mut map) = self.one.try_borrow_mut() else {
-                    return Ok(Read::Owned(HeaderMap::new(
-                        v.map(|v| (name.clone(), v)).into_iter().collect(),
-                    )));
-                };
-                match (v, map.pairs.first_mut()) {
-                    (Some(v), Some(pair)) => pair.1 = v,
-                    (Some(v), None) => map.pairs.push((name.clone(), v)),
-                    (None, _) => map.pairs.clear(),
-                }
-                Ok(Read::Lent(map))
-            }
-            ReadPlan::All => host.header_map(HeaderMapKind::Request).map(Read::Owned),
+            ReadPlan::One(name) => self.one.read(host, HeaderMapKind::Request, name),
+            ReadPlan::All => host
+                .header_map(HeaderMapKind::Request)
+                .map(ReadHeaders::Owned),
         }
     }
 

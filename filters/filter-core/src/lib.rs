@@ -16,8 +16,10 @@ pub mod json;
 pub mod matching;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
+pub mod reads;
 pub mod rng;
 
 pub use decision::{Decision, LocalReply};
 pub use error::HostError;
 pub use host::{HeaderMap, HeaderMapKind, Host, MetricKind, Property};
+pub use reads::{OneHeader, ReadHeaders};

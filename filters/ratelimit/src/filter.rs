@@ -30,10 +30,13 @@
 //! from the one bucket until it refills (they are limited together, never more leniently).
 //! Stats counts these as `slot_shared`.
 
-use std::cell::{RefCell, RefMut};
+use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind};
+use filter_core::{
+    Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind, OneHeader,
+    ReadHeaders,
+};
 
 use crate::ConfigError;
 use crate::bucket::{Bucket, Lease, Limit, NANOS_PER_SECOND, lease_size};
@@ -83,7 +86,7 @@ pub struct Compiled {
     state: RefCell<WorkerState>,
     /// The map of a one-header read ([`ReadPlan::One`]), kept per worker: its vector and name
     /// are allocated once, only the value comes from the host per request.
-    one: RefCell<HeaderMap>,
+    one: OneHeader,
     /// The last limited reply sent from this worker: rule, `Retry-After` seconds, the reply.
     last_reply: RefCell<Option<(usize, u64, LocalReply)>>,
     /// Global limits (rate limit service), checked after the local rules admit.
@@ -120,23 +123,6 @@ struct WorkerState {
     /// The rules matched by the request in progress: scratch reused by every request,
     /// allocated once with room for every rule.
     matched: Vec<Matched>,
-}
-
-/// The request headers as read: the worker's one-header map, or a map of the request's own.
-enum Read<'a> {
-    Lent(RefMut<'a, HeaderMap>),
-    Owned(HeaderMap),
-}
-
-impl std::ops::Deref for Read<'_> {
-    type Target = HeaderMap;
-
-    fn deref(&self) -> &HeaderMap {
-        match self {
-            Self::Lent(m) => m,
-            Self::Owned(m) => m,
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -316,7 +302,7 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
         reads,
         needs_peer,
         state: RefCell::new(state),
-        one: RefCell::new(HeaderMap::default()),
+        one: OneHeader::default(),
         last_reply: RefCell::new(None),
         global,
     })
@@ -494,28 +480,15 @@ impl Compiled {
     }
 
     /// The request headers the rules read (see [`ReadPlan`]); a failed read is an empty map.
-    fn read<H: Host>(&self, host: &mut H) -> Read<'_> {
+    fn read<H: Host>(&self, host: &mut H) -> ReadHeaders<'_> {
+        let owned = |m: HeaderMap| ReadHeaders::Owned(m);
         match &self.reads {
-            ReadPlan::Nothing => Read::Owned(HeaderMap::default()),
-            ReadPlan::One(name) => {
-                let Ok(v) = host.header(HeaderMapKind::Request, name) else {
-                    return Read::Owned(HeaderMap::default());
-                };
-                let Ok(mut map) = self.one.try_borrow_mut() else {
-                    return Read::Owned(HeaderMap::new(
-                        v.map(|v| (name.clone(), v)).into_iter().collect(),
-                    ));
-                };
-                match (v, map.pairs.first_mut()) {
-                    (Some(v), Some(pair)) => pair.1 = v,
-                    (Some(v), None) => map.pairs.push((name.clone(), v)),
-                    (None, _) => map.pairs.clear(),
-                }
-                Read::Lent(map)
-            }
-            ReadPlan::All => {
-                Read::Owned(host.header_map(HeaderMapKind::Request).unwrap_or_default())
-            }
+            ReadPlan::Nothing => owned(HeaderMap::default()),
+            ReadPlan::One(name) => self
+                .one
+                .read(host, HeaderMapKind::Request, name)
+                .unwrap_or_else(|_| owned(HeaderMap::default())),
+            ReadPlan::All => owned(host.header_map(HeaderMapKind::Request).unwrap_or_default()),
         }
     }
 
