@@ -69,6 +69,8 @@ impl OneHeader {
 mod tests {
     use super::*;
     use crate::mock::MockHost;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn one_header_reads_reuse_the_map_and_follow_the_request() {
