@@ -21,49 +21,12 @@ use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
 use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind};
-use serde_json::{Value, json};
+use serde_json::json;
 
-/// sha256("key-a").
-const KEY_A: &str = "f10f781241e2246678b6b45c857069208152a53863e47fac33f607ab405006f4";
+#[path = "../src/bench_job.rs"]
+mod bench_job;
 
-fn auth_config() -> Value {
-    json!({"api_keys": {"consumers": [{"name": "mobile", "keys_sha256": [KEY_A]}]}})
-}
-
-fn ratelimit_config() -> Value {
-    json!({"domain": "d", "rules": [{"name": "per-consumer", "key": {"consumer": {}},
-        "limit": {"requests": 1_000_000_000u64, "per": "second"}}]})
-}
-
-fn headers_config() -> Value {
-    json!({
-        "request_id": {},
-        "trace_context": {},
-        "request_headers": [{"ops": [
-            {"set": {"name": "x-mesh", "value": "wasmesh"}},
-            {"set": {"name": "x-route", "value": "${method} ${path}"}}
-        ]}]
-    })
-}
-
-/// The bench request as Envoy hands it over (Envoy has added `x-request-id`).
-fn bench_request() -> HeaderMap {
-    HeaderMap::new(
-        [
-            (":method", "GET"),
-            (":path", "/api/users?page=1"),
-            (":authority", "bench.local"),
-            (":scheme", "http"),
-            ("user-agent", "wasmesh-bench"),
-            ("x-api-key", "key-a"),
-            ("x-forwarded-proto", "http"),
-            ("x-request-id", "7b2c5f0e-4c1a-4a8e-9a57-2d9c1f0b6e3a"),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).into(), (*v).into()))
-        .collect(),
-    )
-}
+use bench_job::{bench_request, stage_configs};
 
 /// A host that hands out the same request on every read, drops writes, keeps shared data and
 /// counts the calls.
@@ -190,24 +153,25 @@ fn parse<T>(r: Result<T, impl std::fmt::Display>) -> T {
 }
 
 fn subject(which: &str) -> Subject {
+    let [(_, auth_config), (_, ratelimit_config), (_, headers_config)] = stage_configs();
     let auth = || {
         let c = parse(auth::AuthConfig::from_json(
-            auth_config().to_string().as_bytes(),
+            auth_config.to_string().as_bytes(),
         ));
         parse(auth::compile(&c))
     };
     let hd = || {
         let c = parse(headers::HeadersConfig::from_json(
-            headers_config().to_string().as_bytes(),
+            headers_config.to_string().as_bytes(),
         ));
         parse(headers::compile(&c))
     };
     match which {
         "chain" => {
             let text = json!({"stages": [
-                {"auth": auth_config()},
-                {"ratelimit": ratelimit_config()},
-                {"headers": headers_config()}
+                {"auth": auth_config},
+                {"ratelimit": ratelimit_config},
+                {"headers": headers_config}
             ]})
             .to_string();
             let c = parse(chain::ChainConfig::from_json(text.as_bytes()));

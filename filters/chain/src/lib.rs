@@ -13,6 +13,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod bench_job;
 pub mod config;
 mod filter;
 pub mod phase;

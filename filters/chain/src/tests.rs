@@ -8,6 +8,7 @@ use filter_core::mock::MockHost;
 use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind};
 use serde_json::{Value, json};
 
+use crate::bench_job::bench_request;
 use crate::{ChainConfig, Compiled, Stream, compile};
 
 /// sha256("key-a"), sha256("key-t").
@@ -493,28 +494,7 @@ impl Host for Counting {
 /// The `cargo xtask bench --only chain` configuration (xtask/src/bench_chain.rs): API-key auth,
 /// one rule keyed by the consumer (never reached), the headers job.
 fn bench_chain(stages: &[&str]) -> Compiled {
-    let all = [
-        (
-            "auth",
-            json!({"api_keys": {"consumers": [{"name": "mobile", "keys_sha256": [KEY_A]}]}}),
-        ),
-        (
-            "ratelimit",
-            json!({"domain": "d", "rules": [{"name": "per-consumer", "key": {"consumer": {}},
-                "limit": {"requests": 1_000_000_000u64, "per": "second"}}]}),
-        ),
-        (
-            "headers",
-            json!({
-                "request_id": {},
-                "trace_context": {},
-                "request_headers": [{"ops": [
-                    {"set": {"name": "x-mesh", "value": "wasmesh"}},
-                    {"set": {"name": "x-route", "value": "${method} ${path}"}}
-                ]}]
-            }),
-        ),
-    ];
+    let all = crate::bench_job::stage_configs();
     let stages: Vec<Value> = all
         .iter()
         .filter(|(k, _)| stages.contains(k))
@@ -522,25 +502,6 @@ fn bench_chain(stages: &[&str]) -> Compiled {
         .collect();
     compile(&ChainConfig::from_json(json!({ "stages": stages }).to_string().as_bytes()).unwrap())
         .unwrap()
-}
-
-/// The bench request as Envoy hands it over (Envoy has added `x-request-id`).
-fn bench_request() -> HeaderMap {
-    HeaderMap::new(
-        [
-            (":method", "GET"),
-            (":path", "/api/users?page=1"),
-            (":authority", "bench.local"),
-            (":scheme", "http"),
-            ("user-agent", "wasmesh-bench"),
-            ("x-api-key", "key-a"),
-            ("x-forwarded-proto", "http"),
-            ("x-request-id", "7b2c5f0e-4c1a-4a8e-9a57-2d9c1f0b6e3a"),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).into(), (*v).into()))
-        .collect(),
-    )
 }
 
 fn count(calls: &[&str], name: &str) -> usize {
