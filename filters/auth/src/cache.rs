@@ -8,8 +8,6 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 
-use serde_json::Value;
-
 /// Hashes a token by its last 32 bytes and its length (FNV-1a), not all of it: a JWT's tail is
 /// its signature, uniformly random for real tokens, and the map still compares whole tokens on
 /// a hit. Hashing a 560-byte token with the default SipHash twice per cold request (lookup,
@@ -43,15 +41,15 @@ impl Hasher for TailHasher {
     }
 }
 
-/// The cache.
+/// The cache: what verification produced (`T`) per token.
 #[derive(Debug)]
-pub struct TokenCache {
+pub struct TokenCache<T> {
     cap: usize,
-    map: HashMap<Rc<str>, (Rc<Value>, Option<u64>), TailHash>,
+    map: HashMap<Rc<str>, (Rc<T>, Option<u64>), TailHash>,
     order: VecDeque<Rc<str>>,
 }
 
-impl TokenCache {
+impl<T> TokenCache<T> {
     /// A cache of at most `cap` tokens (0: off).
     pub fn new(cap: usize) -> Self {
         Self {
@@ -61,8 +59,8 @@ impl TokenCache {
         }
     }
 
-    /// The claims of a cached, still-valid token.
-    pub fn get(&mut self, token: &str, now: u64, skew: u64) -> Option<Rc<Value>> {
+    /// What a cached, still-valid token verified to.
+    pub fn get(&mut self, token: &str, now: u64, skew: u64) -> Option<Rc<T>> {
         let (claims, exp) = self.map.get(token)?;
         if exp.is_some_and(|e| now > e.saturating_add(skew)) {
             self.map.remove(token);
@@ -72,7 +70,7 @@ impl TokenCache {
     }
 
     /// Remembers a verified token.
-    pub fn insert(&mut self, token: &str, claims: Rc<Value>, exp: Option<u64>) {
+    pub fn insert(&mut self, token: &str, claims: Rc<T>, exp: Option<u64>) {
         if self.cap == 0 || self.map.contains_key(token) {
             return;
         }
@@ -98,6 +96,7 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     /// Tokens that share their last 32 bytes still get their own entries: the map compares
     /// whole tokens.

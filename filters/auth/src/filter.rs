@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::ConfigError;
 use crate::cache::TokenCache;
+use crate::claims::{self, Members, Verified};
 use crate::config::{AuthConfig, ClaimMatch, Principal, TokenSource};
 use crate::credentials::{self, KeyTable, PasswordHash, VerifiedSet};
 use crate::error::Reject;
@@ -50,9 +51,10 @@ pub struct Identity {
     /// `sub`). Shared with the configuration (a request takes a reference, not a copy).
     pub consumer: Rc<str>,
     /// The JWT `sub`, when authenticated by JWT.
-    pub subject: Option<String>,
-    /// The verified JWT claims, when authenticated by JWT.
-    pub claims: Option<Rc<Value>>,
+    pub subject: Option<Rc<str>>,
+    /// What the verified JWT gave (consumer, subject, forwarded claims, the claims rules
+    /// read), when authenticated by JWT; shared with the token cache.
+    pub claims: Option<Rc<Verified>>,
 }
 
 /// Per-request state; the identity is kept for later stages.
@@ -83,12 +85,14 @@ struct Provider {
     claims_to_headers: Vec<(Vec<String>, String)>,
     payload_header: Option<String>,
     required_claims: Vec<Vec<String>>,
+    /// Top-level claims any authorization rule reads (kept decoded in [`Verified`]).
+    rule_claims: Rc<[String]>,
     require_exp: bool,
     max_lifetime: Option<u64>,
     skew: u64,
     max_token: usize,
     consumer_claim: Vec<String>,
-    cache: RefCell<TokenCache>,
+    cache: RefCell<TokenCache<Verified>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,6 +407,7 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
             skew: p.clock_skew_seconds,
             max_token: p.max_token_bytes,
             consumer_claim: claim_path(&p.consumer_claim, &format!("{at}.consumer_claim"))?,
+            rule_claims: Rc::from([]),
             cache: RefCell::new(TokenCache::new(p.cache_entries)),
         });
     }
@@ -583,6 +588,21 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
         });
     }
 
+    // The claims rules read: each verified token keeps these (and only these) decoded.
+    let mut rule_claims: Vec<String> = Vec::new();
+    for p in rules.iter().flat_map(|r| r.allow.iter().chain(&r.deny)) {
+        if let PrincipalC::ClaimEquals(path, _) | PrincipalC::ClaimContains(path, _) = p
+            && let Some(first) = path.first()
+            && !rule_claims.contains(first)
+        {
+            rule_claims.push(first.clone());
+        }
+    }
+    let rule_claims: Rc<[String]> = rule_claims.into();
+    for p in &mut providers {
+        p.rule_claims = Rc::clone(&rule_claims);
+    }
+
     let identity_header = header_name(&config.identity_header, "identity_header")?;
     if config
         .realm
@@ -661,80 +681,20 @@ fn unix(now: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The value at a claim path.
-fn claim<'a>(claims: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(claims, |v, k| v.get(k.as_str()))
-}
-
-/// A claim as header text: strings as they are, numbers and booleans printed, arrays of those
-/// joined with `,`. Values with control characters are not forwarded.
-fn claim_text(v: &Value) -> Option<String> {
-    let s = match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| match i {
-                Value::Array(_) | Value::Object(_) => None,
-                other => claim_text(other),
-            })
-            .collect::<Option<Vec<_>>>()?
-            .join(","),
-        Value::Null | Value::Object(_) => return None,
-    };
-    (!s.bytes().any(|b| b.is_ascii_control())).then_some(s)
-}
-
-/// The number in a time claim; `Err` when present but not a number.
-fn time_claim(claims: &Value, name: &str) -> Result<Option<u64>, Reject> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) => {
-            if let Some(u) = n.as_u64() {
-                Ok(Some(u))
-            } else if n.as_i64().is_some() {
-                // Negative times are before the epoch: treat as 0.
-                Ok(Some(0))
-            } else {
-                // Fractional seconds (RFC 7519 NumericDate allows them): round down.
-                n.as_f64()
-                    .filter(|f| f.is_finite())
-                    .map(|f| Some(if f <= 0.0 { 0 } else { f as u64 }))
-                    .ok_or(Reject::Malformed)
-            }
-        }
-        Some(_) => Err(Reject::Malformed),
-    }
-}
-
 /// The checks every token gets before any signature work: issuer, audience, times, lifetime,
 /// required claims.
-fn check_claims(p: &Provider, claims: &Value, now: u64) -> Result<Option<u64>, Reject> {
-    if !claims.is_object() {
-        return Err(Reject::Malformed);
-    }
+fn check_claims(p: &Provider, claims: &Members<'_>, now: u64) -> Result<Option<u64>, Reject> {
     if let Some(iss) = &p.issuer
-        && claims.get("iss").and_then(Value::as_str) != Some(iss.as_str())
+        && claims.str("iss").as_deref() != Some(iss.as_str())
     {
         return Err(Reject::WrongIssuer);
     }
-    if !p.audiences.is_empty() {
-        let ok = match claims.get("aud") {
-            Some(Value::String(a)) => p.audiences.iter().any(|x| x == a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| p.audiences.iter().any(|x| x == a)),
-            _ => false,
-        };
-        if !ok {
-            return Err(Reject::WrongAudience);
-        }
+    if !p.audiences.is_empty() && !claims::audience_ok(claims, &p.audiences) {
+        return Err(Reject::WrongAudience);
     }
-    let exp = time_claim(claims, "exp")?;
-    let nbf = time_claim(claims, "nbf")?;
-    let iat = time_claim(claims, "iat")?;
+    let exp = claims::time(claims, "exp")?;
+    let nbf = claims::time(claims, "nbf")?;
+    let iat = claims::time(claims, "iat")?;
     match exp {
         // `exp: 0` is 1970: expired (Envoy's native filter reads it as "no expiry").
         Some(exp) if now > exp.saturating_add(p.skew) => return Err(Reject::Expired),
@@ -759,7 +719,7 @@ fn check_claims(p: &Provider, claims: &Value, now: u64) -> Result<Option<u64>, R
     }
     if p.required_claims
         .iter()
-        .any(|c| claim(claims, c).is_none_or(Value::is_null))
+        .any(|c| claims.find(c).is_none_or(|f| !claims::is_present(&f)))
     {
         return Err(Reject::MissingClaim);
     }
@@ -768,13 +728,13 @@ fn check_claims(p: &Provider, claims: &Value, now: u64) -> Result<Option<u64>, R
 
 impl Provider {
     /// Verifies `token`: cache, then parse, key lookup, claims, and finally the signature.
-    /// Returns the claims and whether the cache answered.
+    /// Returns what the token verified to and whether the cache answered.
     fn verify(
         &self,
         token: &str,
         now: u64,
         budget: &dyn Fn() -> bool,
-    ) -> Result<(Rc<Value>, bool), Reject> {
+    ) -> Result<(Rc<Verified>, bool), Reject> {
         if let Ok(mut cache) = self.cache.try_borrow_mut()
             && let Some(claims) = cache.get(token, now, self.skew)
         {
@@ -808,10 +768,8 @@ impl Provider {
             });
         }
         // UTF-8 checked once for the whole payload (not per string, as `from_slice` does).
-        let claims: Value = std::str::from_utf8(&parsed.payload)
-            .ok()
-            .and_then(|text| serde_json::from_str(text).ok())
-            .ok_or(Reject::Malformed)?;
+        let payload = std::str::from_utf8(&parsed.payload).map_err(|_| Reject::Malformed)?;
+        let claims = Members::parse(payload)?;
         let exp = check_claims(self, &claims, now)?;
         if !budget() {
             return Err(Reject::OverBudget);
@@ -827,11 +785,16 @@ impl Provider {
         if !ok {
             return Err(Reject::BadSignature);
         }
-        let claims = Rc::new(claims);
+        let verified = Rc::new(Verified::build(
+            &claims,
+            &self.consumer_claim,
+            self.claims_to_headers.iter().map(|(path, _)| path),
+            &self.rule_claims,
+        ));
         if let Ok(mut cache) = self.cache.try_borrow_mut() {
-            cache.insert(token, Rc::clone(&claims), exp);
+            cache.insert(token, Rc::clone(&verified), exp);
         }
-        Ok((claims, false))
+        Ok((verified, false))
     }
 }
 
@@ -874,7 +837,7 @@ fn strip<'a>(found: &Found<'a>, map: &HeaderMap) -> Option<Write<'a>> {
         return Some(Write::Remove(h));
     }
     match (found.query, map.get(":path")) {
-        (Some(q), Some(path)) => Some(Write::Set(":path", without_param(path, q))),
+        (Some(q), Some(path)) => Some(Write::Set(":path", Text::Owned(without_param(path, q)))),
         _ => None,
     }
 }
@@ -987,8 +950,28 @@ impl<'a> From<Option<Write<'a>>> for Writes<'a> {
 /// A header write to make on success (names borrowed from the configuration or the request).
 #[derive(Debug)]
 enum Write<'a> {
-    Set(&'a str, String),
+    Set(&'a str, Text<'a>),
     Remove(&'a str),
+}
+
+/// A value to write: borrowed from the request, owned, or shared with a cached token.
+#[derive(Debug)]
+enum Text<'a> {
+    Borrowed(&'a str),
+    Owned(String),
+    Shared(Rc<str>),
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Self::Borrowed(s) => s,
+            Self::Owned(s) => s,
+            Self::Shared(s) => s,
+        }
+    }
 }
 
 impl PrincipalC {
@@ -999,11 +982,11 @@ impl PrincipalC {
             Self::ClaimEquals(path, want) => id
                 .claims
                 .as_deref()
-                .and_then(|c| claim(c, path))
-                .and_then(claim_text)
+                .and_then(|c| c.rule_claim(path))
+                .and_then(claims::value_text)
                 .is_some_and(|v| v == *want),
             Self::ClaimContains(path, want) => {
-                match id.claims.as_deref().and_then(|c| claim(c, path)) {
+                match id.claims.as_deref().and_then(|c| c.rule_claim(path)) {
                     Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(want)),
                     Some(Value::String(s)) => s.split(' ').any(|w| w == want),
                     _ => false,
@@ -1179,35 +1162,33 @@ impl Compiled {
                 };
                 match p.verify(found.value, now, &|| self.spend_budget(now_ns)) {
                     Err(r) => Outcome::Failed(r),
-                    Ok((claims, hit)) => {
+                    Ok((verified, hit)) => {
                         if hit {
                             self.stats.bump(CACHE_HITS);
                         }
                         let mut writes = Vec::new();
-                        for (path, header) in &p.claims_to_headers {
-                            match claim(&claims, path).and_then(claim_text) {
-                                Some(v) => writes.push(Write::Set(header, v)),
-                                None => writes.push(Write::Remove(header)),
-                            }
+                        for ((_, header), value) in
+                            p.claims_to_headers.iter().zip(verified.forwarded.iter())
+                        {
+                            writes.push(match value {
+                                Some(v) => Write::Set(header, Text::Shared(Rc::clone(v))),
+                                None => Write::Remove(header),
+                            });
                         }
                         if let Some(h) = &p.payload_header {
                             // The payload segment as sent: base64url, already verified.
                             let payload = found.value.split('.').nth(1).unwrap_or("");
-                            writes.push(Write::Set(h, payload.to_owned()));
+                            writes.push(Write::Set(h, Text::Borrowed(payload)));
                         }
                         if !p.forward_token {
                             writes.extend(strip(&found, map));
                         }
-                        let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
-                        let consumer = claim(&claims, &p.consumer_claim)
-                            .and_then(claim_text)
-                            .unwrap_or_default();
                         Outcome::Ok(
                             Identity {
                                 method: m,
-                                consumer: consumer.into(),
-                                subject,
-                                claims: Some(claims),
+                                consumer: Rc::clone(&verified.consumer),
+                                subject: verified.subject.clone(),
+                                claims: Some(verified),
                             },
                             writes.into(),
                         )

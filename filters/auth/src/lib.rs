@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod cache;
+mod claims;
 pub mod config;
 pub mod credentials;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use claims::Verified;
 pub use config::AuthConfig;
 pub use error::Reject;
 pub use filter::{Compiled, Identity, Method, Stream, compile};
