@@ -162,12 +162,13 @@ pub const PEER_JOBS: &[(&str, &str)] = &[
     ("auth-apikey-keep", "apikey_keep"),
     ("auth-rs256-cached", "jwt_cached"),
     ("auth-rs256-one", "jwt_one"),
+    ("auth-hs256-one-cold", "jwt_hs_one"),
 ];
 
 /// Whether the jobs with this listener prefix leave the credential on the request.
 #[cfg(test)]
 pub fn keeps_credential(prefix: &str) -> bool {
-    prefix.ends_with("-keep") || prefix.ends_with("-one")
+    prefix.ends_with("-keep") || prefix.ends_with("-one") || prefix.contains("-one-")
 }
 
 /// Issue 8's per-request targets for the variants measured here: `(variant, the no-filter
@@ -184,6 +185,11 @@ pub const TARGETS: &[(&str, Option<&str>, f64)] = &[
     ),
     ("auth-rs256-one.wasmesh", Some("auth-rs256.none"), 42_000.0),
     ("auth-hs256-cold.wasmesh", Some("auth-hs256.none"), 75_000.0),
+    (
+        "auth-hs256-one-cold.wasmesh",
+        Some("auth-hs256.none"),
+        75_000.0,
+    ),
     ("auth-rs256-cold.wasmesh", None, 4_900_000.0),
     ("auth-es256-cold.wasmesh", None, 7_000_000.0),
     ("auth-eddsa-cold.wasmesh", None, 1_350_000.0),
@@ -319,6 +325,28 @@ pub fn variants(wasm: &Path, peer: &dyn Fn(&str) -> Value) -> Vec<AuthVariant> {
             again(&hs_cold),
         ),
         v(
+            "auth-hs256-one-cold.wasmesh",
+            "wasmesh auth: JWT HS256, every request a distinct token, token kept, only sub forwarded (x-consumer)",
+            vec![wasm_filter(
+                wasm,
+                "auth",
+                &json!({"jwt_providers": [{
+                    "name": "hs-one-cold",
+                    "issuer": ISSUER,
+                    "audiences": ["api"],
+                    "jwks": {"local": t::jwks()},
+                    "forward_token": true,
+                }]}),
+            )],
+            again(&hs_cold),
+        ),
+        v(
+            "auth-hs256-one-cold.peer",
+            "peer `jwt_hs_one`: read authorization, token map + exp, HS256 verify on a miss, set x-consumer (token kept)",
+            vec![peer("jwt_hs_one")],
+            again(&hs_cold),
+        ),
+        v(
             "auth-rs256-cold.wasmesh",
             "wasmesh auth: JWT RS256 (2048-bit), every request a distinct token",
             vec![wasm_jwt(wasm, "rs-cold")],
@@ -400,7 +428,7 @@ mod tests {
                 None => assert_eq!(distinct.len(), 1, "{}", v.name),
             }
         }
-        assert_eq!(vs.len(), 19);
+        assert_eq!(vs.len(), 21);
         for (name, same, _) in TARGETS {
             assert!(vs.iter().any(|v| v.name == *name), "{name}");
             if let Some(same) = same {

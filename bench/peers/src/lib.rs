@@ -31,6 +31,8 @@
 //! - `jwt_one`: the same with the token left on the request and only `sub` forwarded, as
 //!   `x-consumer` (one read, one write: the issue 8 target's job, "JWT cache hit with one claim
 //!   forwarded").
+//! - `jwt_hs_one`: `jwt_one` for HS256 tokens (HMAC-SHA256 with the RFC 7515 A.1 secret, keyed
+//!   once at configure time and cloned per token): with every token new, the cold HS256 job.
 //! - `ratelimit`: one rate-limit rule with a constant key, exact across workers, the obvious
 //!   way: per request one shared-data token bucket (`get_shared_data`, refill in fixed point,
 //!   take one, `set_shared_data` with the CAS token, retry on a mismatch), limit 10⁹ per second
@@ -171,6 +173,8 @@ enum Job {
     /// `one`: the token stays and only `sub` is forwarded, as `x-consumer`.
     JwtCached {
         one: bool,
+        /// HS256 instead of RS256.
+        hs: bool,
     },
     RateLimit,
     LocalReply,
@@ -235,6 +239,9 @@ const API_KEY_SHA256: &str = "7717cad459fb710bd99adf26d5d638743337933ec301092cc9
 const ISSUER: &str = "https://issuer.example";
 const AUDIENCE: &str = "api";
 /// The RS256 key's modulus (RFC 7515 appendix A.2, public), exponent 65537.
+/// RFC 7515 A.1's HMAC secret (the bench's HS256 key).
+const HS_K: &str =
+    "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow";
 const RSA_N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
 /// Clock skew allowed on `exp`.
 const SKEW: u64 = 60;
@@ -251,6 +258,7 @@ struct Claims {
 thread_local! {
     static DIGEST: Cell<[u8; 32]> = const { Cell::new([0; 32]) };
     static RSA_KEY: RefCell<Option<rsa::PublicKey>> = const { RefCell::new(None) };
+    static HS_KEY: RefCell<Option<hmac::Hmac<Sha256>>> = const { RefCell::new(None) };
     static CACHE: RefCell<HashMap<String, Rc<Claims>>> = RefCell::new(HashMap::new());
 }
 
@@ -270,8 +278,16 @@ fn rsa_key() -> Option<rsa::PublicKey> {
     rsa::PublicKey::new(n, e).ok()
 }
 
-/// Verifies an RS256 token (signature, `iss`, `aud`, `exp`); its forwarded claims.
-fn verify_rs256(token: &str, now: u64) -> Option<Claims> {
+/// The HS256 key, keyed once (RFC 7515 A.1's secret).
+fn hs_key() -> Option<hmac::Hmac<Sha256>> {
+    use hmac::KeyInit;
+    let secret = URL_SAFE_NO_PAD.decode(HS_K).ok()?;
+    hmac::Hmac::<Sha256>::new_from_slice(&secret).ok()
+}
+
+/// Verifies an RS256 token, or an HS256 one when `hs` (signature, `iss`, `aud`, `exp`); its
+/// forwarded claims.
+fn verify_jwt(token: &str, now: u64, hs: bool) -> Option<Claims> {
     let mut parts = token.split('.');
     let (h, p, sig) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -279,7 +295,7 @@ fn verify_rs256(token: &str, now: u64) -> Option<Claims> {
     }
     let header: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
-    if header.get("alg")?.as_str()? != "RS256" {
+    if header.get("alg")?.as_str()? != if hs { "HS256" } else { "RS256" } {
         return None;
     }
     let claims: serde_json::Value =
@@ -293,13 +309,23 @@ fn verify_rs256(token: &str, now: u64) -> Option<Claims> {
     }
     let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
     let signing_input = token.get(..h.len() + 1 + p.len())?;
-    let hashed = Sha256::digest(signing_input.as_bytes());
-    let ok = RSA_KEY.with(|k| {
-        k.borrow().as_ref().is_some_and(|k| {
-            k.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &hashed, &sig)
-                .is_ok()
+    let ok = if hs {
+        use hmac::Mac;
+        HS_KEY.with(|k| {
+            k.borrow().clone().is_some_and(|mut m| {
+                m.update(signing_input.as_bytes());
+                m.verify_slice(&sig).is_ok()
+            })
         })
-    });
+    } else {
+        let hashed = Sha256::digest(signing_input.as_bytes());
+        RSA_KEY.with(|k| {
+            k.borrow().as_ref().is_some_and(|k| {
+                k.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &hashed, &sig)
+                    .is_ok()
+            })
+        })
+    };
     ok.then(|| Claims {
         org: claims
             .get("org")
@@ -349,6 +375,16 @@ impl RootContext for Root {
                 RSA_KEY.with(|k| *k.borrow_mut() = key);
                 ok.then_some(Job::JwtCached {
                     one: id == "jwt_one",
+                    hs: false,
+                })
+            }
+            "jwt_hs_one" => {
+                let key = hs_key();
+                let ok = key.is_some();
+                HS_KEY.with(|k| *k.borrow_mut() = key);
+                ok.then_some(Job::JwtCached {
+                    one: true,
+                    hs: true,
                 })
             }
             "ratelimit" => Some(Job::RateLimit),
@@ -452,7 +488,7 @@ impl HttpContext for Peer {
                 }
                 self.set_http_request_header("x-consumer", Some("mobile"));
             }
-            Job::JwtCached { one } => {
+            Job::JwtCached { one, hs } => {
                 let Some(auth) = self.get_http_request_header("authorization") else {
                     return self.unauthorized();
                 };
@@ -467,7 +503,7 @@ impl HttpContext for Peer {
                 let claims = match hit {
                     Some(c) if now <= c.exp + SKEW => c,
                     _ => {
-                        let Some(c) = verify_rs256(token, now) else {
+                        let Some(c) = verify_jwt(token, now, hs) else {
                             return self.unauthorized();
                         };
                         let c = Rc::new(c);
