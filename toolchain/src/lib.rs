@@ -460,8 +460,8 @@ fn optimize_wasm() -> Result<PathBuf, ToolchainError> {
 fn build_wasm() -> Result<PathBuf, ToolchainError> {
     ensure_wasm_target()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(Command::new(cargo)
-        .current_dir(repo_root())
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root())
         .env("CARGO_TARGET_DIR", wasm_target_dir())
         .args([
             "build",
@@ -471,8 +471,41 @@ fn build_wasm() -> Result<PathBuf, ToolchainError> {
             "--target",
             WASM_TARGET,
         ])
-        .args(["--profile", "wasm"]))?;
+        .args(["--profile", "wasm"]);
+    if let Some(config) = path_remap_config() {
+        cmd.args(["--config", &config]);
+    }
+    run(&mut cmd)?;
     Ok(unoptimized_wasm_path())
+}
+
+/// A `--config` value for the module build that makes the crates.io sources' paths, which
+/// rustc embeds in panic locations, relative (`$CARGO_HOME/registry/src/<index>/serde-1.0.228/
+/// src/de.rs` becomes `serde-1.0.228/src/de.rs`): the same code, ~3 KB less module. `None`
+/// when there is no registry to remap. A `RUSTFLAGS` in the environment takes precedence over
+/// it (cargo's order), so such a build embeds the full paths again.
+fn path_remap_config() -> Option<String> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    let mut flags: Vec<String> = std::fs::read_dir(home.join("registry").join("src"))
+        .ok()?
+        .flatten()
+        .map(|index| {
+            format!(
+                "{:?}",
+                format!("--remap-path-prefix={}=", index.path().display())
+            )
+        })
+        .collect();
+    if flags.is_empty() {
+        return None;
+    }
+    flags.sort();
+    Some(format!(
+        "target.{WASM_TARGET}.rustflags=[{}]",
+        flags.join(", ")
+    ))
 }
 
 /// Adds the wasm target with rustup when the toolchain lacks it.
