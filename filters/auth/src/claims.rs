@@ -194,6 +194,13 @@ pub(crate) fn time(members: &Members<'_>, name: &str) -> Result<Option<u64>, Rej
     let Some(raw) = members.get(name) else {
         return Ok(None);
     };
+    // The common form, a non-negative integer of up to 19 digits, read in place.
+    let text = raw.get().as_bytes();
+    if !text.is_empty() && text.len() <= 19 && text.iter().all(u8::is_ascii_digit) {
+        return Ok(Some(
+            text.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+        ));
+    }
     let Some(Value::Number(n)) = decode(raw) else {
         return Err(Reject::Malformed);
     };
@@ -375,6 +382,31 @@ mod tests {
         assert_eq!(time(&m, "none"), Ok(None));
         assert_eq!(time(&m, "s"), Err(Reject::Malformed));
         assert_eq!(time(&m, "z"), Err(Reject::Malformed));
+        // The in-place integer path agrees with the `Value` reading at and past its bounds.
+        let by_value = |text: &str| -> Option<u64> {
+            let v: Value = serde_json::from_str(text).ok()?;
+            let n = v.as_number()?;
+            n.as_u64()
+                .or_else(|| n.as_i64().map(|_| 0))
+                .or_else(|| n.as_f64().map(|f| if f <= 0.0 { 0 } else { f as u64 }))
+        };
+        for text in [
+            "0",
+            "7",
+            "1700000000",
+            "9999999999999999999",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999",
+            "-0",
+            "-9223372036854775809",
+            "0.5",
+            "1E3",
+        ] {
+            let payload = format!(r#"{{"exp":{text}}}"#);
+            let m = Members::parse(&payload).unwrap();
+            assert_eq!(time(&m, "exp"), Ok(by_value(text)), "{text}");
+        }
     }
 
     #[test]

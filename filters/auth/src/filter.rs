@@ -201,6 +201,9 @@ pub struct Compiled {
     /// The map of a one-header read ([`ReadPlan::One`]), kept per worker: its vector and name
     /// are allocated once, only the value comes from the host per request.
     one: OneHeader,
+    /// Unix seconds as of the root's last tick, once [`Compiled::clock_from_tick`] enabled it:
+    /// the time JWT checks use instead of a host call per request.
+    tick_clock: Cell<Option<u64>>,
 }
 
 /// A token bucket of verifications: `rate` per second, burst `rate`, in thousandths.
@@ -661,6 +664,7 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
         reads,
         stats: Stats::default(),
         one: OneHeader::default(),
+        tick_clock: Cell::new(None),
         budget: match config.verify_budget_per_second {
             Some(0) => {
                 return Err(invalid(
@@ -1032,10 +1036,23 @@ impl Compiled {
         }
     }
 
-    /// Periodic work from the root context: starts due remote JWKS fetches (initial fetch,
-    /// refresh at 80% of the cache time, unknown-`kid` refetch, retry after backoff).
+    /// From now on, requests check `exp`, `nbf` and `iat` against the time [`Compiled::tick`]
+    /// samples (whole seconds) instead of reading the host's clock each: the glue enables this
+    /// once the root's periodic tick runs, so the clock lags by at most one tick period. Saves
+    /// a host call on every JWT request. The verification budget, when configured, still reads
+    /// the precise clock.
+    pub fn clock_from_tick<H: Host>(&self, host: &mut H) {
+        self.tick_clock.set(Some(unix(host.now())));
+    }
+
+    /// Periodic work from the root context: advances the tick clock (if enabled), starts due
+    /// remote JWKS fetches (initial fetch, refresh at 80% of the cache time, unknown-`kid`
+    /// refetch, retry after backoff).
     pub fn tick<H: Host>(&self, host: &mut H) {
         let now = unix(host.now());
+        if self.tick_clock.get().is_some() {
+            self.tick_clock.set(Some(now));
+        }
         for p in &self.providers {
             let Some((r, state)) = &p.remote else {
                 continue;
@@ -1356,13 +1373,20 @@ impl Compiled {
             self.clear_outputs(host, &map);
             return Decision::Continue;
         }
-        // The clock is a host call: only JWT (`exp`, `nbf`, ...) and Basic (the budget) need it.
+        // The clock is a host call: only JWT (`exp`, `nbf`, ...) and Basic (the budget) need it,
+        // and JWT only in whole seconds, which the tick clock gives when enabled.
         let (now, now_ns) = if rule.required.iter().any(|m| *m != Method::ApiKey) {
-            let clock = host.now();
-            let now_ns = clock
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            (unix(clock), now_ns)
+            if let Some(now) = self.tick_clock.get()
+                && self.budget.is_none()
+            {
+                (now, 0)
+            } else {
+                let clock = host.now();
+                let now_ns = clock
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                (unix(clock), now_ns)
+            }
         } else {
             (0, 0)
         };

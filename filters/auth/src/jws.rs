@@ -112,6 +112,10 @@ pub fn parse(token: &str, max_len: usize) -> Result<Parsed<'_>, Reject> {
     let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| Reject::Malformed)?;
     // UTF-8 checked once (`from_slice` checks each string); borrowed strings need it anyway.
     let header = std::str::from_utf8(&header).map_err(|_| Reject::Malformed)?;
+    // A JSON object (RFC 7515 §4): serde's derived struct would also take an array by position.
+    if !header.trim_start().starts_with('{') {
+        return Err(Reject::Malformed);
+    }
     let header: RawHeader<'_> = serde_json::from_str(header).map_err(|_| Reject::Malformed)?;
     let alg = match header.alg.as_deref() {
         None => return Err(Reject::Malformed),
@@ -198,6 +202,51 @@ mod tests {
     use super::*;
     use crate::jwk::parse_jwks;
     use hmac::KeyInit;
+
+    /// The protected header's parameters as RFC 7515 has them: a JSON object (an array is not
+    /// read by position), the parameters read here once each, `alg` and `kid` strings (escapes
+    /// decoded), `crit`/`b64` refused when present and not `null`, anything else ignored.
+    #[test]
+    fn header_parameters_are_read_strictly() {
+        let token = |header: &str| {
+            format!(
+                "{}.{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(r#"{"sub":"a"}"#),
+                URL_SAFE_NO_PAD.encode([1u8; 32])
+            )
+        };
+        let parsed = |header: &str| {
+            let t = token(header);
+            parse(&t, 4096).map(|p| (p.alg, p.kid))
+        };
+        assert_eq!(
+            parsed(r#"{"alg":"HS256","kid":"k1","typ":"JWT","x":[1,{"y":null}]}"#),
+            Ok((Alg::Hs256, Some("k1".to_owned())))
+        );
+        assert_eq!(
+            parsed(r#"{"alg":"HS\u0032\u00356","kid":null}"#),
+            Ok((Alg::Hs256, None))
+        );
+        assert_eq!(
+            parsed(r#"{"alg":"HS256","crit":null}"#),
+            Ok((Alg::Hs256, None))
+        );
+        for (header, want) in [
+            (r#"{"alg":"HS256","alg":"HS256"}"#, Reject::Malformed),
+            (r#"{"alg":"HS256","kid":"a","kid":"b"}"#, Reject::Malformed),
+            (r#"{"alg":5}"#, Reject::Malformed),
+            (r#"{"alg":null}"#, Reject::Malformed),
+            (r#"{"kid":"k"}"#, Reject::Malformed),
+            (r#"{"alg":"HS256","kid":7}"#, Reject::Malformed),
+            (r#"["alg","HS256"]"#, Reject::Malformed),
+            (r#"{"alg":"none"}"#, Reject::AlgNotAllowed),
+            (r#"{"alg":"HS256","crit":["exp"]}"#, Reject::CritUnsupported),
+            (r#"{"alg":"HS256","b64":false}"#, Reject::CritUnsupported),
+        ] {
+            assert_eq!(parsed(header).map(|_| ()), Err(want), "{header}");
+        }
+    }
 
     /// HMAC keys are keyed once at parse time ([`crate::jwk::HmacKey`]); a secret longer than
     /// the hash block (hashed first, RFC 2104) and one shorter must still verify exactly what

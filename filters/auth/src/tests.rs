@@ -1222,6 +1222,52 @@ fn cached_jwt_request_makes_exactly_the_planned_host_calls() {
     assert_eq!(calls, ["read authorization", "now", "set x-consumer"]);
 }
 
+/// With the tick clock on (the glue does this once the root's tick runs), a JWT request makes
+/// no clock call: `exp` is checked against the time of the last tick, so a token that expired
+/// since is refused from the next tick on. A configured verification budget keeps the precise
+/// clock.
+#[test]
+fn the_tick_clock_replaces_the_per_request_clock_read() {
+    let f = filter(jwt_cfg(
+        json!({"forward_token": true, "clock_skew_seconds": 0}),
+    ));
+    let mut c = claims();
+    c["exp"] = json!(NOW + 5);
+    let auth = bearer(&t::sign(Alg::Hs256, &c));
+    f.clock_from_tick(&mut host(&[]));
+    let (calls, d, _) = calls_of(&f, &[("authorization", &auth)]);
+    assert_eq!(d, Decision::Continue);
+    assert_eq!(
+        calls,
+        ["read authorization", "set x-consumer"],
+        "no clock call"
+    );
+    // Ten seconds on, before the next tick: the tick's time still holds (token cached).
+    assert_eq!(jwt_outcome(&f, &t::sign(Alg::Hs256, &c), NOW + 10), "ok");
+    // A fresh token is judged by the tick's time too, not the host's.
+    c["jti"] = json!("other");
+    let fresh = t::sign(Alg::Hs256, &c);
+    assert_eq!(jwt_outcome(&f, &fresh, NOW + 10), "ok");
+    f.tick(&mut host_at(NOW + 10, &[]));
+    assert_eq!(jwt_outcome(&f, &fresh, NOW + 10), "token_expired");
+    assert_eq!(
+        jwt_outcome(&f, &t::sign(Alg::Hs256, &c), NOW + 10),
+        "token_expired"
+    );
+
+    // Without the tick clock (the default, and these tests), every request reads the clock.
+    let f = filter(jwt_cfg(json!({"forward_token": true})));
+    let (calls, _, _) = calls_of(&f, &[("authorization", &auth)]);
+    assert_eq!(calls, ["read authorization", "now", "set x-consumer"]);
+    // With a budget the precise clock is read even when the tick clock is on.
+    let mut cfg = jwt_cfg(json!({"forward_token": true}));
+    cfg["verify_budget_per_second"] = json!(5);
+    let f = filter(cfg);
+    f.clock_from_tick(&mut host(&[]));
+    let (calls, _, _) = calls_of(&f, &[("authorization", &auth)]);
+    assert_eq!(calls, ["read authorization", "now", "set x-consumer"]);
+}
+
 /// Consumers `c0..cN` with keys `key-0..key-N` (their digests) and the given cache size.
 fn api_keys_filter(n: usize, cache_entries: Option<usize>) -> Compiled {
     let consumers: Vec<Value> = (0..n)

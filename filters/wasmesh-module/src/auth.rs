@@ -18,7 +18,7 @@ use crate::host::ProxyWasmHost;
 use crate::http::to_action;
 
 /// The root's tick: batched counters reach Envoy's stats, due JWKS fetches start (refresh,
-/// unknown-`kid` refetch, retry after backoff).
+/// unknown-`kid` refetch, retry after backoff), and the clock JWT checks use advances.
 pub const TICK_PERIOD: Duration = Duration::from_secs(1);
 
 /// At configure time: defines the counters under the plugin's name, starts the tick (stats
@@ -34,8 +34,12 @@ pub fn start(filter: &auth::Compiled) {
     if let Err(e) = filter.define_metrics(&mut ProxyWasmHost, &scope) {
         log::warn!("wasmesh auth: stats unavailable: {e}");
     }
-    if let Err(e) = hostcalls::set_tick_period(TICK_PERIOD) {
-        log::warn!("wasmesh auth: no tick, stats not flushed, remote JWKS not refreshed: {e:?}");
+    match hostcalls::set_tick_period(TICK_PERIOD) {
+        // JWT times are then checked against the tick's clock (no clock call per request).
+        Ok(()) => filter.clock_from_tick(&mut ProxyWasmHost),
+        Err(e) => {
+            log::warn!("wasmesh auth: no tick, stats not flushed, remote JWKS not refreshed: {e:?}")
+        }
     }
     filter.tick(&mut ProxyWasmHost);
 }

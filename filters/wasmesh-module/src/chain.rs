@@ -35,8 +35,17 @@ pub fn start(filter: &chain::Compiled) {
             log::warn!("wasmesh chain: stage {i} stats unavailable: {e}");
         }
     }
-    if let Err(e) = hostcalls::set_tick_period(crate::auth::TICK_PERIOD) {
-        log::warn!("wasmesh chain: no tick, stats not flushed, remote JWKS not refreshed: {e:?}");
+    match hostcalls::set_tick_period(crate::auth::TICK_PERIOD) {
+        Ok(()) => {
+            for stage in filter.stages() {
+                if let CompiledStage::Auth(f) = stage {
+                    f.clock_from_tick(&mut ProxyWasmHost);
+                }
+            }
+        }
+        Err(e) => log::warn!(
+            "wasmesh chain: no tick, stats not flushed, remote JWKS not refreshed: {e:?}"
+        ),
     }
     on_tick(filter);
 }
