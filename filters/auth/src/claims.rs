@@ -16,16 +16,76 @@ use std::borrow::Cow;
 use std::fmt;
 use std::rc::Rc;
 
-use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::error::Reject;
 
-/// The top-level members of a claims object, borrowed from the payload text.
-pub(crate) struct Members<'p> {
-    items: Vec<(Cow<'p, str>, &'p RawValue)>,
+/// The registered claims every provider reads, by slot.
+const REGISTERED: [&str; 6] = ["iss", "sub", "aud", "exp", "nbf", "iat"];
+
+fn registered(name: &str) -> Option<usize> {
+    // A `match` (length, then bytes), not a search: this runs for every member of every token.
+    Some(match name {
+        "iss" => 0,
+        "sub" => 1,
+        "aud" => 2,
+        "exp" => 3,
+        "nbf" => 4,
+        "iat" => 5,
+        _ => return None,
+    })
+}
+
+/// The top-level names a provider reads besides the registered claims (consumer, forwarded,
+/// required and rule claims: first path segments), each once, registered ones left out.
+pub(crate) fn wanted_names<'a>(firsts: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in firsts {
+        if registered(n).is_none() && !out.iter().any(|o| o == n) {
+            out.push(n.to_owned());
+        }
+    }
+    out
+}
+
+/// The members of a claims object that a provider reads, borrowed from the payload text: one
+/// slot per registered claim and per wanted name (no list of every member, no search).
+pub(crate) struct Members<'p, 'w> {
+    wanted: &'w [String],
+    registered: [Option<&'p RawValue>; REGISTERED.len()],
+    extra: Slots<'p>,
+}
+
+/// The wanted names' slots: in place for up to eight names.
+enum Slots<'p> {
+    Inline([Option<&'p RawValue>; 8]),
+    Heap(Vec<Option<&'p RawValue>>),
+}
+
+impl<'p> Slots<'p> {
+    fn new(n: usize) -> Self {
+        if n <= 8 {
+            Self::Inline([None; 8])
+        } else {
+            Self::Heap(vec![None; n])
+        }
+    }
+
+    fn slot(&mut self, i: usize) -> Option<&mut Option<&'p RawValue>> {
+        match self {
+            Self::Inline(a) => a.get_mut(i),
+            Self::Heap(v) => v.get_mut(i),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&'p RawValue> {
+        match self {
+            Self::Inline(a) => a.get(i).copied().flatten(),
+            Self::Heap(v) => v.get(i).copied().flatten(),
+        }
+    }
 }
 
 /// A member name: borrowed unless it had escapes.
@@ -59,28 +119,49 @@ impl<'de> Visitor<'de> for NameSeed {
     }
 }
 
-struct MembersVisitor;
+/// Reads a claims object into [`Members`]: wanted members kept as raw slices (a repeated name:
+/// the last), the others only checked as JSON.
+struct MembersSeed<'w> {
+    wanted: &'w [String],
+}
 
-impl<'de> Visitor<'de> for MembersVisitor {
-    type Value = Members<'de>;
+impl<'de, 'w> DeserializeSeed<'de> for MembersSeed<'w> {
+    type Value = Members<'de, 'w>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, 'w> Visitor<'de> for MembersSeed<'w> {
+    type Value = Members<'de, 'w>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object of claims")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::with_capacity(map.size_hint().unwrap_or(8).min(32));
+        let mut m = Members {
+            wanted: self.wanted,
+            registered: [None; REGISTERED.len()],
+            extra: Slots::new(self.wanted.len()),
+        };
         while let Some(name) = map.next_key_seed(NameSeed)? {
-            let raw: &'de RawValue = map.next_value()?;
-            items.push((name, raw));
+            let slot = match registered(&name) {
+                Some(i) => m.registered.get_mut(i),
+                None => match self.wanted.iter().position(|w| *w == *name) {
+                    Some(i) => m.extra.slot(i),
+                    None => None,
+                },
+            };
+            match slot {
+                Some(slot) => *slot = Some(map.next_value::<&'de RawValue>()?),
+                None => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
         }
-        Ok(Members { items })
-    }
-}
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(MembersVisitor)
+        Ok(m)
     }
 }
 
@@ -92,20 +173,29 @@ pub(crate) enum Found<'p> {
     Decoded(Value),
 }
 
-impl<'p> Members<'p> {
-    /// Splits a payload (UTF-8 already checked) into its members; anything but one JSON object
-    /// is malformed.
-    pub(crate) fn parse(payload: &'p str) -> Result<Self, Reject> {
-        serde_json::from_str(payload).map_err(|_| Reject::Malformed)
+impl<'p, 'w> Members<'p, 'w> {
+    /// Reads a payload (UTF-8 already checked) for the registered claims and `wanted` (from
+    /// [`wanted_names`]); anything but one JSON object is malformed.
+    pub(crate) fn parse(payload: &'p str, wanted: &'w [String]) -> Result<Self, Reject> {
+        let mut de = serde_json::Deserializer::from_str(payload);
+        let m = MembersSeed { wanted }
+            .deserialize(&mut de)
+            .map_err(|_| Reject::Malformed)?;
+        de.end().map_err(|_| Reject::Malformed)?;
+        Ok(m)
     }
 
-    /// The member `name` (the last one when it repeats, as a JSON object map keeps it).
+    /// The member `name` (the last one when it repeats, as a JSON object map keeps it); `None`
+    /// also for a name that is neither registered nor wanted.
     pub(crate) fn get(&self, name: &str) -> Option<&'p RawValue> {
-        self.items
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
+        match registered(name) {
+            Some(i) => self.registered.get(i).copied().flatten(),
+            None => self
+                .wanted
+                .iter()
+                .position(|w| w == name)
+                .and_then(|i| self.extra.get(i)),
+        }
     }
 
     /// The claim at `path` (`["org", "team"]` for `org.team`).
@@ -190,7 +280,7 @@ pub(crate) fn value_text(v: &Value) -> Option<String> {
 
 /// The number in the time claim `name` (`exp`, `nbf`, `iat`); `Err` when present but not a
 /// number. Negative times are before the epoch (0); fractional seconds round down.
-pub(crate) fn time(members: &Members<'_>, name: &str) -> Result<Option<u64>, Reject> {
+pub(crate) fn time(members: &Members<'_, '_>, name: &str) -> Result<Option<u64>, Reject> {
     let Some(raw) = members.get(name) else {
         return Ok(None);
     };
@@ -217,7 +307,7 @@ pub(crate) fn time(members: &Members<'_>, name: &str) -> Result<Option<u64>, Rej
 }
 
 /// Whether `aud` (a string, or an array whose string elements count) names one of `audiences`.
-pub(crate) fn audience_ok(members: &Members<'_>, audiences: &[String]) -> bool {
+pub(crate) fn audience_ok(members: &Members<'_, '_>, audiences: &[String]) -> bool {
     let Some(raw) = members.get("aud") else {
         return false;
     };
@@ -266,7 +356,7 @@ impl Verified {
     /// Builds what a provider keeps of a verified token: `consumer_claim`, `sub`, each of
     /// `forward` (claim paths) as header text, and the members named in `rule_names`.
     pub(crate) fn build<'f>(
-        members: &Members<'_>,
+        members: &Members<'_, '_>,
         consumer_claim: &[String],
         forward: impl IntoIterator<Item = &'f Vec<String>>,
         rule_names: &[String],
@@ -339,8 +429,10 @@ mod tests {
             "missing",
             "org.missing",
         ];
+        let firsts: Vec<&str> = names.iter().map(|n| n.split('.').next().unwrap()).collect();
+        let wanted = wanted_names(firsts);
         for p in payloads {
-            let m = Members::parse(p).unwrap();
+            let m = Members::parse(p, &wanted).unwrap();
             let v: Value = serde_json::from_str(p).unwrap();
             for name in names {
                 let want = path(name).iter().try_fold(&v, |v, k| v.get(k.as_str()));
@@ -360,22 +452,35 @@ mod tests {
     }
 
     #[test]
+    fn registered_slots_match_their_names() {
+        for (i, name) in REGISTERED.iter().enumerate() {
+            assert_eq!(registered(name), Some(i));
+        }
+        assert_eq!(registered("jti"), None);
+        assert_eq!(registered("is"), None);
+    }
+
+    #[test]
     fn only_one_json_object_is_a_claims_set() {
         for bad in ["[]", "\"x\"", "1", "null", "{", r#"{"a":}"#, r#"{"a":1} x"#] {
-            assert!(Members::parse(bad).is_err(), "{bad}");
+            assert!(Members::parse(bad, &[]).is_err(), "{bad}");
         }
-        assert!(Members::parse("{}").is_ok());
+        assert!(Members::parse("{}", &[]).is_ok());
     }
 
     #[test]
     fn time_claims_read_as_numeric_dates() {
         // 1e400 is out of f64 range: a time claim of it is malformed (as a `Value` parse of
         // the payload says); in a member nobody reads it is only checked as JSON syntax.
-        let m = Members::parse(r#"{"exp":1e400,"unread":1e400}"#).unwrap();
+        let m = Members::parse(r#"{"exp":1e400,"unread":1e400}"#, &[]).unwrap();
         assert_eq!(time(&m, "exp"), Err(Reject::Malformed));
         assert!(serde_json::from_str::<Value>(r#"{"exp":1e400}"#).is_err());
-        let m =
-            Members::parse(r#"{"exp":1700000000,"nbf":-5,"iat":12.9,"s":"1","z":null}"#).unwrap();
+        let wanted = wanted_names(["s", "z"]);
+        let m = Members::parse(
+            r#"{"exp":1700000000,"nbf":-5,"iat":12.9,"s":"1","z":null}"#,
+            &wanted,
+        )
+        .unwrap();
         assert_eq!(time(&m, "exp"), Ok(Some(1_700_000_000)));
         assert_eq!(time(&m, "nbf"), Ok(Some(0)));
         assert_eq!(time(&m, "iat"), Ok(Some(12)));
@@ -404,7 +509,7 @@ mod tests {
             "1E3",
         ] {
             let payload = format!(r#"{{"exp":{text}}}"#);
-            let m = Members::parse(&payload).unwrap();
+            let m = Members::parse(&payload, &[]).unwrap();
             assert_eq!(time(&m, "exp"), Ok(by_value(text)), "{text}");
         }
     }
@@ -412,7 +517,7 @@ mod tests {
     #[test]
     fn audience_is_a_string_or_an_array_of_strings() {
         let auds = ["api".to_owned(), "web".to_owned()];
-        let ok = |p: &str| audience_ok(&Members::parse(p).unwrap(), &auds);
+        let ok = |p: &str| audience_ok(&Members::parse(p, &[]).unwrap(), &auds);
         assert!(ok(r#"{"aud":"api"}"#));
         assert!(ok(r#"{"aud":"\u0061pi"}"#));
         assert!(ok(r#"{"aud":[1,"other","web"]}"#));
@@ -427,7 +532,8 @@ mod tests {
         let payload = json!({"sub": "alice", "org": {"team": "payments"}, "scope": "a b",
                              "n": 7, "ctl": "x\ny", "unused": {"big": [1, 2, 3]}})
         .to_string();
-        let m = Members::parse(&payload).unwrap();
+        let wanted = wanted_names(["org", "n", "missing", "ctl", "scope", "absent", "nope"]);
+        let m = Members::parse(&payload, &wanted).unwrap();
         let v = Verified::build(
             &m,
             &path("org.team"),

@@ -87,6 +87,9 @@ struct Provider {
     required_claims: Vec<Vec<String>>,
     /// Top-level claims any authorization rule reads (kept decoded in [`Verified`]).
     rule_claims: Rc<[String]>,
+    /// Every top-level claim this provider reads besides the registered ones
+    /// ([`claims::wanted_names`]): the only members a payload is read for.
+    wanted: Vec<String>,
     require_exp: bool,
     max_lifetime: Option<u64>,
     skew: u64,
@@ -411,6 +414,7 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
             max_token: p.max_token_bytes,
             consumer_claim: claim_path(&p.consumer_claim, &format!("{at}.consumer_claim"))?,
             rule_claims: Rc::from([]),
+            wanted: Vec::new(),
             cache: RefCell::new(TokenCache::new(p.cache_entries)),
         });
     }
@@ -604,6 +608,13 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
     let rule_claims: Rc<[String]> = rule_claims.into();
     for p in &mut providers {
         p.rule_claims = Rc::clone(&rule_claims);
+        let firsts = std::iter::once(&p.consumer_claim)
+            .chain(p.claims_to_headers.iter().map(|(path, _)| path))
+            .chain(&p.required_claims)
+            .filter_map(|path| path.first())
+            .chain(rule_claims.iter())
+            .map(String::as_str);
+        p.wanted = claims::wanted_names(firsts);
     }
 
     let identity_header = header_name(&config.identity_header, "identity_header")?;
@@ -687,7 +698,7 @@ fn unix(now: SystemTime) -> u64 {
 
 /// The checks every token gets before any signature work: issuer, audience, times, lifetime,
 /// required claims.
-fn check_claims(p: &Provider, claims: &Members<'_>, now: u64) -> Result<Option<u64>, Reject> {
+fn check_claims(p: &Provider, claims: &Members<'_, '_>, now: u64) -> Result<Option<u64>, Reject> {
     if let Some(iss) = &p.issuer
         && claims.str("iss").as_deref() != Some(iss.as_str())
     {
@@ -773,7 +784,7 @@ impl Provider {
         }
         // UTF-8 checked once for the whole payload (not per string, as `from_slice` does).
         let payload = std::str::from_utf8(&parsed.payload).map_err(|_| Reject::Malformed)?;
-        let claims = Members::parse(payload)?;
+        let claims = Members::parse(payload, &self.wanted)?;
         let exp = check_claims(self, &claims, now)?;
         if !budget() {
             return Err(Reject::OverBudget);
