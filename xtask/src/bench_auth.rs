@@ -151,7 +151,7 @@ fn cached(alg: Alg) -> Traffic {
 }
 
 /// Warm-up and counted requests of the cold public-key variants.
-const COLD_PK: (usize, usize) = (10, 40);
+const COLD_PK: (usize, usize) = (20, 60);
 /// Of cold HS256 (cheap enough for more).
 const COLD_HS: (usize, usize) = (100, 400);
 
