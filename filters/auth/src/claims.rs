@@ -154,11 +154,10 @@ impl<'de, 'w> Visitor<'de> for MembersSeed<'w> {
                     None => None,
                 },
             };
-            match slot {
-                Some(slot) => *slot = Some(map.next_value::<&'de RawValue>()?),
-                None => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
+            // Skipped as a raw slice too (the same code as a kept one: a smaller module).
+            let raw = map.next_value::<&'de RawValue>()?;
+            if let Some(slot) = slot {
+                *slot = Some(raw);
             }
         }
         Ok(m)
