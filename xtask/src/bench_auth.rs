@@ -214,6 +214,14 @@ pub fn target_lines(delta: &dyn Fn(&str) -> Option<f64>) -> Vec<String> {
             ));
         }
     }
+    // What the JWT-hit job's host calls cost with no filter logic at all (its target's floor).
+    if let (Some(f), Some(b)) = (delta("auth-rs256-floor.peer"), delta("auth-rs256.none")) {
+        out.push(format!(
+            "auth-rs256-floor.peer {:+.0} over auth-rs256.none: one read of the token and one \
+             write, no token check (the floor under auth-rs256-one's target 42000)",
+            f - b
+        ));
+    }
     out
 }
 
@@ -287,6 +295,12 @@ pub fn variants(wasm: &Path, peer: &dyn Fn(&str) -> Value) -> Vec<AuthVariant> {
             "auth-rs256-one.peer",
             "peer `jwt_one`: read authorization, token map + exp, set x-consumer (token kept)",
             vec![peer("jwt_one")],
+            cached(Alg::Rs256),
+        ),
+        v(
+            "auth-rs256-floor.peer",
+            "peer `read_write`: the JWT-hit job's host calls alone (read authorization, set x-consumer), no token check",
+            vec![peer("read_write")],
             cached(Alg::Rs256),
         ),
         v(
@@ -428,7 +442,7 @@ mod tests {
                 None => assert_eq!(distinct.len(), 1, "{}", v.name),
             }
         }
-        assert_eq!(vs.len(), 21);
+        assert_eq!(vs.len(), 22);
         for (name, same, _) in TARGETS {
             assert!(vs.iter().any(|v| v.name == *name), "{name}");
             if let Some(same) = same {

@@ -31,6 +31,8 @@
 //! - `jwt_one`: the same with the token left on the request and only `sub` forwarded, as
 //!   `x-consumer` (one read, one write: the issue 8 target's job, "JWT cache hit with one claim
 //!   forwarded").
+//! - `read_write`: the host calls of the JWT-hit job and nothing else: read `authorization`,
+//!   set `x-consumer: alice` (no token check at all): the floor any filter doing that job pays.
 //! - `jwt_hs_one`: `jwt_one` for HS256 tokens (HMAC-SHA256 with the RFC 7515 A.1 secret, keyed
 //!   once at configure time and cloned per token): with every token new, the cold HS256 job.
 //! - `ratelimit`: one rate-limit rule with a constant key, exact across workers, the obvious
@@ -178,6 +180,7 @@ enum Job {
     },
     RateLimit,
     LocalReply,
+    ReadWrite,
 }
 
 /// The `ratelimit` peer's limit: tokens per second (and burst), as in the wasmesh variant.
@@ -389,6 +392,7 @@ impl RootContext for Root {
             }
             "ratelimit" => Some(Job::RateLimit),
             "local_reply" => Some(Job::LocalReply),
+            "read_write" => Some(Job::ReadWrite),
             _ => None,
         };
         self.0.is_some()
@@ -534,6 +538,12 @@ impl HttpContext for Peer {
                 }
             }
             Job::LocalReply => return too_many(self),
+            Job::ReadWrite => {
+                if self.get_http_request_header("authorization").is_none() {
+                    return self.unauthorized();
+                }
+                self.set_http_request_header("x-consumer", Some("alice"));
+            }
         }
         Action::Continue
     }
@@ -554,7 +564,8 @@ impl HttpContext for Peer {
             | Job::ApiKey { .. }
             | Job::JwtCached { .. }
             | Job::RateLimit
-            | Job::LocalReply => {}
+            | Job::LocalReply
+            | Job::ReadWrite => {}
         }
         Action::Continue
     }
