@@ -106,6 +106,24 @@ pub trait Host {
     fn header_map(&mut self, kind: HeaderMapKind) -> Result<HeaderMap, HostError>;
     /// One header of `kind`.
     fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError>;
+    /// One header of `kind` into `out` (its buffer reused when the host copies the value);
+    /// `Ok(false)` when absent (`out` is then unspecified). The default takes [`Host::header`]'s
+    /// value; a host that holds the value in memory (the chain's phase) copies it into `out`
+    /// without allocating.
+    fn header_into(
+        &mut self,
+        kind: HeaderMapKind,
+        name: &str,
+        out: &mut String,
+    ) -> Result<bool, HostError> {
+        Ok(match self.header(kind, name)? {
+            Some(v) => {
+                *out = v;
+                true
+            }
+            None => false,
+        })
+    }
     /// Replaces the whole header map of `kind`, in one call.
     fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError>;
     /// Sets `name` to exactly `value` in `kind`.

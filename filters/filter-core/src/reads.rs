@@ -44,24 +44,37 @@ impl OneHeader {
         kind: HeaderMapKind,
         name: &str,
     ) -> Result<ReadHeaders<'_>, HostError> {
-        let value = host.header(kind, name)?;
         let Ok(mut map) = self.0.try_borrow_mut() else {
+            let value = host.header(kind, name)?;
             return Ok(ReadHeaders::Owned(HeaderMap::new(
                 value.map(|v| (name.to_owned(), v)).into_iter().collect(),
             )));
         };
-        match (value, map.pairs.first_mut()) {
-            (Some(v), Some(pair)) => {
+        map.pairs.truncate(1);
+        match map.pairs.first_mut() {
+            Some(pair) => {
                 if pair.0 != name {
                     name.clone_into(&mut pair.0);
                 }
-                pair.1 = v;
-                map.pairs.truncate(1);
             }
-            (Some(v), None) => map.pairs.push((name.to_owned(), v)),
-            (None, _) => map.pairs.clear(),
+            None => map.pairs.push((name.to_owned(), String::new())),
         }
-        Ok(ReadHeaders::Lent(map))
+        // The value goes into the pair's buffer (a host holding it in memory copies it there).
+        let found = match map.pairs.first_mut() {
+            Some(pair) => host.header_into(kind, name, &mut pair.1),
+            None => Ok(false),
+        };
+        match found {
+            Ok(true) => Ok(ReadHeaders::Lent(map)),
+            Ok(false) => {
+                map.pairs.clear();
+                Ok(ReadHeaders::Lent(map))
+            }
+            Err(e) => {
+                map.pairs.clear();
+                Err(e)
+            }
+        }
     }
 }
 
