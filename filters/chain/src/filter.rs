@@ -61,14 +61,15 @@ impl StageStreams {
         self.more.clear();
     }
 
-    fn len(&self) -> usize {
-        self.inline.iter().flatten().count() + self.more.len()
-    }
-
-    fn push(&mut self, s: StageStream) {
-        match self.inline.iter_mut().find(|x| x.is_none()) {
-            Some(slot) => *slot = Some(s),
-            None => self.more.push(s),
+    /// Stage `i`'s state, fresh (stages are run in order: `i` is the number run so far), built
+    /// in its slot rather than moved there.
+    fn fresh(&mut self, i: usize, fresh: fn() -> StageStream) -> Option<&mut StageStream> {
+        match self.inline.get_mut(i) {
+            Some(slot) => Some(slot.insert(fresh())),
+            None => {
+                self.more.push(fresh());
+                self.more.last_mut()
+            }
         }
     }
 
@@ -191,11 +192,16 @@ impl Compiled {
     }
 
     /// Request phase: runs the stages in order over one read of the request headers; the first
-    /// local reply ends the chain (pending request-header writes are dropped: nothing goes
-    /// upstream); otherwise every change is written once at the end.
+    /// local reply ends the chain (request-header writes still pending are dropped: nothing goes
+    /// upstream); otherwise every change is written once: the earlier stages' when the last
+    /// stage takes the map (it then writes its own as its standalone filter does), or all at
+    /// the end.
     pub fn on_request_headers<H: Host>(&self, host: &mut H, stream: &mut Stream) -> Decision {
-        stream.stages.clear();
-        stream.ran = 0;
+        if stream.ran > 0 {
+            // (A stream used before; a new one has nothing to clear.)
+            stream.stages.clear();
+            stream.ran = 0;
+        }
         let mut phase = Phase::with_overlay(
             host,
             HeaderMapKind::Request,
@@ -207,30 +213,26 @@ impl Compiled {
             if i == last {
                 phase.last_stage();
             }
-            let (d, s) = match stage {
-                CompiledStage::Auth(f) => {
-                    let mut s = auth::Stream::default();
-                    (
-                        f.on_request_headers(&mut phase, &mut s),
-                        StageStream::Auth(s),
-                    )
+            let fresh: fn() -> StageStream = match stage {
+                CompiledStage::Auth(_) => || StageStream::Auth(auth::Stream::default()),
+                CompiledStage::RateLimit(_) => {
+                    || StageStream::RateLimit(ratelimit::Stream::default())
                 }
-                CompiledStage::RateLimit(f) => {
-                    let mut s = ratelimit::Stream::default();
-                    (
-                        f.on_request_headers(&mut phase, &mut s),
-                        StageStream::RateLimit(s),
-                    )
-                }
-                CompiledStage::Headers(f) => {
-                    let mut s = headers::Stream::default();
-                    (
-                        f.on_request_headers(&mut phase, &mut s),
-                        StageStream::Headers(s),
-                    )
-                }
+                CompiledStage::Headers(_) => || StageStream::Headers(headers::Stream::default()),
             };
-            stream.stages.push(s);
+            let d = match (stage, stream.stages.fresh(i, fresh)) {
+                (CompiledStage::Auth(f), Some(StageStream::Auth(s))) => {
+                    f.on_request_headers(&mut phase, s)
+                }
+                (CompiledStage::RateLimit(f), Some(StageStream::RateLimit(s))) => {
+                    f.on_request_headers(&mut phase, s)
+                }
+                (CompiledStage::Headers(f), Some(StageStream::Headers(s))) => {
+                    f.on_request_headers(&mut phase, s)
+                }
+                // (`fresh` made the stage's own kind.)
+                _ => Decision::Continue,
+            };
             stream.ran += 1;
             match d {
                 Decision::Continue => {}
@@ -273,7 +275,7 @@ impl Compiled {
             self.take_overlay(),
         );
         let mut decision = Decision::Continue;
-        let last = stream.stages.len().saturating_sub(1);
+        let last = stream.ran.saturating_sub(1);
         for (i, (stage, s)) in self.stages.iter().zip(stream.stages.iter_mut()).enumerate() {
             if i == last {
                 phase.last_stage();

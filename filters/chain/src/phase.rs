@@ -9,16 +9,22 @@
 //! (~16,200) when more are. A stage reading a header an earlier stage wrote gets the written
 //! value from memory (the consumer the auth stage sets reaches the rate limiter without a host
 //! call). Unplanned reads still work (a single read, or the whole map), they only cost more.
+//! A one-header read ([`Host::header_into`], what `filter_core::OneHeader` uses) is copied into
+//! the caller's buffer: no value is allocated per read.
 //!
 //! # Writes
 //!
 //! Writes are kept in memory, as a short list of changed names (an overlay on what Envoy has),
-//! and reach the host once, in [`Phase::finish`]: the changed headers by single calls, or one
-//! whole-map write when the whole map was read and the probe-table estimate says that is
-//! cheaper. A write whose result equals what Envoy already has (known from a whole read) is
-//! dropped. Nothing scans the whole map at the end: the cost is per changed name. The phase's
-//! last stage gets the map itself, not a copy, when it reads it whole ([`Phase::last_stage`]):
-//! one map per phase, as in a standalone filter.
+//! and reach the host once: the changed headers by single calls, or one whole-map write when
+//! the whole map was read and the probe-table estimate says that is cheaper. A write whose
+//! result equals what Envoy already has (known from a whole read) is dropped. Nothing scans the
+//! whole map at the end: the cost is per changed name. The phase's last stage gets the map
+//! itself, not a copy, when it reads it whole ([`Phase::last_stage`]): one map per phase, as in
+//! a standalone filter. That hand-over is when the earlier stages' changes are written (what
+//! stacked filters would have written before the last one ran); from then on the last stage
+//! works on the host directly, its writes issued as it makes them, as its standalone filter's
+//! are, with no bookkeeping in the phase. Otherwise the changes are written in
+//! [`Phase::finish`]; [`Phase::discard`] (a local reply) drops those not yet written.
 //!
 //! # Clock
 //!
@@ -168,6 +174,8 @@ struct Entry {
     set: bool,
     vals: Vals,
     had: Had,
+    /// Whether the change must reach the host (worked out once, when the phase writes).
+    write: bool,
 }
 
 /// The changed headers of a phase, in first-change order. Clearing keeps the entries' string
@@ -189,6 +197,16 @@ impl Overlay {
 
     fn live(&self) -> &[Entry] {
         self.entries.get(..self.len).unwrap_or(&[])
+    }
+
+    fn live_mut(&mut self) -> &mut [Entry] {
+        self.entries.get_mut(..self.len).unwrap_or(&mut [])
+    }
+
+    fn find(&self, name: &str) -> Option<&Entry> {
+        self.live()
+            .iter()
+            .find(|e| e.name.eq_ignore_ascii_case(name))
     }
 
     fn find_mut(&mut self, name: &str) -> Option<&mut Entry> {
@@ -256,6 +274,9 @@ pub struct Phase<'h, H: Host> {
     hand_over: bool,
     /// A stage replaced the whole map: it is written whole at the end.
     replaced: bool,
+    /// The map was handed to the last stage and the earlier stages' changes written: from
+    /// then on, calls on this phase's map go straight to the host, as a standalone filter's.
+    through: bool,
     now: Option<SystemTime>,
 }
 
@@ -291,13 +312,16 @@ impl<'h, H: Host> Phase<'h, H> {
             overlay,
             hand_over: false,
             replaced: false,
+            through: false,
             now: None,
         }
     }
 
     /// The phase's last stage is about to run: a whole-map read from it takes the map (with
-    /// this phase's changes applied) instead of a copy. Writes after that are issued as the
-    /// stage makes them (add stays add, replace stays replace).
+    /// this phase's changes applied) instead of a copy, and writes the earlier stages' changes
+    /// to the host then (what stacked filters would have written before it ran). From then on
+    /// the stage works on the host directly, exactly as its standalone filter: its writes are
+    /// issued as it makes them, with no bookkeeping in the phase.
     pub fn last_stage(&mut self) {
         self.hand_over = true;
     }
@@ -398,31 +422,31 @@ impl<'h, H: Host> Phase<'h, H> {
             Base::Whole(m) => Some(m),
             Base::Singles(_) | Base::Moved => None,
         };
-        let live = self.overlay.live();
-        // How many writes, and the pairs of the map after them when the whole map is known.
+        // How many writes (each entry's need worked out once), and the pairs of the map after
+        // them when the whole map is known.
         let mut writes = 0usize;
         let mut pairs = base.map_or(0, |m| m.pairs.len());
-        for e in live {
+        for e in self.overlay.live_mut() {
             if e.set
                 && let Had::Present(n) = e.had
             {
                 pairs = pairs.saturating_sub(n);
             }
             pairs += e.vals.len();
-            if needs_write(e, base) {
-                writes += 1;
-            }
+            e.write = needs_write(e, base);
+            writes += usize::from(e.write);
         }
         if writes == 0 {
             return;
         }
+        let live = self.overlay.live();
         if writes > 1
             && let Some(m) = base
         {
             let mut replaced_once = false;
             let single: u32 = live
                 .iter()
-                .filter(|e| needs_write(e, base))
+                .filter(|e| e.write)
                 .map(|e| single_cost(e, &mut replaced_once))
                 .sum();
             let pairs = u32::try_from(pairs).unwrap_or(u32::MAX);
@@ -435,7 +459,7 @@ impl<'h, H: Host> Phase<'h, H> {
                 return;
             }
         }
-        for e in live.iter().filter(|e| needs_write(e, base)) {
+        for e in live.iter().filter(|e| e.write) {
             let name = e.name.as_str();
             if e.set {
                 match (e.vals.split_first(), e.had) {
@@ -471,6 +495,12 @@ fn needs_write(e: &Entry, base: Option<&HeaderMap>) -> bool {
     if e.had == Had::Absent {
         // Known absent when first changed (the map read since shows the same).
         return !e.vals.is_empty();
+    }
+    if let Had::Present(n) = e.had
+        && n != e.vals.len()
+    {
+        // Known from the same map: a different number of values is a change (no scan).
+        return true;
     }
     let unchanged = match base {
         Some(m) => values(m, &e.name).eq(e.vals.iter()),
@@ -515,14 +545,25 @@ fn apply(map: &mut HeaderMap, overlay: &[Entry]) {
         if e.set {
             match vs.next() {
                 Some(first) => map.set(name, first.to_owned()),
-                None => {
-                    map.remove(name);
-                }
+                None => remove(map, name),
             }
         }
         for v in vs {
             map.add(name, v.to_owned());
         }
+    }
+}
+
+/// Removes every value of `name` from `map`, keeping the order of the rest.
+fn remove(map: &mut HeaderMap, name: &str) {
+    let mut from = 0;
+    while let Some(i) = map
+        .pairs
+        .get(from..)
+        .and_then(|rest| rest.iter().position(|(k, _)| k.eq_ignore_ascii_case(name)))
+    {
+        map.pairs.remove(from + i);
+        from += i;
     }
 }
 
@@ -535,7 +576,7 @@ fn values<'m>(map: &'m HeaderMap, name: &'m str) -> impl Iterator<Item = &'m str
 
 impl<H: Host> Host for Phase<'_, H> {
     fn header_map(&mut self, kind: HeaderMapKind) -> Result<HeaderMap, HostError> {
-        if kind != self.kind {
+        if kind != self.kind || self.through {
             return self.host.header_map(kind);
         }
         if matches!(self.base, Base::Moved) {
@@ -545,23 +586,33 @@ impl<H: Host> Host for Phase<'_, H> {
             return Ok(map);
         }
         self.read_whole()?;
-        let mut map = if self.hand_over {
-            match std::mem::replace(&mut self.base, Base::Moved) {
+        if self.hand_over {
+            // The last stage: the earlier stages' changes go to the host now (as stacked
+            // filters would have written them), and the stage gets the map itself.
+            self.write();
+            let mut map = match std::mem::replace(&mut self.base, Base::Moved) {
                 Base::Whole(m) => m,
                 other => {
                     self.base = other;
                     HeaderMap::default()
                 }
+            };
+            if !self.replaced {
+                // (A replaced map already has the changes: `write` applied them.)
+                apply(&mut map, self.overlay.live());
             }
-        } else {
-            self.read_whole()?.clone()
-        };
+            self.overlay.clear();
+            self.replaced = false;
+            self.through = true;
+            return Ok(map);
+        }
+        let mut map = self.read_whole()?.clone();
         apply(&mut map, self.overlay.live());
         Ok(map)
     }
 
     fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError> {
-        if kind != self.kind {
+        if kind != self.kind || self.through {
             return self.host.header(kind, name);
         }
         let added = match self.overlay.find_mut(name) {
@@ -573,8 +624,50 @@ impl<H: Host> Host for Phase<'_, H> {
         Ok(base.or(added))
     }
 
+    fn header_into(
+        &mut self,
+        kind: HeaderMapKind,
+        name: &str,
+        out: &mut String,
+    ) -> Result<bool, HostError> {
+        if kind != self.kind || self.through {
+            return self.host.header_into(kind, name, out);
+        }
+        // As `header`, copying into `out` instead of allocating a value.
+        fn copy(v: Option<&str>, out: &mut String) -> bool {
+            match v {
+                Some(v) => {
+                    out.clear();
+                    out.push_str(v);
+                    true
+                }
+                None => false,
+            }
+        }
+        if let Some(e) = self.overlay.find(name)
+            && e.set
+        {
+            return Ok(copy(e.vals.first(), out));
+        }
+        if *self.plan == ReadPlan::Whole && matches!(self.base, Base::Singles(_)) {
+            self.read_whole()?;
+        }
+        if let Base::Whole(m) = &self.base {
+            if let Some(v) = m.get(name) {
+                return Ok(copy(Some(v), out));
+            }
+        } else if let Some(v) = self.base_value(name)? {
+            *out = v;
+            return Ok(true);
+        }
+        Ok(copy(
+            self.overlay.find(name).and_then(|e| e.vals.first()),
+            out,
+        ))
+    }
+
     fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError> {
-        if kind != self.kind {
+        if kind != self.kind || self.through {
             return self.host.set_header_map(kind, map);
         }
         self.overlay.clear();
@@ -589,7 +682,7 @@ impl<H: Host> Host for Phase<'_, H> {
         name: &str,
         value: &str,
     ) -> Result<(), HostError> {
-        if kind != self.kind {
+        if kind != self.kind || self.through {
             return self.host.replace_header(kind, name, value);
         }
         self.set_change(name, Some(value));
@@ -602,7 +695,7 @@ impl<H: Host> Host for Phase<'_, H> {
         name: &str,
         value: &str,
     ) -> Result<(), HostError> {
-        if kind != self.kind {
+        if kind != self.kind || self.through {
             return self.host.add_header(kind, name, value);
         }
         if let Some(e) = self.overlay.find_mut(name) {
@@ -630,7 +723,7 @@ impl<H: Host> Host for Phase<'_, H> {
     }
 
     fn remove_header(&mut self, kind: HeaderMapKind, name: &str) -> Result<(), HostError> {
-        if kind != self.kind {
+        if kind != self.kind || self.through {
             return self.host.remove_header(kind, name);
         }
         self.set_change(name, None);
@@ -705,6 +798,113 @@ impl<H: Host> Host for Phase<'_, H> {
 mod tests {
     use super::*;
     use filter_core::mock::MockHost;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    /// The last stage's whole-map read hands it the map with the earlier changes applied and
+    /// writes those changes to the host then; the stage's own writes and reads then reach the
+    /// host as it makes them (as its standalone filter's would), and the end of the phase
+    /// writes nothing more.
+    #[test]
+    fn the_last_stage_works_on_the_host_after_the_hand_over() {
+        let plan = ReadPlan::Whole;
+        let mut h = MockHost::new().with_request(&[(":path", "/"), ("x-key", "k"), ("x-a", "0")]);
+        let mut p = Phase::new(&mut h, HeaderMapKind::Request, &plan);
+        // An earlier stage: one read (the whole map, as planned), a removal and a new header.
+        assert_eq!(
+            p.header(HeaderMapKind::Request, "x-key")
+                .unwrap()
+                .as_deref(),
+            Some("k")
+        );
+        p.remove_header(HeaderMapKind::Request, "x-key").unwrap();
+        p.replace_header(HeaderMapKind::Request, "x-id", "alice")
+            .unwrap();
+        p.last_stage();
+        let map = p.header_map(HeaderMapKind::Request).unwrap();
+        assert_eq!(map.get("x-key"), None);
+        assert_eq!(map.get("x-id"), Some("alice"));
+        assert_eq!(map.get("x-a"), Some("0"));
+        // The earlier changes are on the host now, before the last stage writes anything.
+        assert_eq!(p.host.request.get("x-key"), None);
+        assert_eq!(p.host.request.get("x-id"), Some("alice"));
+        let calls = p.host.host_calls;
+        p.add_header(HeaderMapKind::Request, "x-a", "1").unwrap();
+        p.replace_header(HeaderMapKind::Request, "x-b", "2")
+            .unwrap();
+        assert_eq!(
+            p.host.host_calls,
+            calls + 2,
+            "issued as the stage makes them"
+        );
+        assert_eq!(
+            p.header(HeaderMapKind::Request, "x-b").unwrap().as_deref(),
+            Some("2")
+        );
+        let calls = p.host.host_calls;
+        let _ = p.finish();
+        assert_eq!(h.host_calls, calls, "nothing left to write at the end");
+        let vals: Vec<&str> = h
+            .request
+            .pairs
+            .iter()
+            .filter(|(k, _)| k == "x-a")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(vals, ["0", "1"]);
+        assert_eq!(h.request.get("x-b"), Some("2"));
+        assert_eq!(h.request.get("x-id"), Some("alice"));
+    }
+
+    /// A reply before the hand-over still drops the pending changes: nothing reaches the host.
+    #[test]
+    fn changes_before_the_hand_over_are_dropped_on_discard() {
+        let plan = ReadPlan::Whole;
+        let mut h = MockHost::new().with_request(&[("x-key", "k")]);
+        let before = h.request.clone();
+        let mut p = Phase::new(&mut h, HeaderMapKind::Request, &plan);
+        p.header(HeaderMapKind::Request, "x-key").unwrap();
+        p.remove_header(HeaderMapKind::Request, "x-key").unwrap();
+        p.last_stage();
+        let _ = p.discard();
+        assert_eq!(h.request, before);
+        assert_eq!(h.host_calls, 1, "the one read");
+    }
+
+    /// `header_into` gives what `header` gives (a change of this phase, the host's value, an
+    /// add to an absent header, nothing), copied into the caller's buffer without replacing it.
+    #[test]
+    fn header_into_matches_header_and_reuses_the_buffer() {
+        for plan in [
+            ReadPlan::Whole,
+            ReadPlan::One("x-a".into()),
+            ReadPlan::Nothing,
+        ] {
+            let mut h = MockHost::new().with_request(&[("x-a", "host-a"), ("x-b", "host-b")]);
+            let mut p = Phase::new(&mut h, HeaderMapKind::Request, &plan);
+            p.replace_header(HeaderMapKind::Request, "x-b", "set-b")
+                .unwrap();
+            p.add_header(HeaderMapKind::Request, "x-c", "added-c")
+                .unwrap();
+            p.add_header(HeaderMapKind::Request, "x-a", "added-a")
+                .unwrap();
+            let mut out = String::with_capacity(64);
+            let buffer = out.as_ptr();
+            for name in ["x-a", "X-B", "x-c", "x-none"] {
+                let want = p.header(HeaderMapKind::Request, name).unwrap();
+                let found = p
+                    .header_into(HeaderMapKind::Request, name, &mut out)
+                    .unwrap();
+                assert_eq!(found, want.is_some(), "{plan:?} {name}");
+                if let Some(want) = want {
+                    assert_eq!(out, want, "{plan:?} {name}");
+                }
+            }
+            if plan == ReadPlan::Whole {
+                assert_eq!(out.as_ptr(), buffer, "copied into the buffer it was given");
+            }
+        }
+    }
 
     /// A phase on `overlay`'s buffers writes exactly its own changes (nothing of the previous
     /// phase's names or values leaks), and what the overlay keeps afterwards is bounded.

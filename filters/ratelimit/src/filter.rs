@@ -385,9 +385,14 @@ impl Slot {
     }
 }
 
+/// Nanoseconds since the epoch, saturating at `u64::MAX` (in 2554), without `u128` arithmetic
+/// (a library call per multiplication on wasm32, on every request).
 fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| {
+        d.as_secs()
+            .saturating_mul(NANOS_PER_SECOND)
+            .saturating_add(u64::from(d.subsec_nanos()))
+    })
 }
 
 /// `n` in decimal, without core::fmt.
@@ -944,6 +949,26 @@ mod tests {
     use super::decimal;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn nanos_is_as_nanos_saturated() {
+        use std::time::{Duration, UNIX_EPOCH};
+        for d in [
+            Duration::ZERO,
+            Duration::new(1, 1),
+            Duration::new(1_800_000_000, 999_999_999),
+            Duration::from_nanos(u64::MAX),
+            Duration::new(u64::MAX / 1_000_000_000, 999_999_999),
+            Duration::new(u64::MAX / 1_000_000_000 + 1, 0),
+        ] {
+            let Some(t) = UNIX_EPOCH.checked_add(d) else {
+                continue;
+            };
+            let want = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            assert_eq!(super::nanos(t), want, "{d:?}");
+        }
+        assert_eq!(super::nanos(UNIX_EPOCH - Duration::from_secs(1)), 0);
+    }
 
     #[test]
     fn decimal_matches_to_string() {
