@@ -51,6 +51,15 @@ pub trait Codec {
     fn reply_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
         self.head(frame)
     }
+    /// For a request frame, the bytes its `service`, `method` and `caller` are decoded from
+    /// (Thrift: the message name), when the protocol can point at them without decoding them:
+    /// two frames with equal keys that [`Codec::head`] accepts have equal names. The filter
+    /// decodes a connection's names once per run of equal keys (the other frames through
+    /// [`Codec::reply_head`]). `None` (the default): names are decoded for every frame.
+    fn names_key<'a>(&self, frame: &'a [u8]) -> Option<&'a [u8]> {
+        let _ = frame;
+        None
+    }
     /// Encodes `message` (possibly mutated) with the payload of the frame it was decoded from.
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError>;
     /// A protocol-correct error reply to `request`, which the client's own library reads as the
@@ -133,32 +142,23 @@ impl Decoder {
     /// The next complete frame's byte range, not yet decoded (the caller decodes it, for example
     /// with [`Codec::head`], and calls [`Decoder::poison`] when that fails). Checks the frame's
     /// magic and size. `Ok(None)`: no complete frame left; the partial rest stays buffered.
+    #[inline(always)]
     pub fn next_range<C: Codec + ?Sized>(
         &mut self,
         codec: &C,
     ) -> Result<Option<Range<usize>>, DecodeError> {
-        let fail = |error| DecodeError {
-            codec: codec.name(),
-            error,
-        };
         if self.failed {
-            return Err(fail(CodecError::Malformed("stream already failed".into())));
+            return Err(self.refuse(codec, CodecError::Malformed("stream already failed".into())));
         }
         let rest = self.buf.get(self.pos..).unwrap_or_default();
         let len = match codec.frame_len(rest) {
             Ok(Some(len)) => len,
             Ok(None) => return Ok(None),
-            Err(e) => {
-                self.failed = true;
-                return Err(fail(e));
-            }
+            Err(e) => return Err(self.refuse(codec, e)),
         };
         if len > self.max_frame as u64 {
-            self.failed = true;
-            return Err(fail(CodecError::TooLarge {
-                len,
-                max: self.max_frame,
-            }));
+            let max = self.max_frame;
+            return Err(self.refuse(codec, CodecError::TooLarge { len, max }));
         }
         let len = len as usize;
         if rest.len() < len {
@@ -167,6 +167,13 @@ impl Decoder {
         let range = self.pos..self.pos + len;
         self.pos += len;
         Ok(Some(range))
+    }
+
+    /// [`Decoder::poison`] out of the per-frame path.
+    #[cold]
+    #[inline(never)]
+    fn refuse<C: Codec + ?Sized>(&mut self, codec: &C, error: CodecError) -> DecodeError {
+        self.poison(codec, error)
     }
 
     /// Marks the stream as failed (a frame did not decode): every later call is an error.

@@ -19,7 +19,7 @@ use crate::ConfigError;
 use crate::codec::{Codec, CodecError, DecodeError, Decoder};
 use crate::config::{AclAction, DenyMode, KeyPart, MAX_MAX_FRAME, Protocol, RpcConfig};
 use crate::host::{Direction, L4Host};
-use crate::message::{Head, LocalError, MessageType, ResponseStatus, keys};
+use crate::message::{Head, LocalError, Message, MessageType, ResponseStatus, keys};
 use crate::thrift::Thrift;
 use crate::wasmesh_rpc::WasmeshRpc;
 
@@ -61,19 +61,59 @@ struct LimitRule {
 /// How many times a bucket update is retried when another worker wrote it in between.
 const CAS_RETRIES: usize = 8;
 
-/// The counters of one service/method pair (slots in [`Counts`]) and its histogram's metric id.
-#[derive(Debug, Clone, Copy)]
+/// The counters of one service/method pair and its histogram's metric id. The nine counters
+/// are consecutive slots in [`Counts`] from `base` (in the order of [`KEY_COUNTERS`]): two
+/// words, so a pending call carries them cheaply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct KeyIds {
-    requests: Slot,
-    oneway: Slot,
-    ok: Slot,
-    exception: Slot,
-    error: Slot,
-    denied: Slot,
-    limited: Slot,
-    rx_bytes: Slot,
-    tx_bytes: Slot,
+    base: u32,
     latency_ms: u32,
+}
+
+/// The per service/method counters, in slot order from [`KeyIds::base`].
+const KEY_COUNTERS: [&str; 9] = [
+    "requests",
+    "oneway",
+    "responses.ok",
+    "responses.exception",
+    "responses.error",
+    "denied",
+    "limited",
+    "request_bytes",
+    "response_bytes",
+];
+
+impl KeyIds {
+    fn slot(self, i: u32) -> Slot {
+        Slot(self.base + i)
+    }
+    fn requests(self) -> Slot {
+        self.slot(0)
+    }
+    fn oneway(self) -> Slot {
+        self.slot(1)
+    }
+    fn ok(self) -> Slot {
+        self.slot(2)
+    }
+    fn exception(self) -> Slot {
+        self.slot(3)
+    }
+    fn error(self) -> Slot {
+        self.slot(4)
+    }
+    fn denied(self) -> Slot {
+        self.slot(5)
+    }
+    fn limited(self) -> Slot {
+        self.slot(6)
+    }
+    fn rx_bytes(self) -> Slot {
+        self.slot(7)
+    }
+    fn tx_bytes(self) -> Slot {
+        self.slot(8)
+    }
 }
 
 /// The counters of connection-level events (slots in [`Counts`]).
@@ -135,9 +175,61 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
+/// The configured protocol's codec, dispatched statically: the per-frame calls (`frame_len`,
+/// `head`, `reply_head`) inline into the data callbacks instead of going through a vtable and
+/// returning their results through memory.
+#[derive(Debug)]
+enum AnyCodec {
+    Thrift(Thrift),
+    WasmeshRpc(WasmeshRpc),
+}
+
+macro_rules! any_codec {
+    ($self:ident, $c:ident => $e:expr) => {
+        match $self {
+            AnyCodec::Thrift($c) => $e,
+            AnyCodec::WasmeshRpc($c) => $e,
+        }
+    };
+}
+
+impl Codec for AnyCodec {
+    fn name(&self) -> &'static str {
+        any_codec!(self, c => c.name())
+    }
+    #[inline]
+    fn frame_len(&self, head: &[u8]) -> Result<Option<u64>, CodecError> {
+        any_codec!(self, c => c.frame_len(head))
+    }
+    fn decode(&self, frame: &[u8]) -> Result<Message, CodecError> {
+        any_codec!(self, c => c.decode(frame))
+    }
+    #[inline]
+    fn head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
+        any_codec!(self, c => c.head(frame))
+    }
+    #[inline]
+    fn reply_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
+        any_codec!(self, c => c.reply_head(frame))
+    }
+    #[inline]
+    fn names_key<'a>(&self, frame: &'a [u8]) -> Option<&'a [u8]> {
+        any_codec!(self, c => c.names_key(frame))
+    }
+    fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError> {
+        any_codec!(self, c => c.encode(message, frame))
+    }
+    fn error_reply(&self, request: &Message, error: LocalError) -> Vec<u8> {
+        any_codec!(self, c => c.error_reply(request, error))
+    }
+    fn probe(&self, request: &Message) -> Option<Vec<u8>> {
+        any_codec!(self, c => c.probe(request))
+    }
+}
+
 /// The compiled, immutable filter (plus its VM-wide metric ids).
 pub struct Compiled {
-    codec: Box<dyn Codec>,
+    codec: AnyCodec,
     prefix: String,
     max_frame: usize,
     max_pending: usize,
@@ -179,7 +271,7 @@ pub fn compile(config: &RpcConfig) -> Result<Compiled, ConfigError> {
             "must be between 16 and 67108864",
         ));
     }
-    let codec: Box<dyn Codec> = match config.protocol {
+    let codec = match config.protocol {
         Protocol::Thrift => {
             if let Some(e) = config.set_metadata.first() {
                 return Err(invalid(
@@ -188,12 +280,12 @@ pub fn compile(config: &RpcConfig) -> Result<Compiled, ConfigError> {
                     "Thrift binary frames carry no metadata",
                 ));
             }
-            Box::new(Thrift {
+            AnyCodec::Thrift(Thrift {
                 default_service: config.default_service.clone().unwrap_or_default(),
                 protocol: config.thrift_protocol,
             })
         }
-        Protocol::WasmeshRpc => Box::new(WasmeshRpc),
+        Protocol::WasmeshRpc => AnyCodec::WasmeshRpc(WasmeshRpc),
     };
     let prefix = config
         .stat_prefix
@@ -315,6 +407,62 @@ impl Pending {
     }
 }
 
+/// What the filter decided for the service, method and caller last seen on a connection:
+/// pipelined calls mostly repeat them, and three string compares are cheaper than the metric
+/// map lookups, the ACL rules and the limit rules (all of which depend on these three only).
+#[derive(Debug, Default)]
+struct LastCall {
+    /// Whether the fields below hold a decision (metric ids were defined).
+    valid: bool,
+    /// Whether `key` holds the call's [`Codec::names_key`].
+    keyed: bool,
+    key: Vec<u8>,
+    service: String,
+    method: String,
+    caller: String,
+    ids: Option<KeyIds>,
+    allowed: bool,
+    /// The first matching limit rule and its bucket's key.
+    limit: Option<(usize, String)>,
+}
+
+impl LastCall {
+    /// Whether a request with names key `key` is this call again (its names need no decoding).
+    fn repeats(&self, key: Option<&[u8]>) -> bool {
+        self.valid && self.keyed && key.is_some_and(|k| same_bytes(k, &self.key))
+    }
+
+    fn matches(&self, h: &Head<'_>) -> bool {
+        self.valid
+            && same(&self.method, h.method)
+            && same(&self.service, h.service)
+            && same(&self.caller, h.caller)
+    }
+}
+
+/// `a == b` without a `memcmp` call: names are short, and under V8 the call costs more than
+/// comparing them in place.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    same_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// `a == b` eight bytes at a time, without a `memcmp` call.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let word = |c: &[u8]| c.first_chunk::<8>().map(|w| u64::from_ne_bytes(*w));
+    (&mut a8).zip(&mut b8).all(|(x, y)| word(x) == word(y))
+        && a8
+            .remainder()
+            .iter()
+            .zip(b8.remainder())
+            .all(|(x, y)| x == y)
+}
+
 /// Per-connection state.
 #[derive(Debug)]
 pub struct Connection {
@@ -323,9 +471,8 @@ pub struct Connection {
     pending: VecDeque<Pending>,
     routed: bool,
     closed: bool,
-    /// The metric ids of the service/method last seen on this connection: pipelined calls
-    /// mostly repeat it, and two string compares are cheaper than two map lookups.
-    last_key: Option<(String, String, KeyIds)>,
+    /// The decisions for the service/method/caller last seen on this connection.
+    last: LastCall,
     /// The latency groups recorded in the current upstream callback (kept for its allocation).
     recorded: Vec<(u32, SystemTime)>,
 }
@@ -339,7 +486,7 @@ impl Compiled {
             pending: VecDeque::new(),
             routed: self.routes.is_empty() && self.default_cluster.is_none(),
             closed: false,
-            last_key: None,
+            last: LastCall::default(),
             recorded: Vec::new(),
         }
     }
@@ -357,7 +504,7 @@ impl Compiled {
 
     /// The codec in use.
     pub fn codec(&self) -> &dyn Codec {
-        self.codec.as_ref()
+        &self.codec
     }
 
     fn conn_ids<H: L4Host>(&self, host: &mut H) -> Option<ConnIds> {
@@ -406,34 +553,18 @@ impl Compiled {
         };
         let base = format!("rpc.{}.{s}.{m}", self.prefix);
         let mut def = |kind, n: &str| host.define_metric(kind, &format!("{base}.{n}"));
-        let mut c = |n: &str| def(MetricKind::Counter, n);
-        let counters = (|| {
-            Ok::<_, filter_core::HostError>([
-                c("requests")?,
-                c("oneway")?,
-                c("responses.ok")?,
-                c("responses.exception")?,
-                c("responses.error")?,
-                c("denied")?,
-                c("limited")?,
-                c("request_bytes")?,
-                c("response_bytes")?,
-            ])
-        })()
-        .ok()?;
+        let mut counters = [0u32; KEY_COUNTERS.len()];
+        for (id, n) in counters.iter_mut().zip(KEY_COUNTERS) {
+            *id = def(MetricKind::Counter, n).ok()?;
+        }
         let latency_ms = def(MetricKind::Histogram, "latency_ms").ok()?;
         let k = &mut stats.counts;
-        let [a, b, c, d, e, f, g, h, i] = counters;
+        let mut first = None;
+        for id in counters {
+            first.get_or_insert(k.slot(id));
+        }
         let ids = KeyIds {
-            requests: k.slot(a),
-            oneway: k.slot(b),
-            ok: k.slot(c),
-            exception: k.slot(d),
-            error: k.slot(e),
-            denied: k.slot(f),
-            limited: k.slot(g),
-            rx_bytes: k.slot(h),
-            tx_bytes: k.slot(i),
+            base: first?.0,
             latency_ms,
         };
         if overflow {
@@ -447,6 +578,41 @@ impl Compiled {
                 .insert(method.to_owned(), ids);
         }
         Some(ids)
+    }
+
+    /// Fills `last` for the call `m`: its metric ids, the ACL's verdict and its limit. Metric ids
+    /// that could not be defined leave `last` invalid (tried again on the next call).
+    fn decide<H: L4Host>(
+        &self,
+        host: &mut H,
+        last: &mut LastCall,
+        m: &Head<'_>,
+        key: Option<&[u8]>,
+    ) {
+        last.ids = self.key_ids(host, m.service, m.method);
+        last.allowed = self.allowed(m);
+        last.limit = self.limit_for(m);
+        last.valid = last.ids.is_some();
+        last.keyed = key.is_some();
+        if last.valid {
+            key.unwrap_or_default().clone_into(&mut last.key);
+            m.service.clone_into(&mut last.service);
+            m.method.clone_into(&mut last.method);
+            m.caller.clone_into(&mut last.caller);
+        }
+    }
+
+    /// Adds to two counters in the VM with one borrow (a call's count and its bytes).
+    /// Adds to two counters in the VM with one borrow (a call's count and its bytes).
+    fn add2(&self, a: Slot, da: i64, b: Slot, db: i64) {
+        let mut stats = self.stats.borrow_mut();
+        let values = &mut stats.counts.values;
+        if let Some(v) = values.get_mut(a.0 as usize) {
+            *v += da;
+        }
+        if let Some(v) = values.get_mut(b.0 as usize) {
+            *v += db;
+        }
     }
 
     /// Adds to a counter in the VM (sent by [`Compiled::flush_stats`]).
@@ -489,17 +655,15 @@ impl Compiled {
         }
     }
 
-    /// Takes a token for `m` from the first matching limit's shared bucket; `false` when the
-    /// bucket is empty. Host failures fail open (counted in `limit_errors`).
-    fn within_limits<H: L4Host>(&self, host: &mut H, m: &Head<'_>) -> bool {
-        let Some((i, rule)) = self
+    /// The first limit rule matching `m` and its bucket's shared-data key (the rule's overflow
+    /// key once `max_limit_keys` keys are known). The same for the same service, method and
+    /// caller, so a connection keeps it with its [`LastCall`].
+    fn limit_for(&self, m: &Head<'_>) -> Option<(usize, String)> {
+        let (i, rule) = self
             .limits
             .iter()
             .enumerate()
-            .find(|(_, r)| r.matcher.matches(m))
-        else {
-            return true;
-        };
+            .find(|(_, r)| r.matcher.matches(m))?;
         let mut key = format!("wasmesh.rpc.{}.limit.{i}", self.prefix);
         for part in &rule.key {
             key.push('\u{1f}');
@@ -519,12 +683,21 @@ impl Compiled {
                 }
             }
         }
+        Some((i, key))
+    }
+
+    /// Takes a token from limit `i`'s shared bucket at `key` (from [`Compiled::limit_for`]);
+    /// `false` when the bucket is empty. Host failures fail open (counted in `limit_errors`).
+    fn take_token<H: L4Host>(&self, host: &mut H, i: usize, key: &str) -> bool {
+        let Some(rule) = self.limits.get(i) else {
+            return true;
+        };
         let now_ns = host
             .now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         for _ in 0..CAS_RETRIES {
-            let (value, cas) = match host.shared_data(&key) {
+            let (value, cas) = match host.shared_data(key) {
                 Ok(v) => v,
                 Err(e) => return self.limit_error(host, &e),
             };
@@ -539,13 +712,13 @@ impl Compiled {
             if !allowed {
                 return false;
             }
-            match host.set_shared_data(&key, &bucket.encode(), cas) {
+            match host.set_shared_data(key, &bucket.encode(), cas) {
                 Ok(()) => return true,
                 Err(HostError::CasMismatch(_)) => {}
                 Err(e) => return self.limit_error(host, &e),
             }
         }
-        self.limit_error(host, &HostError::CasMismatch(key))
+        self.limit_error(host, &HostError::CasMismatch(key.to_owned()))
     }
 
     fn limit_error<H: L4Host>(&self, host: &mut H, e: &HostError) -> bool {
@@ -606,7 +779,7 @@ impl Compiled {
         // One clock read per callback: every frame of a chunk arrived at the same time.
         let mut now: Option<SystemTime> = None;
         conn.down.feed_owned(chunk);
-        let codec = self.codec.as_ref();
+        let codec = &self.codec;
         let mut out = Output::default();
         loop {
             let range = match conn.down.next_range(codec) {
@@ -614,7 +787,17 @@ impl Compiled {
                 Ok(None) => break,
                 Err(e) => return self.fail_data(host, &mut conn.closed, dir, len, &e),
             };
-            let head = match codec.head(conn.down.bytes(&range)) {
+            let frame = conn.down.bytes(&range);
+            let key = codec.names_key(frame);
+            // The connection's previous call again (the usual case when pipelining): its names
+            // and what was decided for them are known, so they are not decoded again.
+            let repeat = conn.routed && conn.last.repeats(key);
+            let decoded = if repeat {
+                codec.reply_head(frame)
+            } else {
+                codec.head(frame)
+            };
+            let head = match decoded {
                 Ok(h) => h,
                 Err(error) => {
                     let e = conn.down.poison(codec, error);
@@ -628,27 +811,24 @@ impl Compiled {
                 out.keep(&conn.down, &range);
                 continue;
             }
-            let ids = match &conn.last_key {
-                Some((s, m, ids)) if s == head.service && m == head.method => Some(*ids),
-                _ => {
-                    let ids = self.key_ids(host, head.service, head.method);
-                    conn.last_key =
-                        ids.map(|i| (head.service.to_owned(), head.method.to_owned(), i));
-                    ids
-                }
-            };
+            if !repeat && !conn.last.matches(&head) {
+                self.decide(host, &mut conn.last, &head, key);
+            }
+            let last = &conn.last;
+            let ids = last.ids;
             if let Some(ids) = ids {
                 let counter = if head.kind == MessageType::Oneway {
-                    ids.oneway
+                    ids.oneway()
                 } else {
-                    ids.requests
+                    ids.requests()
                 };
-                self.add(counter, 1);
-                self.add(ids.rx_bytes, range.len() as i64);
+                self.add2(counter, 1, ids.rx_bytes(), range.len() as i64);
             }
-            let refusal = if !self.allowed(&head) {
+            let refusal = if !last.allowed {
                 Some(LocalError::Denied)
-            } else if !self.within_limits(host, &head) {
+            } else if let Some((i, key)) = &last.limit
+                && !self.take_token(host, *i, key)
+            {
                 Some(LocalError::OverLimit)
             } else {
                 None
@@ -657,8 +837,8 @@ impl Compiled {
                 changed = true;
                 if let Some(ids) = ids {
                     let counter = match refusal {
-                        LocalError::Denied => ids.denied,
-                        LocalError::OverLimit => ids.limited,
+                        LocalError::Denied => ids.denied(),
+                        LocalError::OverLimit => ids.limited(),
                     };
                     self.add(counter, 1);
                 }
@@ -667,8 +847,10 @@ impl Compiled {
                     out.replace(&conn.down, &range, &[]);
                     continue;
                 }
-                // The rare path: an owned message for the probe and the error reply.
-                let msg = head.to_message(Vec::new());
+                // The rare path: an owned message for the probe and the error reply (with the
+                // names a repeat did not decode).
+                let named = if repeat { codec.head(frame).ok() } else { None };
+                let msg = named.as_ref().unwrap_or(&head).to_message(Vec::new());
                 let probe = match self.on_deny {
                     DenyMode::ErrorReply if conn.pending.len() < self.max_pending.max(1) => {
                         self.codec.probe(&msg)
@@ -766,7 +948,7 @@ impl Compiled {
         let mut now: Option<SystemTime> = None;
         conn.recorded.clear();
         conn.up.feed_owned(chunk);
-        let codec = self.codec.as_ref();
+        let codec = &self.codec;
         let mut out = Output::default();
         loop {
             let range = match conn.up.next_range(codec) {
@@ -781,15 +963,22 @@ impl Compiled {
                     return self.fail_data(host, &mut conn.closed, dir, len, &e);
                 }
             };
-            if head.kind.is_reply()
-                && let Some(i) = conn.pending.iter().position(|p| {
-                    // A heartbeat reply answers a probe only, never a forwarded call (the client's
-                    // own heartbeats may reuse a pending call's id).
-                    p.id() == head.request_id
-                        && (head.kind != MessageType::HeartbeatReply
-                            || matches!(p, Pending::Probe { .. }))
-                })
-            {
+            // A heartbeat reply answers a probe only, never a forwarded call (the client's own
+            // heartbeats may reuse a pending call's id).
+            let answers = |p: &Pending| {
+                p.id() == head.request_id
+                    && (head.kind != MessageType::HeartbeatReply
+                        || matches!(p, Pending::Probe { .. }))
+            };
+            // The first pending call it answers; in order (the usual case) the oldest.
+            let answered = if !head.kind.is_reply() {
+                None
+            } else if conn.pending.front().is_some_and(answers) {
+                Some(0)
+            } else {
+                conn.pending.iter().position(answers)
+            };
+            if let Some(i) = answered {
                 let pending = if i == 0 {
                     conn.pending.pop_front()
                 } else {
@@ -811,12 +1000,11 @@ impl Compiled {
                     }) => {
                         let status = head.status.unwrap_or(ResponseStatus::Ok);
                         let id = match status {
-                            ResponseStatus::Ok => ids.ok,
-                            ResponseStatus::Exception => ids.exception,
-                            ResponseStatus::Error => ids.error,
+                            ResponseStatus::Ok => ids.ok(),
+                            ResponseStatus::Exception => ids.exception(),
+                            ResponseStatus::Error => ids.error(),
                         };
-                        self.add(id, 1);
-                        self.add(ids.tx_bytes, range.len() as i64);
+                        self.add2(id, 1, ids.tx_bytes(), range.len() as i64);
                         // Requests read in one downstream callback share `start` and responses
                         // read in one upstream callback share `now`: their latencies are equal,
                         // so a group is recorded once (a host call per group, not per response).
@@ -825,7 +1013,7 @@ impl Compiled {
                             let ms = now
                                 .get_or_insert_with(|| host.now())
                                 .duration_since(start)
-                                .map_or(0, |d| d.as_millis() as u64);
+                                .map_or(0, millis);
                             let _ = host.record_metric(ids.latency_ms, ms);
                         }
                     }
@@ -894,6 +1082,14 @@ impl Output {
             None => decoder.bytes(&(0..self.end)),
         }
     }
+}
+
+/// `d.as_millis() as u64` without 128-bit arithmetic (a library call on wasm32): the same
+/// value modulo 2^64.
+fn millis(d: std::time::Duration) -> u64 {
+    d.as_secs()
+        .wrapping_mul(1000)
+        .wrapping_add(u64::from(d.subsec_millis()))
 }
 
 /// The metadata key the caller identity travels in (re-exported for users of the config).

@@ -1432,3 +1432,174 @@ fn thrift_binary_fast_head_equals_the_general_decoder_on_random_and_damaged_fram
     }
     assert!(fast > 2_500, "the fast path took {fast} of 5000");
 }
+
+#[test]
+fn thrift_names_keys_are_the_name_and_equal_keys_decode_to_equal_names() {
+    let mut r = rng(0x4e41_4d45);
+    let codec = Thrift {
+        default_service: "Calc".into(),
+        ..Thrift::default()
+    };
+    let names = [
+        "Calc:add",
+        "add",
+        "Calc:sub",
+        "Admin:reset",
+        ":x",
+        "x:",
+        "a:b:c",
+        "",
+        "é:ü",
+    ];
+    let mut seen: std::collections::HashMap<Vec<u8>, (String, String, String)> =
+        std::collections::HashMap::new();
+    let mut keyed = 0;
+    for i in 0..5_000 {
+        let name = names[below(&mut r, names.len() as u64) as usize];
+        let kind = [1, 2, 3, 4][below(&mut r, 4) as usize];
+        let mut body = vec![0u8; below(&mut r, 40) as usize];
+        r.fill(&mut body);
+        let header = Header {
+            name: name.into(),
+            kind,
+            seqid: r.next_u64() as i32,
+        };
+        let mut frame = thrift::frame(&header, &body);
+        if i % 3 == 1 {
+            let at = 4 + below(&mut r, 20.min(frame.len() as u64 - 4)) as usize;
+            frame[at] = r.next_u64() as u8;
+        }
+        let (Some(key), Ok(h)) = (codec.names_key(&frame), codec.head(&frame)) else {
+            continue;
+        };
+        keyed += 1;
+        if i % 3 != 1 {
+            assert_eq!(key, name.as_bytes());
+        }
+        let decoded = (
+            h.service.to_owned(),
+            h.method.to_owned(),
+            h.caller.to_owned(),
+        );
+        let first = seen.entry(key.to_vec()).or_insert_with(|| decoded.clone());
+        assert_eq!(first, &decoded, "key {key:02x?}");
+    }
+    assert!(keyed > 3_000, "{keyed} of 5000 frames keyed");
+    // No key where the names are not read off the frame's strict binary header.
+    let old_style = [&3u32.to_be_bytes()[..], b"add", &[1], &7i32.to_be_bytes()].concat();
+    let old_style = [&(old_style.len() as u32).to_be_bytes()[..], &old_style].concat();
+    assert_eq!(codec.head(&old_style).map(|h| h.method), Ok("add"));
+    assert_eq!(codec.names_key(&old_style), None);
+    let call = Header {
+        name: "Calc:add".into(),
+        kind: 1,
+        seqid: 1,
+    };
+    assert_eq!(
+        compact().names_key(&thrift::frame_compact(&call, &[0])),
+        None
+    );
+    assert_eq!(WasmeshRpc.names_key(&req(1, "S", "m", "a")), None);
+}
+
+#[test]
+fn repeated_calls_are_decided_once_and_refused_repeats_keep_their_names() {
+    let mut cfg = RpcConfig::new(Protocol::Thrift);
+    cfg.default_service = Some("Calc".into());
+    cfg.acl = Some(AclConfig {
+        default_action: AclAction::Allow,
+        rules: vec![AclRule {
+            action: AclAction::Deny,
+            caller: None,
+            service: Some("Admin".into()),
+            method: Some("reset".into()),
+        }],
+    });
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    let call = |name: &str, kind, seqid| {
+        thrift::frame(
+            &Header {
+                name: name.into(),
+                kind,
+                seqid,
+            },
+            &[0],
+        )
+    };
+    // Runs of equal calls, a refused call repeated, and the same names under another key
+    // (`add` is `Calc:add` through the default service).
+    let stream = [
+        call("Calc:add", 1, 1),
+        call("Calc:add", 1, 2),
+        call("Admin:reset", 1, 3),
+        call("Admin:reset", 1, 4),
+        call("add", 1, 5),
+        call("Calc:add", 1, 6),
+        call("Admin:reset", 4, 7),
+    ]
+    .concat();
+    let (_, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &stream);
+    let codec = Thrift::default();
+    let got = Decoder::new(1 << 20).decode_all(&codec, &fwd).unwrap();
+    let sent: Vec<_> = got
+        .iter()
+        .map(|(m, _)| (m.service.as_str(), m.method.as_str(), m.request_id))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("Calc", "add", 1),
+            ("Calc", "add", 2),
+            ("Admin", thrift::PROBE_METHOD, 3),
+            ("Admin", thrift::PROBE_METHOD, 4),
+            ("", "add", 5),
+            ("Calc", "add", 6),
+        ],
+        "probes in place of the refused calls, the oneway refusal dropped"
+    );
+    let unknown = |seqid| {
+        thrift::frame(
+            &Header {
+                name: thrift::PROBE_METHOD.into(),
+                kind: 3,
+                seqid,
+            },
+            &thrift::app_exception_struct("Unknown function", 1),
+        )
+    };
+    let back = [
+        call("add", 2, 1),
+        call("add", 2, 2),
+        unknown(3),
+        unknown(4),
+        call("add", 2, 5),
+        call("add", 2, 6),
+    ]
+    .concat();
+    let (_, fwd) = pass(&f, &mut h, &mut c, Direction::Upstream, &back);
+    let got = Decoder::new(1 << 20).decode_all(&codec, &fwd).unwrap();
+    assert_eq!(got.len(), 6);
+    for (i, (m, bytes)) in got.iter().enumerate() {
+        if i == 2 || i == 3 {
+            assert_eq!((m.kind, m.method.as_str()), (MessageType::Error, "reset"));
+            assert_eq!(m.request_id, i as u64 + 1);
+            let text = read_app_exception(&bytes[m.body.clone()]).0;
+            assert_eq!(text, "wasmesh: call denied by policy");
+        } else {
+            assert_eq!(m.kind, MessageType::Response);
+        }
+    }
+    assert_eq!(h.counter("rpc.thrift.Calc.add.requests"), 4);
+    assert_eq!(h.counter("rpc.thrift.Calc.add.responses.ok"), 4);
+    assert_eq!(h.counter("rpc.thrift.Admin.reset.requests"), 2);
+    assert_eq!(h.counter("rpc.thrift.Admin.reset.oneway"), 1);
+    assert_eq!(h.counter("rpc.thrift.Admin.reset.denied"), 3);
+    assert_eq!(h.counter("rpc.thrift.local_replies"), 2);
+    let len = |name: &str| call(name, 1, 0).len() as i64;
+    assert_eq!(
+        h.counter("rpc.thrift.Calc.add.request_bytes"),
+        3 * len("Calc:add") + len("add")
+    );
+}

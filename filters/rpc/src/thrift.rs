@@ -130,47 +130,37 @@ fn read_header_compact<'a>(r: &mut Reader<'a>) -> Result<RawHeader<'a>, CodecErr
     })
 }
 
-/// Big-endian u32 at `at`, when the frame has it.
-fn be32(frame: &[u8], at: usize) -> Option<u32> {
-    frame
-        .get(at..at.checked_add(4)?)?
-        .first_chunk::<4>()
-        .map(|b| u32::from_be_bytes(*b))
-}
-
 impl Thrift {
     /// [`Thrift::decode_head`] for the usual frame (strict binary header, known type), without
     /// the general reader; `None` for anything else, which the general path then decodes (or
     /// refuses with its error). Same result as the general path wherever it returns `Some`.
     /// With `names` false (the reply path) the name is only validated (an ASCII check, the
     /// full UTF-8 check only for other bytes) and `service`/`method` stay empty.
+    ///
+    /// Written for the per-call cost under V8 (docs/benchmarks.md): one bounds check for the
+    /// fixed header, one for name and seqid, one pass over the name for ASCII and the `:`.
+    #[inline(always)]
     pub(crate) fn binary_head<'a>(&'a self, frame: &'a [u8], names: bool) -> Option<Head<'a>> {
-        let word = be32(frame, 4)?;
-        if word & VERSION_MASK != VERSION_1 {
+        // Frame length, version (top 16 bits of the word at 4: 0x8001), message type (low byte).
+        let (fixed, rest) = frame.split_first_chunk::<12>()?;
+        let [_, _, _, _, v0, v1, _, kind, n0, n1, n2, n3] = *fixed;
+        if u16::from_be_bytes([v0, v1]) != (VERSION_1 >> 16) as u16 {
             return None;
         }
-        let name_end = 12usize.checked_add(be32(frame, 8)? as usize)?;
-        let raw = frame.get(12..name_end)?;
-        let name = if names {
-            std::str::from_utf8(raw).ok()?
-        } else if raw.is_ascii() || std::str::from_utf8(raw).is_ok() {
-            ""
-        } else {
-            return None;
-        };
-        let seqid = be32(frame, name_end)?;
-        let body = name_end + 4..frame.len();
-        let (kind, status) = match (word & 0xff) as u8 {
+        let name_len = u32::from_be_bytes([n0, n1, n2, n3]) as usize;
+        let (raw, after) = rest.split_at_checked(name_len)?;
+        let seqid = u32::from_be_bytes(*after.first_chunk::<4>()?);
+        // 12 + name_len + 4 <= frame.len(): cannot overflow.
+        let body = 16 + name_len..frame.len();
+        let (kind, status) = match kind {
             message_type::CALL => (MessageType::Request, None),
             message_type::ONEWAY => (MessageType::Oneway, None),
             message_type::EXCEPTION => (MessageType::Error, Some(ResponseStatus::Error)),
             message_type::REPLY => {
                 // A result struct: field 0 is success; any other field is a declared exception.
-                let ok = match frame.get(body.start) {
-                    None | Some(0) => true,
-                    Some(_) => frame
-                        .get(body.start + 1..body.start + 3)
-                        .is_none_or(|id| id == [0, 0]),
+                let ok = match after.get(4..) {
+                    None | Some([] | [0, ..]) => true,
+                    Some([_, id @ ..]) => id.get(..2).is_none_or(|id| id == [0, 0]),
                 };
                 let status = if ok {
                     ResponseStatus::Ok
@@ -181,10 +171,22 @@ impl Thrift {
             }
             _ => return None,
         };
-        let (service, method, service_in_name) = match name.split_once(':') {
-            Some((service, method)) => (service, method, true),
-            None if !names => ("", "", false),
-            None => (self.default_service.as_str(), name, false),
+        let (service, method, service_in_name) = if !names {
+            if !ascii(raw) && std::str::from_utf8(raw).is_err() {
+                return None;
+            }
+            ("", "", false)
+        } else {
+            let name = std::str::from_utf8(raw).ok()?;
+            // An ASCII ':' never occurs inside a multi-byte UTF-8 sequence: this is
+            // `str::split_once(':')`'s split, without its searcher.
+            match raw.iter().position(|&b| b == b':') {
+                Some(colon) => match (name.get(..colon), name.get(colon + 1..)) {
+                    (Some(service), Some(method)) => (service, method, true),
+                    _ => return None,
+                },
+                None => (self.default_service.as_str(), name, false),
+            }
         };
         Some(Head {
             kind,
@@ -198,6 +200,7 @@ impl Thrift {
         })
     }
 
+    #[inline]
     fn decode_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
         if self.protocol == ThriftProtocol::Binary
             && let Some(head) = self.binary_head(frame, true)
@@ -208,6 +211,7 @@ impl Thrift {
     }
 
     /// [`Codec::reply_head`]: names left empty.
+    #[inline(always)]
     fn decode_reply_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
         if self.protocol == ThriftProtocol::Binary
             && let Some(head) = self.binary_head(frame, false)
@@ -223,6 +227,7 @@ impl Thrift {
     }
 
     /// Decodes any header this codec accepts, with the reader's errors.
+    #[inline(never)]
     pub(crate) fn general_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
         let mut r = Reader::new(frame, 4);
         let h = match self.protocol {
@@ -326,6 +331,29 @@ pub fn app_exception_struct(message: &str, kind: i32) -> Vec<u8> {
     s
 }
 
+/// Whether `bytes` are all ASCII, eight at a time.
+#[inline(always)]
+fn ascii(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    let mut high = 0u64;
+    for w in &mut words {
+        high |= w
+            .first_chunk::<8>()
+            .map_or(u64::MAX, |w| u64::from_ne_bytes(*w));
+    }
+    high & 0x8080_8080_8080_8080 == 0 && words.remainder().iter().all(|&b| b < 0x80)
+}
+
+#[cold]
+fn negative_frame_length(n: i32) -> CodecError {
+    CodecError::Malformed(format!("negative frame length {n}"))
+}
+
+#[cold]
+fn bad_magic(head: &[u8]) -> CodecError {
+    CodecError::BadMagic(head.get(..5).unwrap_or_default().to_vec())
+}
+
 /// The message name, validated as UTF-8, borrowed from the frame.
 fn name<'a>(r: &mut Reader<'a>, len: usize) -> Result<&'a str, CodecError> {
     r.str(len, "message name")
@@ -360,26 +388,25 @@ impl Codec for Thrift {
         "thrift"
     }
 
+    #[inline]
     fn frame_len(&self, head: &[u8]) -> Result<Option<u64>, CodecError> {
         let Some(len) = head.first_chunk::<4>() else {
             return Ok(None);
         };
         let n = i32::from_be_bytes(*len);
         if n < 0 {
-            return Err(CodecError::Malformed(format!("negative frame length {n}")));
+            return Err(negative_frame_length(n));
         }
         // The first byte after the length is either the strict version (0x80) or the high byte
         // of an old-style name length (0 for names under 16 MiB): anything else is not Thrift.
-        let ok = match self.protocol {
-            ThriftProtocol::Binary => |b: u8| b == 0x80 || b == 0,
-            ThriftProtocol::Compact => |b: u8| b == COMPACT_ID,
-        };
-        if let Some(&b) = head.get(4)
-            && !ok(b)
-        {
-            return Err(CodecError::BadMagic(
-                head.get(..5).unwrap_or_default().to_vec(),
-            ));
+        if let Some(&b) = head.get(4) {
+            let ok = match self.protocol {
+                ThriftProtocol::Binary => b == 0x80 || b == 0,
+                ThriftProtocol::Compact => b == COMPACT_ID,
+            };
+            if !ok {
+                return Err(bad_magic(head));
+            }
         }
         Ok(Some(4 + n as u64))
     }
@@ -388,10 +415,27 @@ impl Codec for Thrift {
         Ok(self.decode_head(frame)?.to_message(Vec::new()))
     }
 
+    #[inline]
     fn head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
         self.decode_head(frame)
     }
 
+    /// The message name of a strict binary header (`Service:method` or `method`; the service
+    /// otherwise comes from the configuration, and Thrift has no caller).
+    #[inline]
+    fn names_key<'a>(&self, frame: &'a [u8]) -> Option<&'a [u8]> {
+        if self.protocol != ThriftProtocol::Binary {
+            return None;
+        }
+        let (fixed, rest) = frame.split_first_chunk::<12>()?;
+        let [_, _, _, _, v0, v1, _, _, n0, n1, n2, n3] = *fixed;
+        if u16::from_be_bytes([v0, v1]) != (VERSION_1 >> 16) as u16 {
+            return None;
+        }
+        rest.get(..u32::from_be_bytes([n0, n1, n2, n3]) as usize)
+    }
+
+    #[inline]
     fn reply_head<'a>(&'a self, frame: &'a [u8]) -> Result<Head<'a>, CodecError> {
         self.decode_reply_head(frame)
     }
