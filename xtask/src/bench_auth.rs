@@ -84,19 +84,28 @@ fn bearer(alg: Alg, jti: usize) -> String {
     format!("Bearer {}", t::sign(alg, &claims(jti)))
 }
 
-/// A wasmesh JWT provider named `name` (distinct per variant, so each variant has its own
-/// plugin root and cache) forwarding `org` as `x-org`.
+/// A wasmesh auth filter with one JWT provider named `name` (distinct per variant, so each
+/// variant has its own plugin root and cache): the bench issuer, audience and keys, plus the
+/// provider fields in `extra`.
+fn wasm_provider(wasm: &Path, name: &str, extra: Value) -> Value {
+    let mut provider = json!({
+        "name": name,
+        "issuer": ISSUER,
+        "audiences": ["api"],
+        "jwks": {"local": t::jwks()},
+    });
+    if let (Some(p), Value::Object(extra)) = (provider.as_object_mut(), extra) {
+        p.extend(extra);
+    }
+    wasm_filter(wasm, "auth", &json!({"jwt_providers": [provider]}))
+}
+
+/// [`wasm_provider`] forwarding `org` as `x-org` (the default job: token removed).
 fn wasm_jwt(wasm: &Path, name: &str) -> Value {
-    wasm_filter(
+    wasm_provider(
         wasm,
-        "auth",
-        &json!({"jwt_providers": [{
-            "name": name,
-            "issuer": ISSUER,
-            "audiences": ["api"],
-            "jwks": {"local": t::jwks()},
-            "claims_to_headers": [{"claim": "org", "header": "x-org"}],
-        }]}),
+        name,
+        json!({"claims_to_headers": [{"claim": "org", "header": "x-org"}]}),
     )
 }
 
@@ -244,19 +253,7 @@ pub fn variants(wasm: &Path, peer: &dyn Fn(&str) -> Value) -> Vec<AuthVariant> {
     let es_cold = cold(Alg::Es256, pw, pn);
     let ed_cold = cold(Alg::EdDsa, pw, pn);
     // The JWT-hit target's job (token kept, only `sub` as `x-consumer`), provider `name`.
-    let one = |name: &str| {
-        wasm_filter(
-            wasm,
-            "auth",
-            &json!({"jwt_providers": [{
-                "name": name,
-                "issuer": ISSUER,
-                "audiences": ["api"],
-                "jwks": {"local": t::jwks()},
-                "forward_token": true,
-            }]}),
-        )
-    };
+    let one = |name: &str| wasm_provider(wasm, name, json!({"forward_token": true}));
     vec![
         v(
             "auth-apikey.wasmesh",
@@ -298,17 +295,7 @@ pub fn variants(wasm: &Path, peer: &dyn Fn(&str) -> Value) -> Vec<AuthVariant> {
         v(
             "auth-rs256-one.wasmesh",
             "wasmesh auth: JWT RS256, cache hit, token kept, only sub forwarded (x-consumer)",
-            vec![wasm_filter(
-                wasm,
-                "auth",
-                &json!({"jwt_providers": [{
-                    "name": "cached-one",
-                    "issuer": ISSUER,
-                    "audiences": ["api"],
-                    "jwks": {"local": t::jwks()},
-                    "forward_token": true,
-                }]}),
-            )],
+            vec![one("cached-one")],
             cached(Alg::Rs256),
         ),
         v(
@@ -338,17 +325,11 @@ pub fn variants(wasm: &Path, peer: &dyn Fn(&str) -> Value) -> Vec<AuthVariant> {
         v(
             "auth-rs256-cached-keep.wasmesh",
             "wasmesh auth: JWT RS256 cache hit as above with forward_token (token kept)",
-            vec![wasm_filter(
+            vec![wasm_provider(
                 wasm,
-                "auth",
-                &json!({"jwt_providers": [{
-                    "name": "cached-keep",
-                    "issuer": ISSUER,
-                    "audiences": ["api"],
-                    "jwks": {"local": t::jwks()},
-                    "forward_token": true,
-                    "claims_to_headers": [{"claim": "org", "header": "x-org"}],
-                }]}),
+                "cached-keep",
+                json!({"forward_token": true,
+                       "claims_to_headers": [{"claim": "org", "header": "x-org"}]}),
             )],
             cached(Alg::Rs256),
         ),
