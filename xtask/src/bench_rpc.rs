@@ -531,6 +531,257 @@ fn summary(v: &[f64], target: f64) -> String {
     )
 }
 
+/// Environment variable for the diagnostic mode: `WASMESH_BENCH_RPC_DIAG=<batches>` runs, per
+/// listener, `<batches>` batches on each of the `CONNECTIONS` connections (one thread each, as
+/// the calls/s segments do, but a fixed count, not a time) in an Envoy without valgrind (pinned
+/// as for calls/s), and prints per call: Envoy's page faults, context switches and CPU time by
+/// the scheduler's ticks (user and system, all threads, `/proc`), and what the command of
+/// `WASMESH_BENCH_RPC_DIAG_CMD` printed while it ran. The default command is `perf stat`
+/// counting Envoy's syscalls by name; an empty one runs none. In the command `{pid}` is
+/// replaced by Envoy's pid, `{name}` by the listener's name and `{round}` by the round; it is
+/// sent SIGINT when the calls are done. No calls/s are reported.
+const DIAG: &str = "WASMESH_BENCH_RPC_DIAG";
+/// The command attached to Envoy around each listener's diagnostic calls (see [`DIAG`]).
+const DIAG_CMD: &str = "WASMESH_BENCH_RPC_DIAG_CMD";
+/// Diagnostic rounds (default 1), the listeners' order rotated each round; `{round}` in the
+/// command is replaced by the round's number.
+const DIAG_ROUNDS: &str = "WASMESH_BENCH_RPC_DIAG_ROUNDS";
+/// Comma-separated listener names the diagnostic runs on (default: all).
+const DIAG_ONLY: &str = "WASMESH_BENCH_RPC_DIAG_ONLY";
+/// When set (and the load is pinned), the diagnostic runs a busy loop at the lowest priority
+/// (`chrt -i 0`) on each load CPU, so those CPUs never sit idle.
+const DIAG_SPIN: &str = "WASMESH_BENCH_RPC_DIAG_SPIN";
+
+/// Syscalls counted by the default diagnostic command.
+const DIAG_SYSCALLS: [&str; 22] = [
+    "read",
+    "readv",
+    "recvfrom",
+    "recvmsg",
+    "write",
+    "writev",
+    "sendto",
+    "sendmsg",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_ctl",
+    "futex",
+    "mmap",
+    "munmap",
+    "madvise",
+    "mprotect",
+    "clock_gettime",
+    "getsockopt",
+    "setsockopt",
+    "ioctl",
+    "sched_yield",
+    "shutdown",
+];
+
+/// Sums of Envoy's per-thread counters: (minflt, majflt, utime, stime, voluntary and
+/// involuntary context switches), from `/proc/<pid>/task/*/{stat,status}`.
+fn proc_counters(pid: u32) -> Result<[u64; 6], String> {
+    let mut sum = [0u64; 6];
+    let dir = format!("/proc/{pid}/task");
+    for t in std::fs::read_dir(&dir)
+        .map_err(|e| format!("{dir}: {e}"))?
+        .flatten()
+    {
+        let p = t.path();
+        let Ok(stat) = std::fs::read_to_string(p.join("stat")) else {
+            continue;
+        };
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        // After the name: minflt is field 10, majflt 12, utime 14, stime 15 (1-based).
+        for (k, i) in [7usize, 9, 11, 12].into_iter().enumerate() {
+            sum[k] += f.get(i).copied().unwrap_or(0);
+        }
+        let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+        for line in status.lines() {
+            let value = |l: &str| l.split_whitespace().nth(1).and_then(|v| v.parse().ok());
+            if line.starts_with("voluntary_ctxt_switches") {
+                sum[4] += value(line).unwrap_or(0);
+            } else if line.starts_with("nonvoluntary_ctxt_switches") {
+                sum[5] += value(line).unwrap_or(0);
+            }
+        }
+    }
+    Ok(sum)
+}
+
+/// The diagnostic mode (see [`DIAG`]).
+fn diagnose(
+    wasm: &Path,
+    alts: &[PathBuf],
+    calc: u16,
+    admin: u16,
+    batches: usize,
+    pin: Option<&Pinning>,
+) -> Result<(), String> {
+    let mut envoy = Envoy::new(bootstrap(wasm, alts, calc, admin)).log_level("warning");
+    if let Some(p) = pin {
+        envoy = envoy.wrapper(&["taskset", "-c", &p.envoy]);
+        pin_self(&p.load)?;
+    }
+    let envoy = envoy.try_start()?;
+    let pid = envoy.pid();
+    let tck = clock_ticks_per_second();
+    let template = std::env::var(DIAG_CMD).unwrap_or_else(|_| {
+        let events: Vec<String> = DIAG_SYSCALLS
+            .iter()
+            .map(|s| format!("-e syscalls:sys_enter_{s}"))
+            .collect();
+        format!(
+            "perf stat -x , -e raw_syscalls:sys_enter -e page-faults -e context-switches -e task-clock {} -p {{pid}}",
+            events.join(" ")
+        )
+    });
+    // Busy loops at the lowest priority on the load CPUs: they never halt, so a wake-up sent
+    // there never finds an idle CPU (for telling apart the cost of waking an idle CPU).
+    let spinners: Vec<std::process::Child> = match (std::env::var_os(DIAG_SPIN), pin) {
+        (Some(_), Some(_)) => {
+            let n = std::thread::available_parallelism().map_or(1, usize::from);
+            (0..n.saturating_sub(1).max(1))
+                .map(|_| {
+                    std::process::Command::new("chrt")
+                        .args(["-i", "0", "sh", "-c", "while :; do :; done"])
+                        .spawn()
+                        .map_err(|e| format!("chrt: {e}"))
+                })
+                .collect::<Result<_, _>>()?
+        }
+        _ => Vec::new(),
+    };
+    let result = diagnose_listeners(wasm, alts, &envoy, pid, tck, batches, &template);
+    for mut s in spinners {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    drop(envoy);
+    if let Some(p) = pin {
+        pin_self(&p.all)?;
+    }
+    result
+}
+
+/// [`diagnose`]'s rounds over the listeners.
+fn diagnose_listeners(
+    wasm: &Path,
+    alts: &[PathBuf],
+    envoy: &integration::envoy::RunningEnvoy,
+    pid: u32,
+    tck: f64,
+    batches: usize,
+    template: &str,
+) -> Result<(), String> {
+    let names = [
+        "minflt",
+        "majflt",
+        "utime ticks",
+        "stime ticks",
+        "vol ctxsw",
+        "invol ctxsw",
+    ];
+    let rounds: usize = std::env::var(DIAG_ROUNDS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let only = std::env::var(DIAG_ONLY).unwrap_or_default();
+    let listed: Vec<&'static str> = variants(wasm, alts)
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .filter(|name| only.is_empty() || only.split(',').any(|o| o == *name))
+        .collect();
+    for (round, k) in (0..rounds).flat_map(|r| (0..listed.len()).map(move |k| (r, k))) {
+        let name = listed[(k + round) % listed.len()];
+        let port = envoy.listener_port(name);
+        let mut clients = (0..CONNECTIONS)
+            .map(|c| Client::open(port, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        drive(&mut clients, 200)?;
+        let cmd = template
+            .replace("{pid}", &pid.to_string())
+            .replace("{name}", name)
+            .replace("{round}", &(round + 1).to_string());
+        let mut child = if cmd.is_empty() {
+            None
+        } else {
+            let c = std::process::Command::new("sh")
+                .args(["-c", &format!("exec {cmd}")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("{cmd}: {e}"))?;
+            std::thread::sleep(Duration::from_millis(500));
+            Some(c)
+        };
+        let before = proc_counters(pid)?;
+        let threads: Vec<_> = clients
+            .into_iter()
+            .map(|mut client| {
+                std::thread::spawn(move || -> Result<(), String> {
+                    for _ in 0..batches {
+                        client.round()?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().map_err(|_| "load thread panicked".to_owned())??;
+        }
+        let after = proc_counters(pid)?;
+        let mut text = String::new();
+        if let Some(child) = &mut child {
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut text);
+            }
+            if let Some(mut o) = child.stdout.take() {
+                let _ = o.read_to_string(&mut text);
+            }
+            let _ = child.wait();
+        }
+        let calls = (batches * BATCH * CONNECTIONS) as f64;
+        println!(
+            "## round {} {name}: {calls} calls ({batches} batches x {CONNECTIONS} connections x {BATCH})",
+            round + 1
+        );
+        for (k, n) in names.iter().enumerate() {
+            let d = after[k].saturating_sub(before[k]);
+            println!("{n}: {d} ({:.4}/call)", d as f64 / calls);
+        }
+        let us = |k: usize| after[k].saturating_sub(before[k]) as f64 / tck * 1e6 / calls;
+        println!(
+            "Envoy CPU per call (from the ticks): user {:.3} us, system {:.3} us",
+            us(2),
+            us(3)
+        );
+        if child.is_none() {
+            continue;
+        }
+        println!("{cmd}:");
+        for line in text.lines() {
+            // perf stat -x , : value,unit,event,...
+            let f: Vec<&str> = line.split(',').collect();
+            match (f.first().and_then(|v| v.parse::<f64>().ok()), f.get(2)) {
+                (Some(v), Some(ev)) => {
+                    println!("  {ev}: {v} ({:.4}/call)", v / calls);
+                }
+                _ => println!("  {line}"),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs the rpc variants and prints Markdown tables.
 pub fn run(opts: &super::Options) -> Result<(), String> {
     let built = toolchain::wasm_module().map_err(|e| e.to_string())?;
@@ -554,6 +805,16 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
         }
     }
     let (calc, admin) = (server()?, server()?);
+    if let Some(batches) = std::env::var(DIAG).ok().and_then(|v| v.parse().ok()) {
+        return diagnose(
+            &wasm,
+            &alts,
+            calc,
+            admin,
+            batches,
+            pinning(opts.pin).as_ref(),
+        );
+    }
     let vs = variants(&wasm, &alts);
     let irs = if opts.requests > 0 {
         if std::process::Command::new("valgrind")
