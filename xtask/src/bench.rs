@@ -190,7 +190,9 @@ fn variants(wasm: &Path, peers: &Path, only: &[String]) -> Vec<Variant> {
         }
     }
     if only.iter().any(|o| o == bench_chain::JOB) {
-        for (name, what, filters, traffic) in bench_chain::variants(wasm) {
+        for (name, what, filters, traffic) in
+            bench_chain::variants(wasm, &|id| peer_filter(peers, id))
+        {
             v.push(Variant {
                 name,
                 what,
@@ -791,6 +793,37 @@ mod tests {
                 "{prefix}: {w:?}"
             );
         }
+    }
+
+    /// The chain's peer likewise: the same keyed request through the one-pass chain and the
+    /// `chain` peer leaves the same headers (key removed, consumer set, the headers job's).
+    #[test]
+    fn the_chain_peer_does_exactly_what_the_chain_does() {
+        let wasm = toolchain::wasm_module().unwrap();
+        let peers = peers_module().unwrap();
+        let upstream = integration::upstream::EchoUpstream::start();
+        let vs: Vec<Variant> = variants(&wasm, &peers, &[bench_chain::JOB.to_owned()])
+            .into_iter()
+            .filter(|v| v.name == "chain-one-pass.wasmesh" || v.name == bench_chain::PEER)
+            .collect();
+        assert_eq!(vs.len(), 2);
+        let envoy = Envoy::new(multi_bootstrap_to(&vs, Backend::Echo(upstream.port))).start();
+        let t = vs[0].traffic.as_ref().unwrap();
+        let key = [(t.header, t.value(0))];
+        let w = seen_with(envoy.listener_port("chain-one-pass.wasmesh"), &key);
+        let p = seen_with(envoy.listener_port(bench_chain::PEER), &key);
+        assert_eq!(w, p, "chain (left) and peer (right) differ");
+        // Not vacuous: the consumer and the job's header are set, the key is gone.
+        assert!(
+            w.0.iter().any(|(k, v)| k == "x-consumer" && v == "mobile"),
+            "{w:?}"
+        );
+        assert!(
+            w.0.iter()
+                .any(|(k, v)| k == "x-route" && v == "GET /api/users"),
+            "{w:?}"
+        );
+        assert!(!w.0.iter().any(|(k, _)| k == t.header), "{w:?}");
     }
 
     #[test]

@@ -69,11 +69,37 @@ pub fn target_lines(delta: &dyn Fn(&str) -> Option<f64>) -> Vec<String> {
         }
         line("all over none", chain, stacked);
     }
+    // The same job written the obvious way: what any one proxy-wasm filter pays for it, and
+    // its part over the headers job's peer (the host calls the chain adds, and little else).
+    if let (Some(b), Some(peer), Some(job_peer)) = (same, delta(PEER), delta("headers-job.peer")) {
+        let peer = peer - b;
+        for tag in ["", "@alt", "@alt2", "@alt3"] {
+            if let Some(chain) = delta(&format!("chain-one-pass.wasmesh{tag}")) {
+                out.push(format!(
+                    "chain{tag} over {NONE} {:+.0} vs its peer {peer:+.0}: {:.3}x (target <= 1.10)",
+                    chain - b,
+                    (chain - b) / peer
+                ));
+            }
+        }
+        out.push(format!(
+            "peer `chain` {peer:+.0} - peer `job` {job_peer:+.0} = {:+.0} (what the chain's job \
+             adds to the headers job when written as one plain filter)",
+            peer - job_peer
+        ));
+    }
     out
 }
 
-/// `(name, what, filters, traffic)` of each variant.
-pub fn variants(wasm: &Path) -> Vec<(String, String, Vec<Value>, Traffic)> {
+/// The chain's straightforward peer: the same job in one plain filter (`bench/peers`, root id
+/// `chain`).
+pub const PEER: &str = "chain.peer";
+
+/// `(name, what, filters, traffic)` of each variant; `peer` makes a filter of `bench_peers.wasm`.
+pub fn variants(
+    wasm: &Path,
+    peer: &dyn Fn(&str) -> Value,
+) -> Vec<(String, String, Vec<Value>, Traffic)> {
     let job = super::job_config();
     let traffic = || Traffic::one("x-api-key", API_KEY);
     vec![
@@ -105,6 +131,14 @@ pub fn variants(wasm: &Path) -> Vec<(String, String, Vec<Value>, Traffic)> {
                     {"headers": job}
                 ]}),
             )],
+            traffic(),
+        ),
+        (
+            PEER.into(),
+            "peer `chain`: the chain's job in one plain filter (one map read, API key, \
+             leased limit, headers job)"
+                .into(),
+            vec![peer("chain")],
             traffic(),
         ),
     ]

@@ -39,6 +39,13 @@
 //!   way: per request one shared-data token bucket (`get_shared_data`, refill in fixed point,
 //!   take one, `set_shared_data` with the CAS token, retry on a mismatch), limit 10⁹ per second
 //!   as in the wasmesh variant; 429 when empty.
+//! - `chain`: the one-pass chain's job (`xtask/src/bench_chain.rs`) in one filter, the obvious
+//!   way: one read of the map; the API key checked as `apikey` does (SHA-256 against the known
+//!   digest; the last key that matched is remembered, so a repeated key is one compare); remove
+//!   `x-api-key`, set `x-consumer: mobile`; a per-consumer limit of 10⁹ per second with tokens
+//!   taken 16 at a time from the shared bucket into a worker-local lease that expires after 1 s
+//!   (the clock read per request, a shared-data read and CAS write per 16); then the headers job
+//!   as `job` does it, over the same map.
 //! - `local_reply`: only answers every request locally with the rate limiter's 429 (five
 //!   headers, a small JSON body): what one local reply from wasm costs.
 
@@ -181,6 +188,7 @@ enum Job {
     RateLimit,
     LocalReply,
     ReadWrite,
+    Chain,
 }
 
 /// The `ratelimit` peer's limit: tokens per second (and burst), as in the wasmesh variant.
@@ -191,10 +199,16 @@ const RL_KEY: &str = "bench-peer.ratelimit";
 /// One token taken from the shared bucket `RL_KEY` at `now_ns` (read, refill, CAS write):
 /// `Some(true)` taken, `Some(false)` empty, `None` when the CAS kept failing.
 fn take_token(ctx: &dyn Context, now_ns: u64) -> Option<bool> {
+    take_tokens(ctx, RL_KEY, now_ns, 1).map(|n| n > 0)
+}
+
+/// Up to `want` tokens taken from the shared bucket `key` (limit `RL_RATE` per second) at
+/// `now_ns`: how many (`Some(0)`: empty), `None` when the CAS kept failing.
+fn take_tokens(ctx: &dyn Context, key: &str, now_ns: u64, want: u128) -> Option<u128> {
     // The level is kept in units of 1/10⁹ token (exact refill), next to the last refill time.
     let full = RL_RATE * 1_000_000_000;
     for _ in 0..8 {
-        let (value, cas) = ctx.get_shared_data(RL_KEY);
+        let (value, cas) = ctx.get_shared_data(key);
         let stored = value.as_deref().and_then(|b| {
             let level = u128::from_le_bytes(b.get(..16)?.try_into().ok()?);
             let stamp = u64::from_le_bytes(b.get(16..24)?.try_into().ok()?);
@@ -204,15 +218,16 @@ fn take_token(ctx: &dyn Context, now_ns: u64) -> Option<bool> {
         if now_ns > stamp {
             level = (level + u128::from(now_ns - stamp) * RL_RATE).min(full);
         }
-        if level < 1_000_000_000 {
-            return Some(false);
+        let got = (level / 1_000_000_000).min(want);
+        if got == 0 {
+            return Some(0);
         }
-        level -= 1_000_000_000;
+        level -= got * 1_000_000_000;
         let mut out = Vec::with_capacity(24);
         out.extend_from_slice(&level.to_le_bytes());
         out.extend_from_slice(&now_ns.max(stamp).to_le_bytes());
-        match ctx.set_shared_data(RL_KEY, Some(&out), cas) {
-            Ok(()) => return Some(true),
+        match ctx.set_shared_data(key, Some(&out), cas) {
+            Ok(()) => return Some(got),
             Err(proxy_wasm::types::Status::CasMismatch) => continue,
             Err(_) => return None,
         }
@@ -258,8 +273,24 @@ struct Claims {
     exp: u64,
 }
 
+/// SHA-256 of the chain bench's API key `bench-chain-key` (as in `xtask/src/bench_chain.rs`).
+const CHAIN_KEY_SHA256: &str = "74e946f5571357dc82f019e4b0a97463cb9d88aca1848a1665e3b2de3b6b069a";
+/// The `chain` peer's shared bucket (its one consumer's), tokens per lease and lease lifetime.
+const CHAIN_BUCKET: &str = "bench-peer.chain.mobile";
+const CHAIN_LEASE: u128 = 16;
+const CHAIN_LEASE_NS: u64 = 1_000_000_000;
+
+/// A worker-local lease: tokens left and when they expire.
+#[derive(Clone, Copy)]
+struct Lease {
+    tokens: u128,
+    until_ns: u64,
+}
+
 thread_local! {
     static DIGEST: Cell<[u8; 32]> = const { Cell::new([0; 32]) };
+    static LAST_KEY: RefCell<String> = const { RefCell::new(String::new()) };
+    static LEASE: Cell<Lease> = const { Cell::new(Lease { tokens: 0, until_ns: 0 }) };
     static RSA_KEY: RefCell<Option<rsa::PublicKey>> = const { RefCell::new(None) };
     static HS_KEY: RefCell<Option<hmac::Hmac<Sha256>>> = const { RefCell::new(None) };
     static CACHE: RefCell<HashMap<String, Rc<Claims>>> = RefCell::new(HashMap::new());
@@ -393,6 +424,10 @@ impl RootContext for Root {
             "ratelimit" => Some(Job::RateLimit),
             "local_reply" => Some(Job::LocalReply),
             "read_write" => Some(Job::ReadWrite),
+            "chain" => {
+                DIGEST.with(|d| d.set(unhex(CHAIN_KEY_SHA256).unwrap_or_default()));
+                Some(Job::Chain)
+            }
             _ => None,
         };
         self.0.is_some()
@@ -437,19 +472,44 @@ impl HttpContext for Peer {
             Job::OneEachWay => self.set_http_request_header("x-mesh", Some("wasmesh")),
             Job::Headers => {
                 let map = self.get_http_request_headers();
-                if get(&map, "x-request-id").is_none_or(str::is_empty) {
-                    self.set_http_request_header("x-request-id", Some(&uuid()));
+                self.headers_job(&map);
+            }
+            Job::Chain => {
+                let map = self.get_http_request_headers();
+                let ok = get(&map, "x-api-key").is_some_and(|k| {
+                    LAST_KEY.with(|l| *l.borrow() == k) || {
+                        let good = Sha256::digest(k.as_bytes())[..] == DIGEST.with(Cell::get);
+                        if good {
+                            LAST_KEY.with(|l| k.clone_into(&mut *l.borrow_mut()));
+                        }
+                        good
+                    }
+                });
+                if !ok {
+                    return self.unauthorized();
                 }
-                let (tp, new) = traceparent(get(&map, "traceparent"));
-                if new && get(&map, "tracestate").is_some() {
-                    self.set_http_request_header("tracestate", None);
+                self.set_http_request_header("x-api-key", None);
+                self.set_http_request_header("x-consumer", Some("mobile"));
+                let now = self
+                    .get_current_time()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                let mut lease = LEASE.with(Cell::get);
+                if lease.tokens == 0 || now >= lease.until_ns {
+                    // Fail open when the bucket cannot be updated.
+                    match take_tokens(self, CHAIN_BUCKET, now, CHAIN_LEASE) {
+                        Some(0) => return too_many(self),
+                        got => {
+                            lease = Lease {
+                                tokens: got.unwrap_or(1),
+                                until_ns: now.saturating_add(CHAIN_LEASE_NS),
+                            }
+                        }
+                    }
                 }
-                self.set_http_request_header("traceparent", Some(&tp));
-                self.set_http_request_header("x-mesh", Some("wasmesh"));
-                let method = get(&map, ":method").unwrap_or("");
-                let path = get(&map, ":path").unwrap_or("");
-                let path = path.split(['?', '#']).next().unwrap_or("");
-                self.set_http_request_header("x-route", Some(&format!("{method} {path}")));
+                lease.tokens -= 1;
+                LEASE.with(|l| l.set(lease));
+                self.headers_job(&map);
             }
             Job::TenSets => {
                 for (k, v) in TEN {
@@ -565,13 +625,31 @@ impl HttpContext for Peer {
             | Job::JwtCached { .. }
             | Job::RateLimit
             | Job::LocalReply
-            | Job::ReadWrite => {}
+            | Job::ReadWrite
+            | Job::Chain => {}
         }
         Action::Continue
     }
 }
 
 impl Peer {
+    /// The headers job over the request map `map`.
+    fn headers_job(&self, map: &[(String, String)]) {
+        if get(map, "x-request-id").is_none_or(str::is_empty) {
+            self.set_http_request_header("x-request-id", Some(&uuid()));
+        }
+        let (tp, new) = traceparent(get(map, "traceparent"));
+        if new && get(map, "tracestate").is_some() {
+            self.set_http_request_header("tracestate", None);
+        }
+        self.set_http_request_header("traceparent", Some(&tp));
+        self.set_http_request_header("x-mesh", Some("wasmesh"));
+        let method = get(map, ":method").unwrap_or("");
+        let path = get(map, ":path").unwrap_or("");
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        self.set_http_request_header("x-route", Some(&format!("{method} {path}")));
+    }
+
     fn unauthorized(&self) -> Action {
         self.send_http_response(401, vec![], Some(b"unauthorized"));
         Action::Pause
