@@ -400,31 +400,41 @@ impl<'h, H: Host> Phase<'h, H> {
         };
         // Written as the stage makes it, as its standalone filter would; nothing when the
         // map already holds exactly that.
-        let (mut count, mut first_same) = (0usize, false);
-        for (k, v) in &m.pairs {
+        let (mut count, mut at, mut first_same) = (0usize, 0usize, false);
+        for (i, (k, v)) in m.pairs.iter().enumerate() {
             if k.eq_ignore_ascii_case(name) {
-                first_same |= count == 0 && value == Some(v.as_str());
+                if count == 0 {
+                    at = i;
+                    first_same = value == Some(v.as_str());
+                }
                 count += 1;
             }
         }
-        let absent = count == 0;
         let same = if value.is_some() {
             first_same && count == 1
         } else {
-            absent
+            count == 0
         };
         match value {
             _ if same => {}
             None => {
-                remove(m, name);
+                if count == 1 {
+                    // (Its position is known: no second scan.)
+                    m.pairs.remove(at);
+                } else {
+                    remove(m, name);
+                }
                 let _ = host.remove_header(kind, name);
             }
-            Some(v) if absent => {
+            Some(v) if count == 0 => {
                 m.pairs.push((lower(name), v.to_owned()));
                 let _ = host.add_header(kind, name, v);
             }
             Some(v) => {
-                m.set(name, v.to_owned());
+                match m.pairs.get_mut(at) {
+                    Some(pair) if count == 1 => v.clone_into(&mut pair.1),
+                    _ => m.set(name, v.to_owned()),
+                }
                 let _ = host.replace_header(kind, name, v);
             }
         }
@@ -951,6 +961,51 @@ mod tests {
         let _ = p.discard();
         assert_eq!(h.request, before);
         assert_eq!(h.host_calls, 0);
+    }
+
+    /// Writes made after the read keep the phase's map equal to the host's, for one value or
+    /// several values of a name.
+    #[test]
+    fn writes_after_the_read_keep_the_map_equal_to_the_host() {
+        let plan = ReadPlan::Whole;
+        let mut h = MockHost::new().with_request(&[
+            ("x-one", "1"),
+            ("x-two", "a"),
+            ("x-gone", "g"),
+            ("x-two", "b"),
+            ("x-three", "3"),
+            ("x-rm", "r1"),
+            ("x-rm", "r2"),
+        ]);
+        let mut p = Phase::new(&mut h, HeaderMapKind::Request, &plan);
+        p.header(HeaderMapKind::Request, "x-one").unwrap();
+        p.replace_header(HeaderMapKind::Request, "X-One", "one")
+            .unwrap();
+        p.replace_header(HeaderMapKind::Request, "x-two", "c")
+            .unwrap();
+        p.remove_header(HeaderMapKind::Request, "x-gone").unwrap();
+        p.remove_header(HeaderMapKind::Request, "x-rm").unwrap();
+        p.add_header(HeaderMapKind::Request, "x-three", "4")
+            .unwrap();
+        p.replace_header(HeaderMapKind::Request, "x-new", "n")
+            .unwrap();
+        p.last_stage();
+        let seen = p.header_map(HeaderMapKind::Request).unwrap();
+        let _ = p.finish();
+        let mut want = h.request.pairs.clone();
+        let mut got = seen.pairs.clone();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "the stage saw what the host has");
+        assert_eq!(h.request.get("x-one"), Some("one"));
+        assert_eq!(values(&h.request, "x-two").collect::<Vec<_>>(), ["c"]);
+        assert_eq!(
+            values(&h.request, "x-three").collect::<Vec<_>>(),
+            ["3", "4"]
+        );
+        assert_eq!(h.request.get("x-gone"), None);
+        assert_eq!(h.request.get("x-rm"), None);
+        assert_eq!(h.request.get("x-new"), Some("n"));
     }
 
     /// `header_into` gives what `header` gives (a change of this phase, the host's value, an
