@@ -289,6 +289,8 @@ struct Lease {
 
 thread_local! {
     static DIGEST: Cell<[u8; 32]> = const { Cell::new([0; 32]) };
+    /// The `chain` peer's own digest (the peers share one VM: `apikey` configures `DIGEST`).
+    static CHAIN_DIGEST: Cell<[u8; 32]> = const { Cell::new([0; 32]) };
     static LAST_KEY: RefCell<String> = const { RefCell::new(String::new()) };
     static LEASE: Cell<Lease> = const { Cell::new(Lease { tokens: 0, until_ns: 0 }) };
     static RSA_KEY: RefCell<Option<rsa::PublicKey>> = const { RefCell::new(None) };
@@ -425,7 +427,7 @@ impl RootContext for Root {
             "local_reply" => Some(Job::LocalReply),
             "read_write" => Some(Job::ReadWrite),
             "chain" => {
-                DIGEST.with(|d| d.set(unhex(CHAIN_KEY_SHA256).unwrap_or_default()));
+                CHAIN_DIGEST.with(|d| d.set(unhex(CHAIN_KEY_SHA256).unwrap_or_default()));
                 Some(Job::Chain)
             }
             _ => None,
@@ -478,7 +480,7 @@ impl HttpContext for Peer {
                 let map = self.get_http_request_headers();
                 let ok = get(&map, "x-api-key").is_some_and(|k| {
                     LAST_KEY.with(|l| *l.borrow() == k) || {
-                        let good = Sha256::digest(k.as_bytes())[..] == DIGEST.with(Cell::get);
+                        let good = Sha256::digest(k.as_bytes())[..] == CHAIN_DIGEST.with(Cell::get);
                         if good {
                             LAST_KEY.with(|l| k.clone_into(&mut *l.borrow_mut()));
                         }
