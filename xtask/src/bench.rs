@@ -802,11 +802,19 @@ mod tests {
         let wasm = toolchain::wasm_module().unwrap();
         let peers = peers_module().unwrap();
         let upstream = integration::upstream::EchoUpstream::start();
-        let vs: Vec<Variant> = variants(&wasm, &peers, &[bench_chain::JOB.to_owned()])
+        // With an API-key peer configured after it in the same (shared) peers VM, as the bench
+        // loads them.
+        let only = [bench_chain::JOB.to_owned(), bench_auth::JOB.to_owned()];
+        let vs: Vec<Variant> = variants(&wasm, &peers, &only)
             .into_iter()
-            .filter(|v| v.name == "chain-one-pass.wasmesh" || v.name == bench_chain::PEER)
+            .filter(|v| {
+                v.name == "chain-one-pass.wasmesh"
+                    || v.name == bench_chain::PEER
+                    || v.name == "auth-apikey.peer"
+            })
             .collect();
-        assert_eq!(vs.len(), 2);
+        assert_eq!(vs.len(), 3);
+        assert_eq!(vs[2].name, "auth-apikey.peer", "configured last");
         let envoy = Envoy::new(multi_bootstrap_to(&vs, Backend::Echo(upstream.port))).start();
         let t = vs[0].traffic.as_ref().unwrap();
         let key = [(t.header, t.value(0))];
