@@ -341,15 +341,20 @@ struct Segment {
 /// Envoy's CPU time so far (user, system; all threads) in clock ticks, from `/proc/<pid>/stat`.
 fn cpu_ticks(pid: u32) -> Result<(u64, u64), String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    let f = stat_fields(&stat);
     let field = |i: usize| -> Result<u64, String> {
         f.get(i)
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("/proc/{pid}/stat: no field {}", i + 3))
     };
     Ok((field(11)?, field(12)?))
+}
+
+/// The fields of a `/proc/.../stat` line after the command name (which may hold spaces): index
+/// 0 is field 3 (state), so utime (field 14) is index 11 and stime 12, minflt 7, majflt 9.
+fn stat_fields(stat: &str) -> Vec<&str> {
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    rest.split_whitespace().collect()
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
@@ -474,11 +479,7 @@ fn throughput(
     rounds: usize,
     pin: Option<&Pinning>,
 ) -> Result<Vec<Vec<Segment>>, String> {
-    let mut envoy = Envoy::new(bootstrap(wasm, alts, calc, admin)).log_level("warning");
-    if let Some(p) = pin {
-        envoy = envoy.wrapper(&["taskset", "-c", &p.envoy]);
-    }
-    let envoy = envoy.try_start()?;
+    let envoy = pinned_envoy(wasm, alts, calc, admin, pin)?;
     let pid = envoy.pid();
     let tck = clock_ticks_per_second();
     let vs = variants(wasm, alts);
@@ -505,6 +506,21 @@ fn throughput(
         }
     }
     Ok(out)
+}
+
+/// The timing Envoy (no valgrind) with the rpc listeners, on its own CPU when `pin` says so.
+fn pinned_envoy(
+    wasm: &Path,
+    alts: &[PathBuf],
+    calc: u16,
+    admin: u16,
+    pin: Option<&Pinning>,
+) -> Result<integration::envoy::RunningEnvoy, String> {
+    let mut envoy = Envoy::new(bootstrap(wasm, alts, calc, admin)).log_level("warning");
+    if let Some(p) = pin {
+        envoy = envoy.wrapper(&["taskset", "-c", &p.envoy]);
+    }
+    envoy.try_start()
 }
 
 /// The `q` quantile (0..=1) of `v`, linearly interpolated between order statistics.
@@ -591,14 +607,10 @@ fn proc_counters(pid: u32) -> Result<[u64; 6], String> {
         let Ok(stat) = std::fs::read_to_string(p.join("stat")) else {
             continue;
         };
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|v| v.parse().unwrap_or(0))
-            .collect();
-        // After the name: minflt is field 10, majflt 12, utime 14, stime 15 (1-based).
+        let f = stat_fields(&stat);
+        // minflt, majflt, utime, stime.
         for (k, i) in [7usize, 9, 11, 12].into_iter().enumerate() {
-            sum[k] += f.get(i).copied().unwrap_or(0);
+            sum[k] += f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
         }
         let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
         for line in status.lines() {
@@ -622,12 +634,10 @@ fn diagnose(
     batches: usize,
     pin: Option<&Pinning>,
 ) -> Result<(), String> {
-    let mut envoy = Envoy::new(bootstrap(wasm, alts, calc, admin)).log_level("warning");
+    let envoy = pinned_envoy(wasm, alts, calc, admin, pin)?;
     if let Some(p) = pin {
-        envoy = envoy.wrapper(&["taskset", "-c", &p.envoy]);
         pin_self(&p.load)?;
     }
-    let envoy = envoy.try_start()?;
     let pid = envoy.pid();
     let tck = clock_ticks_per_second();
     let template = std::env::var(DIAG_CMD).unwrap_or_else(|_| {

@@ -410,10 +410,9 @@ impl<'h, H: Host> Phase<'h, H> {
                 count += 1;
             }
         }
-        let same = if value.is_some() {
-            first_same && count == 1
-        } else {
-            count == 0
+        let same = match value {
+            Some(_) => first_same && count == 1,
+            None => count == 0,
         };
         match value {
             _ if same => {}
