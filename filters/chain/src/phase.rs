@@ -510,6 +510,7 @@ impl<'h, H: Host> Phase<'h, H> {
         let live = self.overlay.live();
         if writes > 1
             && let Some(m) = base
+            && !m.has_lossy_values()
         {
             let mut replaced_once = false;
             let single: u32 = live

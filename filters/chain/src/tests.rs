@@ -671,6 +671,32 @@ fn unchanged_headers_are_not_written_and_many_pending_changes_to_a_small_map_go_
 }
 
 #[test]
+fn a_value_that_is_not_utf8_keeps_the_pending_writes_single() {
+    // The six pending changes above, to a map holding a client's Latin-1 byte: a whole-map
+    // write would replace it with U+FFFD, so they go as single calls.
+    let plan = crate::phase::ReadPlan::Whole;
+    let mut host = MockHost::new();
+    host.request = HeaderMap::from_bytes(vec![
+        ("a".into(), b"1".to_vec()),
+        ("b".into(), b"2".to_vec()),
+        ("x-latin".into(), b"caf\xe9".to_vec()),
+    ]);
+    let mut m = Counting::new(host);
+    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Request, &plan);
+    for (k, v) in [("a", "x"), ("c", "3"), ("d", "4"), ("e", "5"), ("f", "6")] {
+        p.replace_header(HeaderMapKind::Request, k, v).unwrap();
+    }
+    p.remove_header(HeaderMapKind::Request, "b").unwrap();
+    assert_eq!(p.header(HeaderMapKind::Request, "zz").unwrap(), None);
+    p.finish();
+    assert_eq!(m.calls.first(), Some(&"get_header_map_pairs"));
+    assert!(!m.calls.contains(&"set_header_map_pairs"), "{:?}", m.calls);
+    assert_eq!(m.calls.len(), 1 + 6);
+    assert_eq!(m.inner.request.get("a"), Some("x"));
+    assert_eq!(m.inner.request.get("b"), None);
+}
+
+#[test]
 fn adds_to_an_unread_header_are_blind_adds_and_the_clock_is_read_once() {
     let plan = crate::phase::ReadPlan::Nothing;
     let mut m = Counting::new(MockHost::new().with_request(&[("v", "0")]));

@@ -37,12 +37,52 @@ pub type Property<'a> = &'a [&'a str];
 pub struct HeaderMap {
     /// The pairs, in the host's order. A name may occur more than once.
     pub pairs: Vec<(String, String)>,
+    /// Some value came from the host as bytes that are not UTF-8 and is held with U+FFFD in
+    /// their place ([`HeaderMap::from_bytes`]): the map is no longer the host's byte for byte.
+    lossy: bool,
+}
+
+/// A header value from the host's bytes: as it is when it is UTF-8 (the buffer is kept), else
+/// with U+FFFD for each invalid sequence; `true` when it was not UTF-8.
+pub fn lossy_value(bytes: Vec<u8>) -> (String, bool) {
+    match String::from_utf8(bytes) {
+        Ok(s) => (s, false),
+        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+    }
 }
 
 impl HeaderMap {
     /// A map from pairs.
     pub fn new(pairs: Vec<(String, String)>) -> Self {
-        Self { pairs }
+        Self {
+            pairs,
+            lossy: false,
+        }
+    }
+
+    /// A map from the host's pairs, whose values are bytes: HTTP allows bytes 0x80-0xFF
+    /// (obs-text) in a value and Envoy passes them on, so a value need not be UTF-8. Such a
+    /// value is held with U+FFFD for each invalid sequence ([`lossy_value`]) and the map
+    /// remembers it ([`HeaderMap::has_lossy_values`]): a filter must then never write the
+    /// whole map back, which would replace the client's bytes. (Names are HTTP tokens, which
+    /// Envoy's codecs enforce: always ASCII.) Valid values keep their buffers: no copy.
+    pub fn from_bytes(pairs: Vec<(String, Vec<u8>)>) -> Self {
+        let mut lossy = false;
+        let pairs = pairs
+            .into_iter()
+            .map(|(name, value)| {
+                let value = lossy_value(value);
+                lossy |= value.1;
+                (name, value.0)
+            })
+            .collect();
+        Self { pairs, lossy }
+    }
+
+    /// Whether a value is held with U+FFFD in place of bytes that were not UTF-8 (see
+    /// [`HeaderMap::from_bytes`]): the whole map must not be written back.
+    pub fn has_lossy_values(&self) -> bool {
+        self.lossy
     }
 
     /// The first value of `name` (compared ignoring ASCII case).
@@ -191,6 +231,29 @@ pub trait Host {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn values_that_are_not_utf8_are_read_lossily_and_mark_the_map() {
+        let value = b"text/html".to_vec();
+        let at = value.as_ptr();
+        let m = HeaderMap::from_bytes(vec![
+            ("content-type".into(), value),
+            ("x-latin".into(), b"caf\xe9 au lait".to_vec()),
+        ]);
+        assert!(m.has_lossy_values());
+        assert_eq!(m.get("x-latin"), Some("caf\u{fffd} au lait"));
+        // A valid value keeps its buffer.
+        assert_eq!(m.get("content-type").map(str::as_ptr), Some(at));
+        let valid = HeaderMap::from_bytes(vec![("a".into(), b"1".to_vec())]);
+        assert!(!valid.has_lossy_values());
+        assert_eq!(valid, HeaderMap::new(vec![("a".into(), "1".into())]));
+        assert!(m.clone().has_lossy_values(), "a copy is as lossy");
+        assert_eq!(
+            lossy_value(vec![0xff, b'x']),
+            ("\u{fffd}x".to_owned(), true)
+        );
+        assert_eq!(lossy_value(b"ok".to_vec()), ("ok".to_owned(), false));
+    }
+
     use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;

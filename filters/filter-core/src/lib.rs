@@ -21,5 +21,5 @@ pub mod rng;
 
 pub use decision::{Decision, LocalReply};
 pub use error::HostError;
-pub use host::{HeaderMap, HeaderMapKind, Host, MetricKind, Property};
+pub use host::{HeaderMap, HeaderMapKind, Host, MetricKind, Property, lossy_value};
 pub use reads::{OneHeader, ReadHeaders};

@@ -748,16 +748,22 @@ impl<'p, 'a> Touched<'p, 'a> {
                 (None, _) => host.remove_header(kind, name),
             };
         }
-        // One whole-map write needs every change in the map: not with direct writes.
-        if *self.reads == ReadPlan::All && self.direct.is_empty() && self.names.len() > 1 && {
-            let mut replaced = false;
-            let single: u32 = self
-                .names
-                .iter()
-                .map(|t| single_write_cost(t, map, &mut replaced))
-                .sum();
-            whole_map_write_cost(map) < single
-        } {
+        // One whole-map write needs every change in the map: not with direct writes, and not
+        // when a value was not UTF-8 (the write would replace the client's bytes).
+        if *self.reads == ReadPlan::All
+            && self.direct.is_empty()
+            && self.names.len() > 1
+            && !map.has_lossy_values()
+            && {
+                let mut replaced = false;
+                let single: u32 = self
+                    .names
+                    .iter()
+                    .map(|t| single_write_cost(t, map, &mut replaced))
+                    .sum();
+                whole_map_write_cost(map) < single
+            }
+        {
             // Host errors are ignored: a header filter must not fail the request.
             let _ = host.set_header_map(kind, map);
             return;

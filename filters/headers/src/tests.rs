@@ -5,7 +5,7 @@
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use filter_core::mock::MockHost;
-use filter_core::{Decision, Host};
+use filter_core::{Decision, HeaderMap, Host};
 
 use crate::{Compiled, ConfigError, HeadersConfig, Stream, compile};
 
@@ -587,6 +587,34 @@ fn many_writes_to_a_map_read_whole_become_one_whole_map_write() {
     let mut h = get_req();
     run(&f, &mut h);
     assert_eq!(h.host_calls, 1 + 2);
+}
+
+#[test]
+fn a_value_that_is_not_utf8_keeps_the_writes_single() {
+    // The same phase as above chooses one whole-map write, which would put U+FFFD in place of
+    // the client's Latin-1 byte: with such a value in the map it writes header by header.
+    let mut ops = vec![r#"{"append":{"name":"x-multi","value":"b"}}"#.to_owned()];
+    for i in 0..8 {
+        ops.push(format!(r#"{{"set":{{"name":"x-s{i}","value":"v{i}"}}}}"#));
+    }
+    let f = filter(&format!(
+        r#"{{"request_headers":[{{"ops":[{}]}}]}}"#,
+        ops.join(",")
+    ));
+    let mut h = get_req();
+    let mut pairs: Vec<(String, Vec<u8>)> = h
+        .request
+        .pairs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect();
+    pairs.push(("x-latin".into(), b"caf\xe9".to_vec()));
+    h.request = HeaderMap::from_bytes(pairs);
+    assert!(h.request.has_lossy_values());
+    run(&f, &mut h);
+    assert_eq!(h.host_calls, 1 + 9, "one read, nine single writes");
+    assert_eq!(h.request.get("x-latin"), Some("caf\u{fffd}"));
+    assert_eq!(h.request.get("x-s7"), Some("v7"));
 }
 
 #[test]

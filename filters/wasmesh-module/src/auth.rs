@@ -56,10 +56,11 @@ pub fn on_http_call_response(filter: &auth::Compiled, token: u32, body_size: usi
     if !filter.owns_call(token) {
         return;
     }
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+    // (As bytes: the SDK's `String` reader panics on a value that is not UTF-8.)
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()
-        .and_then(|s| s.parse::<u16>().ok());
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
     filter.on_jwks_response(&mut ProxyWasmHost, token, status, body_size, || {
         hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
             .ok()

@@ -1,6 +1,9 @@
 //! [`filter_core::Host`] over proxy-wasm host calls.
 //!
-//! Every call maps the host's `Status` to a [`HostError`]; nothing here unwraps. Randomness comes
+//! Every call maps the host's `Status` to a [`HostError`]; nothing here unwraps. Header values
+//! are read as bytes, never through the SDK's `String` readers, which unwrap UTF-8: a client's
+//! obs-text byte (e.g. Latin-1 `0xE9`, which Envoy passes on) would panic and kill the VM
+//! (see [`HeaderMap::from_bytes`]). Randomness comes
 //! from a per-VM generator seeded once from the host's entropy (WASI `random_get`), so a request
 //! costs no host call for it.
 
@@ -69,13 +72,15 @@ fn err(call: &'static str, status: Status) -> HostError {
 
 impl Host for ProxyWasmHost {
     fn header_map(&mut self, kind: HeaderMapKind) -> Result<HeaderMap, HostError> {
-        hostcalls::get_map(map_type(kind))
-            .map(HeaderMap::new)
+        hostcalls::get_map_bytes(map_type(kind))
+            .map(HeaderMap::from_bytes)
             .map_err(|s| err("get_header_map_pairs", s))
     }
 
     fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError> {
-        hostcalls::get_map_value(map_type(kind), name).map_err(|s| err("get_header_map_value", s))
+        hostcalls::get_map_value_bytes(map_type(kind), name)
+            .map(|v| v.map(|v| filter_core::lossy_value(v).0))
+            .map_err(|s| err("get_header_map_value", s))
     }
 
     fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError> {
