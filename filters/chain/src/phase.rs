@@ -510,7 +510,6 @@ impl<'h, H: Host> Phase<'h, H> {
         let live = self.overlay.live();
         if writes > 1
             && let Some(m) = base
-            && !m.has_lossy_values()
         {
             let mut replaced_once = false;
             let single: u32 = live
@@ -521,7 +520,8 @@ impl<'h, H: Host> Phase<'h, H> {
             let pairs = u32::try_from(pairs).unwrap_or(u32::MAX);
             let whole =
                 cost::WHOLE_MAP_BASE.saturating_add(cost::WHOLE_MAP_PER_PAIR.saturating_mul(pairs));
-            if whole < single {
+            // (Not over a value read lossily: the write would replace the client's bytes.)
+            if whole < single && !m.may_hold_lossy_values() {
                 let mut after = m.clone();
                 apply(&mut after, live);
                 let _ = self.host.set_header_map(kind, &after);

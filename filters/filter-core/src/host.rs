@@ -37,52 +37,56 @@ pub type Property<'a> = &'a [&'a str];
 pub struct HeaderMap {
     /// The pairs, in the host's order. A name may occur more than once.
     pub pairs: Vec<(String, String)>,
-    /// Some value came from the host as bytes that are not UTF-8 and is held with U+FFFD in
-    /// their place ([`HeaderMap::from_bytes`]): the map is no longer the host's byte for byte.
-    lossy: bool,
 }
 
 /// A header value from the host's bytes: as it is when it is UTF-8 (the buffer is kept), else
 /// with U+FFFD for each invalid sequence; `true` when it was not UTF-8.
+#[inline]
 pub fn lossy_value(bytes: Vec<u8>) -> (String, bool) {
     match String::from_utf8(bytes) {
         Ok(s) => (s, false),
-        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+        Err(e) => (lossy(e), true),
     }
+}
+
+/// The invalid value with U+FFFD (out of line: the request path never sees one in practice).
+#[cold]
+#[inline(never)]
+fn lossy(e: std::string::FromUtf8Error) -> String {
+    String::from_utf8_lossy(e.as_bytes()).into_owned()
 }
 
 impl HeaderMap {
     /// A map from pairs.
     pub fn new(pairs: Vec<(String, String)>) -> Self {
-        Self {
-            pairs,
-            lossy: false,
-        }
+        Self { pairs }
     }
 
     /// A map from the host's pairs, whose values are bytes: HTTP allows bytes 0x80-0xFF
     /// (obs-text) in a value and Envoy passes them on, so a value need not be UTF-8. Such a
-    /// value is held with U+FFFD for each invalid sequence ([`lossy_value`]) and the map
-    /// remembers it ([`HeaderMap::has_lossy_values`]): a filter must then never write the
-    /// whole map back, which would replace the client's bytes. (Names are HTTP tokens, which
-    /// Envoy's codecs enforce: always ASCII.) Valid values keep their buffers: no copy.
+    /// value is held with U+FFFD for each invalid sequence ([`lossy_value`]), and a filter
+    /// must then never write the whole map back, which would replace the client's bytes
+    /// ([`HeaderMap::may_hold_lossy_values`]). (Names are HTTP tokens, which Envoy's codecs
+    /// enforce: always ASCII.) In place: the vector and the valid values' buffers are kept.
     pub fn from_bytes(pairs: Vec<(String, Vec<u8>)>) -> Self {
-        let mut lossy = false;
         let pairs = pairs
             .into_iter()
-            .map(|(name, value)| {
-                let value = lossy_value(value);
-                lossy |= value.1;
-                (name, value.0)
+            .map(|(name, value)| match String::from_utf8(value) {
+                Ok(v) => (name, v),
+                Err(e) => (name, lossy(e)),
             })
             .collect();
-        Self { pairs, lossy }
+        Self { pairs }
     }
 
-    /// Whether a value is held with U+FFFD in place of bytes that were not UTF-8 (see
-    /// [`HeaderMap::from_bytes`]): the whole map must not be written back.
-    pub fn has_lossy_values(&self) -> bool {
-        self.lossy
+    /// Whether a value holds U+FFFD: read lossily by [`HeaderMap::from_bytes`], or sent so
+    /// (then the answer is conservative). Asked only before a whole-map write, which must not
+    /// replace a client's bytes: the request path pays nothing for it.
+    pub fn may_hold_lossy_values(&self) -> bool {
+        // (U+FFFD in UTF-8, found bytewise: no string searcher in the module.)
+        self.pairs
+            .iter()
+            .any(|(_, v)| v.as_bytes().windows(3).any(|w| w == [0xef, 0xbf, 0xbd]))
     }
 
     /// The first value of `name` (compared ignoring ASCII case).
@@ -239,14 +243,16 @@ mod tests {
             ("content-type".into(), value),
             ("x-latin".into(), b"caf\xe9 au lait".to_vec()),
         ]);
-        assert!(m.has_lossy_values());
+        assert!(m.may_hold_lossy_values());
         assert_eq!(m.get("x-latin"), Some("caf\u{fffd} au lait"));
         // A valid value keeps its buffer.
         assert_eq!(m.get("content-type").map(str::as_ptr), Some(at));
         let valid = HeaderMap::from_bytes(vec![("a".into(), b"1".to_vec())]);
-        assert!(!valid.has_lossy_values());
+        assert!(!valid.may_hold_lossy_values());
         assert_eq!(valid, HeaderMap::new(vec![("a".into(), "1".into())]));
-        assert!(m.clone().has_lossy_values(), "a copy is as lossy");
+        // Sent as U+FFFD: conservatively the same.
+        let sent = HeaderMap::new(vec![("a".into(), "\u{fffd}".into())]);
+        assert!(sent.may_hold_lossy_values());
         assert_eq!(
             lossy_value(vec![0xff, b'x']),
             ("\u{fffd}x".to_owned(), true)

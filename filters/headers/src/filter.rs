@@ -753,7 +753,6 @@ impl<'p, 'a> Touched<'p, 'a> {
         if *self.reads == ReadPlan::All
             && self.direct.is_empty()
             && self.names.len() > 1
-            && !map.has_lossy_values()
             && {
                 let mut replaced = false;
                 let single: u32 = self
@@ -763,6 +762,7 @@ impl<'p, 'a> Touched<'p, 'a> {
                     .sum();
                 whole_map_write_cost(map) < single
             }
+            && !map.may_hold_lossy_values()
         {
             // Host errors are ignored: a header filter must not fail the request.
             let _ = host.set_header_map(kind, map);

@@ -610,7 +610,7 @@ fn a_value_that_is_not_utf8_keeps_the_writes_single() {
         .collect();
     pairs.push(("x-latin".into(), b"caf\xe9".to_vec()));
     h.request = HeaderMap::from_bytes(pairs);
-    assert!(h.request.has_lossy_values());
+    assert!(h.request.may_hold_lossy_values());
     run(&f, &mut h);
     assert_eq!(h.host_calls, 1 + 9, "one read, nine single writes");
     assert_eq!(h.request.get("x-latin"), Some("caf\u{fffd}"));
