@@ -153,14 +153,20 @@ fn passes_and_keeps_serving(port: u16, upstream: &RawUpstream, key: &[u8]) {
     assert_eq!(status, 200, "a plain request after them");
 }
 
-#[test]
-fn the_headers_filter_reads_latin1_values_and_keeps_serving() {
+/// The raw upstream behind an Envoy running the headers filter ([`headers_config`]).
+fn headers_envoy() -> (RawUpstream, RunningEnvoy, u16) {
     let wasm = toolchain::wasm_module().unwrap_or_else(|e| panic!("building the module: {e}"));
     let upstream = RawUpstream::start();
-    let (_e, port) = start(
+    let (envoy, port) = start(
         vec![wasm_filter(&wasm, "headers", &headers_config())],
         &upstream,
     );
+    (upstream, envoy, port)
+}
+
+#[test]
+fn the_headers_filter_reads_latin1_values_and_keeps_serving() {
+    let (upstream, _e, port) = headers_envoy();
     passes_and_keeps_serving(port, &upstream, b"x-plain: 1");
 }
 
@@ -200,12 +206,7 @@ fn the_chain_and_the_stacked_filters_read_latin1_values_and_keep_serving() {
 fn a_header_name_that_is_not_a_token_never_reaches_a_filter() {
     // The glue reads names as UTF-8 (`get_map_bytes` unwraps them): that holds because Envoy's
     // codec refuses a name with a byte outside the token characters before any filter runs.
-    let wasm = toolchain::wasm_module().unwrap_or_else(|e| panic!("building the module: {e}"));
-    let upstream = RawUpstream::start();
-    let (_e, port) = start(
-        vec![wasm_filter(&wasm, "headers", &headers_config())],
-        &upstream,
-    );
+    let (upstream, _e, port) = headers_envoy();
     let (status, _) = send(port, &[b"x-caf\xe9: 1"]);
     assert_eq!(status, 400);
     passes_and_keeps_serving(port, &upstream, b"x-plain: 1");

@@ -631,6 +631,18 @@ fn read_plans_are_the_union_of_the_stages() {
     );
 }
 
+/// Six changes made before the read (pending, in order): `a`, `c`..`f` set, `b` removed; then
+/// a read of an absent header (the whole map) and the end of the phase.
+fn six_pending_changes(m: &mut Counting, plan: &crate::phase::ReadPlan) {
+    let mut p = crate::phase::Phase::new(m, HeaderMapKind::Request, plan);
+    for (k, v) in [("a", "x"), ("c", "3"), ("d", "4"), ("e", "5"), ("f", "6")] {
+        p.replace_header(HeaderMapKind::Request, k, v).unwrap();
+    }
+    p.remove_header(HeaderMapKind::Request, "b").unwrap();
+    assert_eq!(p.header(HeaderMapKind::Request, "zz").unwrap(), None);
+    p.finish();
+}
+
 #[test]
 fn unchanged_headers_are_not_written_and_many_pending_changes_to_a_small_map_go_whole() {
     let plan = crate::phase::ReadPlan::Whole;
@@ -655,13 +667,7 @@ fn unchanged_headers_are_not_written_and_many_pending_changes_to_a_small_map_go_
     // Six changes made before the read (pending, in order) to a two-pair map: one whole-map
     // write (8,600 + 2,000 x 6 pairs) beats six single calls (~25,000).
     let mut m = Counting::new(MockHost::new().with_request(&[("a", "1"), ("b", "2")]));
-    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Request, &plan);
-    for (k, v) in [("a", "x"), ("c", "3"), ("d", "4"), ("e", "5"), ("f", "6")] {
-        p.replace_header(HeaderMapKind::Request, k, v).unwrap();
-    }
-    p.remove_header(HeaderMapKind::Request, "b").unwrap();
-    assert_eq!(p.header(HeaderMapKind::Request, "zz").unwrap(), None);
-    p.finish();
+    six_pending_changes(&mut m, &plan);
     assert_eq!(m.calls, ["get_header_map_pairs", "set_header_map_pairs"]);
     let mut got = m.inner.request.pairs.clone();
     got.sort();
@@ -682,13 +688,7 @@ fn a_value_that_is_not_utf8_keeps_the_pending_writes_single() {
         ("x-latin".into(), b"caf\xe9".to_vec()),
     ]);
     let mut m = Counting::new(host);
-    let mut p = crate::phase::Phase::new(&mut m, HeaderMapKind::Request, &plan);
-    for (k, v) in [("a", "x"), ("c", "3"), ("d", "4"), ("e", "5"), ("f", "6")] {
-        p.replace_header(HeaderMapKind::Request, k, v).unwrap();
-    }
-    p.remove_header(HeaderMapKind::Request, "b").unwrap();
-    assert_eq!(p.header(HeaderMapKind::Request, "zz").unwrap(), None);
-    p.finish();
+    six_pending_changes(&mut m, &plan);
     assert_eq!(m.calls.first(), Some(&"get_header_map_pairs"));
     assert!(!m.calls.contains(&"set_header_map_pairs"), "{:?}", m.calls);
     assert_eq!(m.calls.len(), 1 + 6);

@@ -548,18 +548,23 @@ fn response_phase_plans_its_reads_like_the_request_phase() {
     assert!(!h.response.contains("x-old"));
 }
 
-#[test]
-fn many_writes_to_a_map_read_whole_become_one_whole_map_write() {
-    // `append` makes the phase read the whole map; eight more sets on a small map cost less as
-    // one whole-map write than as eight single writes (probe table estimate).
+/// One `append` (the phase reads the whole map) and eight `set`s `x-s<i>: v<i>`.
+fn append_and_eight_sets() -> Compiled {
     let mut ops = vec![r#"{"append":{"name":"x-multi","value":"b"}}"#.to_owned()];
     for i in 0..8 {
         ops.push(format!(r#"{{"set":{{"name":"x-s{i}","value":"v{i}"}}}}"#));
     }
-    let f = filter(&format!(
+    filter(&format!(
         r#"{{"request_headers":[{{"ops":[{}]}}]}}"#,
         ops.join(",")
-    ));
+    ))
+}
+
+#[test]
+fn many_writes_to_a_map_read_whole_become_one_whole_map_write() {
+    // `append` makes the phase read the whole map; eight more sets on a small map cost less as
+    // one whole-map write than as eight single writes (probe table estimate).
+    let f = append_and_eight_sets();
     let mut h = get_req();
     h.request.add("x-multi", "a".into());
     run(&f, &mut h);
@@ -593,14 +598,7 @@ fn many_writes_to_a_map_read_whole_become_one_whole_map_write() {
 fn a_value_that_is_not_utf8_keeps_the_writes_single() {
     // The same phase as above chooses one whole-map write, which would put U+FFFD in place of
     // the client's Latin-1 byte: with such a value in the map it writes header by header.
-    let mut ops = vec![r#"{"append":{"name":"x-multi","value":"b"}}"#.to_owned()];
-    for i in 0..8 {
-        ops.push(format!(r#"{{"set":{{"name":"x-s{i}","value":"v{i}"}}}}"#));
-    }
-    let f = filter(&format!(
-        r#"{{"request_headers":[{{"ops":[{}]}}]}}"#,
-        ops.join(",")
-    ));
+    let f = append_and_eight_sets();
     let mut h = get_req();
     let mut pairs: Vec<(String, Vec<u8>)> = h
         .request
