@@ -235,8 +235,12 @@ pub trait Host {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     #[test]
-    fn values_that_are_not_utf8_are_read_lossily_and_mark_the_map() {
+    fn values_that_are_not_utf8_are_read_lossily_and_found_by_their_u_fffd() {
         let value = b"text/html".to_vec();
         let at = value.as_ptr();
         let m = HeaderMap::from_bytes(vec![
@@ -259,10 +263,6 @@ mod tests {
         );
         assert_eq!(lossy_value(b"ok".to_vec()), ("ok".to_owned(), false));
     }
-
-    use super::*;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn map() -> HeaderMap {
         HeaderMap::new(vec![
