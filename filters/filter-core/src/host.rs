@@ -40,12 +40,12 @@ pub struct HeaderMap {
 }
 
 /// A header value from the host's bytes: as it is when it is UTF-8 (the buffer is kept), else
-/// with U+FFFD for each invalid sequence; `true` when it was not UTF-8.
+/// with U+FFFD for each invalid sequence.
 #[inline]
-pub fn lossy_value(bytes: Vec<u8>) -> (String, bool) {
+pub fn lossy_value(bytes: Vec<u8>) -> String {
     match String::from_utf8(bytes) {
-        Ok(s) => (s, false),
-        Err(e) => (lossy(e), true),
+        Ok(s) => s,
+        Err(e) => lossy(e),
     }
 }
 
@@ -71,10 +71,7 @@ impl HeaderMap {
     pub fn from_bytes(pairs: Vec<(String, Vec<u8>)>) -> Self {
         let pairs = pairs
             .into_iter()
-            .map(|(name, value)| match String::from_utf8(value) {
-                Ok(v) => (name, v),
-                Err(e) => (name, lossy(e)),
-            })
+            .map(|(name, value)| (name, lossy_value(value)))
             .collect();
         Self { pairs }
     }
@@ -257,11 +254,8 @@ mod tests {
         // Sent as U+FFFD: conservatively the same.
         let sent = HeaderMap::new(vec![("a".into(), "\u{fffd}".into())]);
         assert!(sent.may_hold_lossy_values());
-        assert_eq!(
-            lossy_value(vec![0xff, b'x']),
-            ("\u{fffd}x".to_owned(), true)
-        );
-        assert_eq!(lossy_value(b"ok".to_vec()), ("ok".to_owned(), false));
+        assert_eq!(lossy_value(vec![0xff, b'x']), "\u{fffd}x");
+        assert_eq!(lossy_value(b"ok".to_vec()), "ok");
     }
 
     fn map() -> HeaderMap {

@@ -79,7 +79,7 @@ impl Host for ProxyWasmHost {
 
     fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError> {
         hostcalls::get_map_value_bytes(map_type(kind), name)
-            .map(|v| v.map(|v| filter_core::lossy_value(v).0))
+            .map(|v| v.map(filter_core::lossy_value))
             .map_err(|s| err("get_header_map_value", s))
     }
 
