@@ -39,6 +39,11 @@ use bench_job::{bench_request, stage_configs};
 /// counts the calls.
 struct Lean {
     request: HeaderMap,
+    /// `request` as the host serializes it, and the buffers given back (as the module's glue).
+    serialized: Vec<u8>,
+    buffers: filter_core::MapBuffers,
+    /// Whether given-back maps are kept (`false`: every read allocates, as the SDK's).
+    reuse: bool,
     shared: HashMap<String, (Vec<u8>, u32)>,
     clock: SystemTime,
     calls: u64,
@@ -47,7 +52,17 @@ struct Lean {
 impl Host for Lean {
     fn header_map(&mut self, _kind: HeaderMapKind) -> Result<HeaderMap, HostError> {
         self.calls += 1;
-        Ok(self.request.clone())
+        self.buffers
+            .fill(black_box(&self.serialized))
+            .map_err(|e| HostError::Failed {
+                call: "get_header_map_pairs",
+                detail: e.to_string(),
+            })
+    }
+    fn recycle_header_map(&mut self, map: HeaderMap) {
+        if self.reuse {
+            self.buffers.keep(map);
+        }
     }
     fn header(&mut self, _kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError> {
         self.calls += 1;
@@ -139,6 +154,16 @@ impl Host for Lean {
     fn record_metric(&mut self, _id: u32, _v: u64) -> Result<(), HostError> {
         Ok(())
     }
+}
+
+/// `map` as the host serializes it.
+fn serialized(map: &HeaderMap) -> Vec<u8> {
+    let pairs: Vec<(&[u8], &[u8])> = map
+        .pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
+    filter_core::map_buffers::serialize(&pairs)
 }
 
 /// What runs per request (one value per process: the variants' sizes do not matter).
@@ -245,6 +270,9 @@ fn main() {
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let s = subject(&which);
     let mut host = Lean {
+        serialized: serialized(&bench_request()),
+        buffers: filter_core::MapBuffers::default(),
+        reuse: args.next().as_deref() != Some("sdk"),
         request: bench_request(),
         shared: HashMap::new(),
         clock: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),

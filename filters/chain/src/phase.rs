@@ -466,14 +466,23 @@ impl<'h, H: Host> Phase<'h, H> {
 
     /// Drops every pending write (the chain answers locally; nothing goes upstream); returns
     /// the overlay's buffers for the next phase.
-    pub fn discard(self) -> Overlay {
+    pub fn discard(mut self) -> Overlay {
+        self.give_back_map();
         self.overlay.recycle()
+    }
+
+    /// The read map, if the phase still holds it, back to the host for its next read.
+    fn give_back_map(&mut self) {
+        if let Base::Whole(m) = std::mem::replace(&mut self.base, Base::Moved) {
+            self.host.recycle_header_map(m);
+        }
     }
 
     /// Writes the phase's changes to the host: once, at the end of the phase. Returns the
     /// overlay's buffers for the next phase.
     pub fn finish(mut self) -> Overlay {
         self.write();
+        self.give_back_map();
         self.overlay.recycle()
     }
 
@@ -733,6 +742,10 @@ impl<H: Host> Host for Phase<'_, H> {
             self.overlay.find(name).and_then(|e| e.vals.first()),
             out,
         ))
+    }
+
+    fn recycle_header_map(&mut self, map: HeaderMap) {
+        self.host.recycle_header_map(map);
     }
 
     fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError> {

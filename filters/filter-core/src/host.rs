@@ -165,6 +165,13 @@ pub trait Host {
             None => false,
         })
     }
+    /// Gives back a map [`Host::header_map`] returned, once the filter is done with it: a host
+    /// may keep its strings' buffers for its next whole-map read (bounded), so a read copies
+    /// names and values into memory it has instead of allocating two strings per header. The
+    /// default drops it.
+    fn recycle_header_map(&mut self, map: HeaderMap) {
+        drop(map);
+    }
     /// Replaces the whole header map of `kind`, in one call.
     fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError>;
     /// Sets `name` to exactly `value` in `kind`.

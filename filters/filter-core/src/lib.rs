@@ -13,6 +13,7 @@ pub mod decision;
 pub mod error;
 pub mod host;
 pub mod json;
+pub mod map_buffers;
 pub mod matching;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
@@ -22,4 +23,5 @@ pub mod rng;
 pub use decision::{Decision, LocalReply};
 pub use error::HostError;
 pub use host::{HeaderMap, HeaderMapKind, Host, MetricKind, Property, lossy_value};
+pub use map_buffers::MapBuffers;
 pub use reads::{OneHeader, ReadHeaders};

@@ -596,6 +596,7 @@ impl Compiled {
 
         if self.response_static.is_some() {
             // Unconditional literal writes: nothing to match, nothing to keep.
+            host.recycle_header_map(map);
             return Decision::Continue;
         }
         stream.response_rules = self
@@ -605,7 +606,9 @@ impl Compiled {
             .filter(|(_, r)| r.when.matches(&map))
             .map(|(i, _)| i)
             .collect();
-        if !stream.response_rules.is_empty() {
+        if stream.response_rules.is_empty() {
+            host.recycle_header_map(map);
+        } else {
             stream.request = Some(map);
         }
         Decision::Continue
@@ -661,6 +664,7 @@ impl Compiled {
             }
         }
         touched.write_back(host, HeaderMapKind::Response, &map);
+        host.recycle_header_map(map);
         Decision::Continue
     }
 }

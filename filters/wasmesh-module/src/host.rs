@@ -3,7 +3,8 @@
 //! Every call maps the host's `Status` to a [`HostError`]; nothing here unwraps. Header values
 //! are read as bytes, never through the SDK's `String` readers, which unwrap UTF-8: a client's
 //! obs-text byte (e.g. Latin-1 `0xE9`, which Envoy passes on) would panic and kill the VM
-//! (see [`HeaderMap::from_bytes`]). Randomness comes
+//! (see [`HeaderMap::from_bytes`]); a whole-map read copies the host's bytes into the buffers of
+//! the last map a filter gave back ([`crate::abi`], [`MapBuffers`]). Randomness comes
 //! from a per-VM generator seeded once from the host's entropy (WASI `random_get`), so a request
 //! costs no host call for it.
 
@@ -11,12 +12,17 @@ use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
 
 use filter_core::rng::Xoshiro256;
-use filter_core::{HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind, Property};
+use filter_core::{
+    HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MapBuffers, MetricKind, Property,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, MetricType, Status};
 
 thread_local! {
     static RNG: RefCell<Option<Xoshiro256>> = const { RefCell::new(None) };
+    /// The buffers of the last header map a filter gave back: the next whole-map read copies
+    /// into them (one VM per thread; no two reads overlap).
+    static MAP_BUFFERS: RefCell<MapBuffers> = RefCell::new(MapBuffers::default());
 }
 
 /// Seeds the VM's generator; called once when the VM starts.
@@ -72,9 +78,18 @@ fn err(call: &'static str, status: Status) -> HostError {
 
 impl Host for ProxyWasmHost {
     fn header_map(&mut self, kind: HeaderMapKind) -> Result<HeaderMap, HostError> {
-        hostcalls::get_map_bytes(map_type(kind))
-            .map(HeaderMap::from_bytes)
-            .map_err(|s| err("get_header_map_pairs", s))
+        let bytes = crate::abi::header_map_bytes(map_type(kind))
+            .map_err(|s| err("get_header_map_pairs", s))?;
+        MAP_BUFFERS
+            .with(|b| b.borrow_mut().fill(&bytes))
+            .map_err(|e| HostError::Failed {
+                call: "get_header_map_pairs",
+                detail: e.to_string(),
+            })
+    }
+
+    fn recycle_header_map(&mut self, map: HeaderMap) {
+        MAP_BUFFERS.with(|b| b.borrow_mut().keep(map));
     }
 
     fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError> {
