@@ -403,6 +403,9 @@ impl Host for Counting {
         self.log.push(false);
         self.inner.header_map(kind)
     }
+    fn recycle_header_map(&mut self, map: HeaderMap) {
+        self.inner.recycle_header_map(map);
+    }
     fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError> {
         self.calls.push("get_header_map_value");
         self.reads += 1;
@@ -568,6 +571,9 @@ fn bench_job_host_calls_per_request() {
         shared += sd;
         c.on_response_headers(&mut h, &mut s);
         assert!(h.calls.is_empty(), "response {i}: {:?}", h.calls);
+        // The map read is given back once (the headers stage, which took it), for the next
+        // read's buffers.
+        assert_eq!(h.inner.maps_given_back, h.inner.maps_read, "request {i}");
         let up = &h.inner.request;
         assert_eq!(up.get("x-consumer"), Some("mobile"));
         assert_eq!(up.get("x-api-key"), None);
@@ -726,4 +732,21 @@ fn adds_to_an_unread_header_are_blind_adds_and_the_clock_is_read_once() {
         .map(|(_, v)| v.as_str())
         .collect();
     assert_eq!(vs, ["0", "1"]);
+}
+
+/// A request the auth stage refuses still gives the map it read back to the host (the phase
+/// holds it when the chain ends early), as does each request that goes through.
+#[test]
+fn the_read_map_is_given_back_on_a_local_reply_too() {
+    let c = bench_chain(&["auth", "ratelimit", "headers"]);
+    let mut h = MockHost::new();
+    for key in ["wrong", "key-a", "wrong"] {
+        h.request = bench_request();
+        h.request.set("x-api-key", key.into());
+        let mut s = Stream::default();
+        let d = c.on_request_headers(&mut h, &mut s);
+        assert_eq!(matches!(d, Decision::Reply(_)), key == "wrong", "{key}");
+    }
+    assert_eq!(h.maps_read, 3);
+    assert_eq!(h.maps_given_back, 3);
 }

@@ -57,6 +57,10 @@ pub struct MockHost {
     /// Number of host calls made (every trait method except `now` and `random_u64`,
     /// which the real adapter serves without a host call per request).
     pub host_calls: usize,
+    /// Whole-map reads made ([`Host::header_map`]).
+    pub maps_read: usize,
+    /// Maps given back ([`Host::recycle_header_map`], not a host call).
+    pub maps_given_back: usize,
     /// When set, the next `set_shared_data` with a CAS token fails with a mismatch this many times.
     pub cas_failures: u32,
     rng: Xoshiro256,
@@ -82,6 +86,8 @@ impl MockHost {
             clock: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             metrics: Vec::new(),
             host_calls: 0,
+            maps_read: 0,
+            maps_given_back: 0,
             cas_failures: 0,
             rng: Xoshiro256::from_seed([0; 32]),
             next_token: 1,
@@ -154,7 +160,13 @@ fn to_map(pairs: &[(&str, &str)]) -> HeaderMap {
 impl Host for MockHost {
     fn header_map(&mut self, kind: HeaderMapKind) -> Result<HeaderMap, HostError> {
         self.host_calls += 1;
+        self.maps_read += 1;
         Ok(self.map_mut(kind).clone())
+    }
+
+    fn recycle_header_map(&mut self, map: HeaderMap) {
+        self.maps_given_back += 1;
+        drop(map);
     }
 
     fn header(&mut self, kind: HeaderMapKind, name: &str) -> Result<Option<String>, HostError> {

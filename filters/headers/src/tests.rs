@@ -466,6 +466,37 @@ fn append_reads_the_whole_map_and_keeps_existing_values() {
         .map(|(_, v)| v.as_str())
         .collect();
     assert_eq!(multi, ["a", "b"]);
+    assert_eq!(
+        (h.maps_read, h.maps_given_back),
+        (1, 1),
+        "the map read is given back for the next read's buffers"
+    );
+}
+
+/// A map a response rule needs is kept for the response phase, and given back there.
+#[test]
+fn a_map_kept_for_the_response_phase_is_given_back_after_it() {
+    let f = filter(
+        r#"{"request_headers":[{"ops":[{"append":{"name":"x-multi","value":"b"}}]}],
+            "response_headers":[{"when":{"headers":[{"name":"x-multi"}]},
+                                 "ops":[{"append":{"name":"x-seen","value":"1"}}]}]}"#,
+    );
+    let mut h = get_req().with_response(&[(":status", "200")]);
+    h.request.add("x-multi", "a".into());
+    let mut s = Stream::default();
+    f.on_request_headers(&mut h, &mut s);
+    assert_eq!(
+        (h.maps_read, h.maps_given_back),
+        (1, 0),
+        "kept for the response"
+    );
+    f.on_response_headers(&mut h, &mut s);
+    assert_eq!(h.response.get("x-seen"), Some("1"));
+    assert_eq!(
+        (h.maps_read, h.maps_given_back),
+        (2, 1),
+        "the response map given back"
+    );
 }
 
 #[test]
