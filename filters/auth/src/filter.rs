@@ -1377,11 +1377,18 @@ impl Compiled {
             // Cannot see the request: fail closed.
             return self.deny(None, Reject::Missing);
         };
-        let Some(rule) = self.rule(&map) else {
+        let d = self.request(host, stream, &map);
+        map.give_back(host);
+        d
+    }
+
+    /// The request phase over the headers read.
+    fn request<H: Host>(&self, host: &mut H, stream: &mut Stream, map: &HeaderMap) -> Decision {
+        let Some(rule) = self.rule(map) else {
             return self.deny(None, Reject::NoRule);
         };
         if rule.bypass {
-            self.clear_outputs(host, &map);
+            self.clear_outputs(host, map);
             return Decision::Continue;
         }
         // The clock is a host call: only JWT (`exp`, `nbf`, ...) and Basic (the budget) need it,
@@ -1406,7 +1413,7 @@ impl Compiled {
         let mut any_present = false;
         let mut writes_all = Writes::default();
         for &m in &rule.required {
-            match self.try_method(m, &map, now, now_ns) {
+            match self.try_method(m, map, now, now_ns) {
                 Outcome::Missing => {
                     if rule.all {
                         first_error.get_or_insert(Reject::Missing);
@@ -1444,7 +1451,7 @@ impl Compiled {
                     if !rule.allow.is_empty() {
                         return self.deny(Some(rule), Reject::Forbidden);
                     }
-                    self.clear_outputs(host, &map);
+                    self.clear_outputs(host, map);
                     return Decision::Continue;
                 }
                 let reason = if any_present {

@@ -1422,3 +1422,24 @@ fn one_header_read_never_sees_the_previous_requests_value() {
         assert_eq!(got, want, "key {key:?}");
     }
 }
+
+/// A configuration that reads the whole map (keys from a header, a bearer token or the query)
+/// gives each map back for the next read's buffers, allowed or refused; a one-header read (keys
+/// from `x-api-key` alone) has no map to give back.
+#[test]
+fn whole_map_reads_are_given_back() {
+    let f = filter(keys_cfg());
+    for (key, ok) in [("key-one", true), ("wrong", false)] {
+        let mut h = host(&[(":path", "/ops"), ("x-api-key", key)]);
+        let (d, _) = run(&f, &mut h);
+        assert_eq!(d == Decision::Continue, ok, "{key}");
+        assert_eq!((h.maps_read, h.maps_given_back), (1, 1), "{key}");
+    }
+    let mut one = keys_cfg();
+    one["api_keys"].as_object_mut().map(|k| k.remove("from"));
+    let f = filter(one);
+    let mut h = host(&[("x-api-key", "key-one")]);
+    let (d, _) = run(&f, &mut h);
+    assert_eq!(d, Decision::Continue);
+    assert_eq!((h.maps_read, h.maps_given_back), (0, 0));
+}

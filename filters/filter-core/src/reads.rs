@@ -20,6 +20,17 @@ pub enum ReadHeaders<'a> {
     Owned(HeaderMap),
 }
 
+impl ReadHeaders<'_> {
+    /// Done with the read: an owned map (a whole-map read) goes back to the host for its next
+    /// read's buffers ([`Host::recycle_header_map`]); the worker's one-header map is returned
+    /// to its worker by dropping the borrow.
+    pub fn give_back<H: Host>(self, host: &mut H) {
+        if let Self::Owned(m) = self {
+            host.recycle_header_map(m);
+        }
+    }
+}
+
 impl Deref for ReadHeaders<'_> {
     type Target = HeaderMap;
 

@@ -481,6 +481,7 @@ impl Compiled {
         let decision = self.decide(host, stream, send_reply, &mut state, &map, &mut matched);
         matched.clear();
         state.matched = matched;
+        map.give_back(host);
         decision
     }
 

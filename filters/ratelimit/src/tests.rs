@@ -576,3 +576,16 @@ fn retry_after_counts_down_while_the_bucket_is_known_empty() {
     h.advance(Duration::from_millis(1));
     assert!(allowed(&run(&f, &mut h)));
 }
+
+/// A rule keyed by two headers reads the whole map and gives it back for the next read's
+/// buffers, admitted or limited.
+#[test]
+fn whole_map_reads_are_given_back() {
+    let f = filter(json!({"domain": "d", "rules": [
+        {"name": "a", "key": {"header": "x-a"}, "limit": {"requests": 1, "per": "minute"}},
+        {"name": "b", "key": {"header": "x-b"}, "limit": {"requests": 1, "per": "minute"}}]}));
+    let mut h = MockHost::new().with_request(&[("x-a", "1"), ("x-b", "2")]);
+    assert!(allowed(&run(&f, &mut h)));
+    assert!(!allowed(&run(&f, &mut h)));
+    assert_eq!((h.maps_read, h.maps_given_back), (2, 2));
+}
