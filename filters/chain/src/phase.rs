@@ -38,7 +38,7 @@
 use std::time::{Duration, SystemTime};
 
 use filter_core::host::Property;
-use filter_core::{HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind};
+use filter_core::{HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind, name_eq};
 use headers::write_cost as cost;
 
 /// How a phase reads its header map from the host, decided at configure time.
@@ -207,16 +207,14 @@ impl Overlay {
     }
 
     fn find(&self, name: &str) -> Option<&Entry> {
-        self.live()
-            .iter()
-            .find(|e| e.name.eq_ignore_ascii_case(name))
+        self.live().iter().find(|e| name_eq(&e.name, name))
     }
 
     fn find_mut(&mut self, name: &str) -> Option<&mut Entry> {
         self.entries
             .get_mut(..self.len)?
             .iter_mut()
-            .find(|e| e.name.eq_ignore_ascii_case(name))
+            .find(|e| name_eq(&e.name, name))
     }
 
     /// A new entry for `name` (lower-cased), with no values.
@@ -281,6 +279,11 @@ pub struct Phase<'h, H: Host> {
     /// then on, calls on this phase's map go straight to the host, as a standalone filter's.
     through: bool,
     now: Option<SystemTime>,
+    /// The buffers of the last pair a write removed from the read map, for the next pair a
+    /// write appends (the auth stage removes the credential and adds the identity header):
+    /// the map given back for the next read keeps the same buffers instead of losing one pair
+    /// and gaining a new one, whose strings would be allocated, freed and grown per request.
+    spare: Option<(String, String)>,
 }
 
 fn lower(name: &str) -> String {
@@ -317,6 +320,7 @@ impl<'h, H: Host> Phase<'h, H> {
             replaced: false,
             through: false,
             now: None,
+            spare: None,
         }
     }
 
@@ -347,7 +351,7 @@ impl<'h, H: Host> Phase<'h, H> {
         match &self.base {
             Base::Whole(m) => return Ok(m.get(name).map(str::to_owned)),
             Base::Singles(read) => {
-                if let Some((_, v)) = read.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                if let Some((_, v)) = read.iter().find(|(n, _)| name_eq(n, name)) {
                     return Ok(v.clone());
                 }
             }
@@ -370,7 +374,7 @@ impl<'h, H: Host> Phase<'h, H> {
                 0 => Had::Absent,
                 n => Had::Present(n),
             },
-            Base::Singles(read) => match read.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            Base::Singles(read) => match read.iter().find(|(n, _)| name_eq(n, name)) {
                 Some((_, None)) => Had::Absent,
                 _ => Had::Unknown,
             },
@@ -395,14 +399,19 @@ impl<'h, H: Host> Phase<'h, H> {
     #[inline(never)]
     fn set_through(&mut self, name: &str, value: Option<&str>) -> bool {
         let kind = self.kind;
-        let Some((m, host)) = self.through_map() else {
+        if self.replaced || self.overlay.len > 0 {
+            return false;
+        }
+        // (`through_map`, with the spare borrowed beside the map.)
+        let (Base::Whole(m), host, spare) = (&mut self.base, &mut *self.host, &mut self.spare)
+        else {
             return false;
         };
         // Written as the stage makes it, as its standalone filter would; nothing when the
         // map already holds exactly that.
         let (mut count, mut at, mut first_same) = (0usize, 0usize, false);
         for (i, (k, v)) in m.pairs.iter().enumerate() {
-            if k.eq_ignore_ascii_case(name) {
+            if name_eq(k, name) {
                 if count == 0 {
                     at = i;
                     first_same = value == Some(v.as_str());
@@ -419,14 +428,25 @@ impl<'h, H: Host> Phase<'h, H> {
             None => {
                 if count == 1 {
                     // (Its position is known: no second scan.)
-                    m.pairs.remove(at);
+                    *spare = Some(m.pairs.remove(at));
                 } else {
                     remove(m, name);
                 }
                 let _ = host.remove_header(kind, name);
             }
             Some(v) if count == 0 => {
-                m.pairs.push((lower(name), v.to_owned()));
+                let pair = match spare.take() {
+                    Some((mut n, mut val)) => {
+                        n.clear();
+                        n.push_str(name);
+                        n.make_ascii_lowercase();
+                        val.clear();
+                        val.push_str(v);
+                        (n, val)
+                    }
+                    None => (lower(name), v.to_owned()),
+                };
+                m.pairs.push(pair);
                 let _ = host.add_header(kind, name, v);
             }
             Some(v) => {
@@ -638,7 +658,7 @@ fn remove(map: &mut HeaderMap, name: &str) {
     while let Some(i) = map
         .pairs
         .get(from..)
-        .and_then(|rest| rest.iter().position(|(k, _)| k.eq_ignore_ascii_case(name)))
+        .and_then(|rest| rest.iter().position(|(k, _)| name_eq(k, name)))
     {
         map.pairs.remove(from + i);
         from += i;
@@ -648,7 +668,7 @@ fn remove(map: &mut HeaderMap, name: &str) {
 fn values<'m>(map: &'m HeaderMap, name: &'m str) -> impl Iterator<Item = &'m str> + 'm {
     map.pairs
         .iter()
-        .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+        .filter(move |(k, _)| name_eq(k, name))
         .map(|(_, v)| v.as_str())
 }
 
@@ -1019,6 +1039,44 @@ mod tests {
         assert_eq!(h.request.get("x-gone"), None);
         assert_eq!(h.request.get("x-rm"), None);
         assert_eq!(h.request.get("x-new"), Some("n"));
+    }
+
+    /// A pair a write removes from the read map lends its buffers to the next pair a write
+    /// appends (the auth stage's credential out, identity in): the map keeps its strings, the
+    /// host gets both calls, and the appended name is lower case.
+    #[test]
+    fn a_removed_pair_lends_its_buffers_to_the_next_append() {
+        let plan = ReadPlan::Whole;
+        let mut h = MockHost::new().with_request(&[
+            (":path", "/"),
+            ("x-api-key", "a-rather-long-key-value"),
+            ("x-after", "1"),
+        ]);
+        let mut p = Phase::new(&mut h, HeaderMapKind::Request, &plan);
+        p.header(HeaderMapKind::Request, ":path").unwrap();
+        let Base::Whole(m) = &p.base else {
+            panic!("the whole map was read")
+        };
+        let lent = (m.pairs[1].0.as_ptr(), m.pairs[1].1.as_ptr());
+        p.remove_header(HeaderMapKind::Request, "x-api-key")
+            .unwrap();
+        p.replace_header(HeaderMapKind::Request, "X-Consumer", "mobile")
+            .unwrap();
+        let Base::Whole(m) = &p.base else {
+            panic!("the map is still the phase's")
+        };
+        let last = m.pairs.last().unwrap();
+        assert_eq!((last.0.as_str(), last.1.as_str()), ("x-consumer", "mobile"));
+        assert_eq!((last.0.as_ptr(), last.1.as_ptr()), lent);
+        assert!(p.spare.is_none());
+        // A second append has no spare: it allocates, and is right too.
+        p.replace_header(HeaderMapKind::Request, "x-more", "m")
+            .unwrap();
+        let _ = p.finish();
+        assert_eq!(h.request.get("x-api-key"), None);
+        assert_eq!(h.request.get("x-consumer"), Some("mobile"));
+        assert_eq!(h.request.get("x-more"), Some("m"));
+        assert_eq!(h.request.get("x-after"), Some("1"));
     }
 
     /// `header_into` gives what `header` gives (a change of this phase, the host's value, an

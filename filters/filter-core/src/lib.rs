@@ -22,6 +22,6 @@ pub mod rng;
 
 pub use decision::{Decision, LocalReply};
 pub use error::HostError;
-pub use host::{HeaderMap, HeaderMapKind, Host, MetricKind, Property, lossy_value};
+pub use host::{HeaderMap, HeaderMapKind, Host, MetricKind, Property, lossy_value, name_eq};
 pub use map_buffers::MapBuffers;
 pub use reads::{OneHeader, ReadHeaders};
