@@ -59,6 +59,9 @@ impl Host for Lean {
                 detail: e.to_string(),
             })
     }
+    fn names_lower_case(&self) -> bool {
+        true
+    }
     fn recycle_header_map(&mut self, map: HeaderMap) {
         if self.reuse {
             self.buffers.keep(map);

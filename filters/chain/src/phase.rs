@@ -768,6 +768,12 @@ impl<H: Host> Host for Phase<'_, H> {
         self.host.recycle_header_map(map);
     }
 
+    fn names_lower_case(&self) -> bool {
+        // Changes a stage makes through the phase are lower-cased as they patch the map; a
+        // map a stage set whole is that stage's.
+        !self.replaced && self.host.names_lower_case()
+    }
+
     fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError> {
         if kind != self.kind || self.through {
             return self.host.set_header_map(kind, map);

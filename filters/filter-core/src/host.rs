@@ -182,6 +182,13 @@ pub trait Host {
     fn recycle_header_map(&mut self, map: HeaderMap) {
         drop(map);
     }
+    /// Whether every header name this host hands over is lower case, so a filter need not
+    /// lower-case a map it read. Envoy's are: its header maps hold names as lower-case strings
+    /// (its HTTP/1 codec lower-cases names as it parses them, HTTP/2 and HTTP/3 forbid upper
+    /// case, and every API that adds a header lower-cases the name). The default says no.
+    fn names_lower_case(&self) -> bool {
+        false
+    }
     /// Replaces the whole header map of `kind`, in one call.
     fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError>;
     /// Sets `name` to exactly `value` in `kind`.

@@ -63,6 +63,8 @@ pub struct MockHost {
     pub maps_given_back: usize,
     /// When set, the next `set_shared_data` with a CAS token fails with a mismatch this many times.
     pub cas_failures: u32,
+    /// What [`Host::names_lower_case`] answers (default false: tests may hold any case).
+    pub names_lower_case: bool,
     rng: Xoshiro256,
     next_token: u32,
 }
@@ -89,6 +91,7 @@ impl MockHost {
             maps_read: 0,
             maps_given_back: 0,
             cas_failures: 0,
+            names_lower_case: false,
             rng: Xoshiro256::from_seed([0; 32]),
             next_token: 1,
         }
@@ -162,6 +165,10 @@ impl Host for MockHost {
         self.host_calls += 1;
         self.maps_read += 1;
         Ok(self.map_mut(kind).clone())
+    }
+
+    fn names_lower_case(&self) -> bool {
+        self.names_lower_case
     }
 
     fn recycle_header_map(&mut self, map: HeaderMap) {

@@ -75,7 +75,9 @@ impl ReadPlan {
                 .header(kind, name)
                 .map(|v| HeaderMap::new(v.map(|v| (name.clone(), v)).into_iter().collect())),
             Self::All => host.header_map(kind).map(|mut m| {
-                local::normalize(&mut m);
+                if !host.names_lower_case() {
+                    local::normalize(&mut m);
+                }
                 m
             }),
         }

@@ -811,3 +811,34 @@ fn the_real_envoy_operations_test_takes_the_whole_map_write() {
     assert_eq!(h.request.get("x-fresh"), Some("filter"));
     assert!(!h.request.contains("x-secret"));
 }
+
+/// A host whose names are lower case (Envoy) spares the filter lower-casing the map it reads;
+/// over such a map the filter does exactly what it does when it lower-cases, and a host that
+/// may hand over upper case still gets its names lower-cased.
+#[test]
+fn a_lower_case_host_is_not_normalised_and_gets_the_same_result() {
+    let f = filter(
+        r#"{"request_id":{},"request_headers":[{"ops":[
+            {"set":{"name":"user-agent","value":"${header.user-agent}/x"}},
+            {"remove":{"name":"x-gone"}},
+            {"set":{"name":"x-route","value":"${method} ${path}"}}]}]}"#,
+    );
+    let request = [
+        (":method", "GET"),
+        (":path", "/a"),
+        ("user-agent", "curl"),
+        ("x-gone", "1"),
+    ];
+    let mut told = MockHost::new().with_request(&request);
+    told.names_lower_case = true;
+    let mut checked = MockHost::new().with_request(&request);
+    run(&f, &mut told);
+    run(&f, &mut checked);
+    assert_eq!(told.request, checked.request);
+    assert_eq!(told.request.get("user-agent"), Some("curl/x"));
+    assert_eq!(told.request.get("x-gone"), None);
+
+    let mut upper = MockHost::new().with_request(&[(":method", "GET"), ("User-Agent", "curl")]);
+    run(&f, &mut upper);
+    assert_eq!(upper.request.get("user-agent"), Some("curl/x"));
+}

@@ -88,6 +88,10 @@ impl Host for ProxyWasmHost {
             })
     }
 
+    fn names_lower_case(&self) -> bool {
+        true
+    }
+
     fn recycle_header_map(&mut self, map: HeaderMap) {
         MAP_BUFFERS.with(|b| b.borrow_mut().keep(map));
     }
