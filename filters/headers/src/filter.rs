@@ -157,11 +157,14 @@ struct RequestId {
     header: String,
     replace: bool,
     echo: bool,
+    /// The stream keeps the id (a copy of it) for later: the response echoes it or a template
+    /// uses `${request_id}`. Otherwise it lives in the request's headers only.
+    keep: bool,
 }
 
 #[derive(Debug, Clone)]
 struct Trace {
-    new_flags: &'static str,
+    new_flags: ids::Hex<2>,
 }
 
 #[derive(Debug, Clone)]
@@ -221,14 +224,27 @@ pub fn compile(config: &HeadersConfig) -> Result<Compiled, ConfigError> {
                 header: rid.header.to_ascii_lowercase(),
                 replace: rid.incoming == IncomingPolicy::Replace,
                 echo: rid.echo_in_response,
+                keep: rid.echo_in_response,
             })
         }
     };
     let trace = config.trace_context.as_ref().map(|t| Trace {
-        new_flags: if t.sample_new_traces { "01" } else { "00" },
+        new_flags: if t.sample_new_traces {
+            ids::SAMPLED
+        } else {
+            ids::NOT_SAMPLED
+        },
     });
     let request_rules = compile_rules(&config.request_headers, "request_headers")?;
     let response_rules = compile_rules(&config.response_headers, "response_headers")?;
+    let mut request_id = request_id;
+    if let Some(rid) = &mut request_id {
+        rid.keep |= request_rules
+            .iter()
+            .chain(&response_rules)
+            .flat_map(|r| &r.ops)
+            .any(|op| matches!(op, Op::Value { value, .. } if value.parts.contains(&Part::Attr(Attr::RequestId))));
+    }
 
     let mut needs = Needs::default();
     if let Some(rid) = request_id.as_ref().filter(|r| !r.replace) {
@@ -424,8 +440,8 @@ pub struct Stream {
     /// The request headers as forwarded, kept only when a response rule needs them.
     request: Option<HeaderMap>,
     request_id: Option<String>,
-    trace_id: Option<String>,
-    span_id: Option<String>,
+    trace_id: Option<ids::Hex<32>>,
+    span_id: Option<ids::Hex<16>>,
     /// Indices of the response rules whose conditions matched the request.
     response_rules: Vec<usize>,
 }
@@ -515,14 +531,20 @@ impl Compiled {
             let incoming = map.lget(&rid.header).filter(|v| !v.is_empty());
             match incoming {
                 Some(id) if !rid.replace => {
-                    stream.request_id = Some(id.to_owned());
+                    if rid.keep {
+                        stream.request_id = Some(id.to_owned());
+                    }
                     self.stats.count(Counter::IdsKept);
                 }
                 _ => {
                     let id = ids::uuid_v4(host.random_u64(), host.random_u64());
                     touched.touch(&rid.header, &map);
-                    map.lset(&rid.header, id.clone());
-                    stream.request_id = Some(id);
+                    if rid.keep {
+                        map.lset(&rid.header, id.clone());
+                        stream.request_id = Some(id);
+                    } else {
+                        map.lset(&rid.header, id);
+                    }
                     self.stats.count(Counter::IdsGenerated);
                 }
             }
@@ -538,7 +560,9 @@ impl Compiled {
                 let continued = first
                     .filter(|_| second.is_none())
                     .and_then(ids::parse_traceparent)
-                    .map(|tp| (tp.trace_id.to_owned(), tp.flags.to_owned()));
+                    .and_then(|tp| {
+                        Some((ids::Hex::parse(tp.trace_id)?, ids::Hex::parse(tp.flags)?))
+                    });
                 (first.is_some(), continued)
             };
             if present && continued.is_none() {
@@ -565,7 +589,7 @@ impl Compiled {
                     }
                     self.stats.count(Counter::TracesStarted);
                     let id = ids::trace_id(host.random_u64(), host.random_u64());
-                    (id, trace.new_flags.to_owned())
+                    (id, trace.new_flags)
                 }
             };
             touched.touch("traceparent", &map);
@@ -939,8 +963,12 @@ fn render<H: Host>(t: &Template, scope: &Scope<'_>, host: &mut H, props: &mut Pr
                 Attr::Method => out.push_str(scope.request.lget(":method").unwrap_or("")),
                 Attr::Host => out.push_str(matcher::host_of(scope.request)),
                 Attr::RequestId => out.push_str(scope.stream.request_id.as_deref().unwrap_or("")),
-                Attr::TraceId => out.push_str(scope.stream.trace_id.as_deref().unwrap_or("")),
-                Attr::SpanId => out.push_str(scope.stream.span_id.as_deref().unwrap_or("")),
+                Attr::TraceId => {
+                    out.push_str(scope.stream.trace_id.as_ref().map_or("", |t| t.as_str()))
+                }
+                Attr::SpanId => {
+                    out.push_str(scope.stream.span_id.as_ref().map_or("", |s| s.as_str()))
+                }
                 Attr::ClientAddress | Attr::RouteName | Attr::UpstreamCluster => {
                     out.push_str(props.get(host, a));
                 }

@@ -32,20 +32,54 @@ pub(crate) fn uuid_v4(hi: u64, lo: u64) -> String {
     s
 }
 
+/// A fixed-length id of lower-case hex digits, held inline: trace ids (32 digits), span ids
+/// (16) and trace flags (2) cost no allocation per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> Hex<N> {
+    /// `bytes` (N / 2 of them) as hex digits.
+    fn of(bytes: &[u8]) -> Self {
+        let mut out = [b'0'; N];
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            if let [hi, lo] = pair {
+                *hi = hex_digit(b >> 4) as u8;
+                *lo = hex_digit(*b) as u8;
+            }
+        }
+        Self(out)
+    }
+
+    /// `s` when it is exactly N lower-case hex digits.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        let bytes: [u8; N] = s.as_bytes().try_into().ok()?;
+        is_hex(s).then_some(Self(bytes))
+    }
+
+    /// The digits.
+    pub(crate) fn as_str(&self) -> &str {
+        // (Hex digits only, by construction: always UTF-8.)
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+/// Trace flags of a sampled trace.
+pub(crate) const SAMPLED: Hex<2> = Hex(*b"01");
+/// Trace flags of a trace not sampled.
+pub(crate) const NOT_SAMPLED: Hex<2> = Hex(*b"00");
+
 /// A 32-hex-digit trace id from 128 random bits (never all zero).
-pub(crate) fn trace_id(hi: u64, lo: u64) -> String {
+pub(crate) fn trace_id(hi: u64, lo: u64) -> Hex<32> {
     let lo = if hi == 0 && lo == 0 { 1 } else { lo };
-    let mut s = String::with_capacity(32);
-    push_hex(&mut s, &hi.to_be_bytes());
-    push_hex(&mut s, &lo.to_be_bytes());
-    s
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&hi.to_be_bytes());
+    b[8..].copy_from_slice(&lo.to_be_bytes());
+    Hex::of(&b)
 }
 
 /// A 16-hex-digit span id from 64 random bits (never all zero).
-pub(crate) fn span_id(bits: u64) -> String {
-    let mut s = String::with_capacity(16);
-    push_hex(&mut s, &bits.max(1).to_be_bytes());
-    s
+pub(crate) fn span_id(bits: u64) -> Hex<16> {
+    Hex::of(&bits.max(1).to_be_bytes())
 }
 
 /// The fields of a valid `traceparent` that are carried forward.
@@ -147,14 +181,14 @@ fn tracestate_value_ok(val: &str) -> bool {
 }
 
 /// Formats a version-00 `traceparent`.
-pub(crate) fn format_traceparent(trace_id: &str, span_id: &str, flags: &str) -> String {
+pub(crate) fn format_traceparent(trace_id: &Hex<32>, span_id: &Hex<16>, flags: &Hex<2>) -> String {
     let mut s = String::with_capacity(55);
     s.push_str("00-");
-    s.push_str(trace_id);
+    s.push_str(trace_id.as_str());
     s.push('-');
-    s.push_str(span_id);
+    s.push_str(span_id.as_str());
     s.push('-');
-    s.push_str(flags);
+    s.push_str(flags.as_str());
     s
 }
 
@@ -174,8 +208,29 @@ mod tests {
 
     #[test]
     fn ids_are_never_zero() {
-        assert_eq!(trace_id(0, 0), "00000000000000000000000000000001");
-        assert_eq!(span_id(0), "0000000000000001");
+        assert_eq!(trace_id(0, 0).as_str(), "00000000000000000000000000000001");
+        assert_eq!(span_id(0).as_str(), "0000000000000001");
+        assert_eq!(
+            trace_id(0x0123_4567_89ab_cdef, u64::MAX).as_str(),
+            "0123456789abcdefffffffffffffffff"
+        );
+        assert_eq!(span_id(0xfedc_ba98_7654_3210).as_str(), "fedcba9876543210");
+    }
+
+    /// Inline ids parse exactly N lower-case hex digits, and nothing else.
+    #[test]
+    fn hex_ids_parse_exactly_their_length_of_lower_case_hex() {
+        assert_eq!(Hex::<2>::parse("01"), Some(SAMPLED));
+        assert_eq!(Hex::<2>::parse("00"), Some(NOT_SAMPLED));
+        assert_eq!(
+            Hex::<2>::parse("a9")
+                .map(|h| h.as_str().to_owned())
+                .as_deref(),
+            Some("a9")
+        );
+        for bad in ["", "0", "012", "0A", "0g", "\u{e9}"] {
+            assert_eq!(Hex::<2>::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -208,7 +263,11 @@ mod tests {
             assert_eq!(parse_traceparent(bad), None, "{bad}");
         }
         assert_eq!(
-            format_traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "01"),
+            format_traceparent(
+                &Hex::parse("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+                &Hex::parse("00f067aa0ba902b7").unwrap(),
+                &SAMPLED
+            ),
             ok
         );
     }
