@@ -176,8 +176,11 @@ impl KeyCache {
     /// The slots of `key`'s set.
     fn set(&self, key: &[u8]) -> Option<(usize, std::ops::Range<usize>)> {
         let sets = self.hand.len();
-        if sets == 0 {
-            return None;
+        match sets {
+            0 => return None,
+            // One set (at most WAYS keys configured): no hash to pick it.
+            1 => return Some((0, 0..WAYS.min(self.slots.len()))),
+            _ => {}
         }
         let mut h = self.hasher.build_hasher();
         h.write(key);

@@ -151,13 +151,9 @@ impl Slice<'_> {
     }
 
     fn owned(self) -> String {
-        match self {
-            Self::Text(t) => t.to_owned(),
-            Self::Bytes(b) => match std::str::from_utf8(b) {
-                Ok(t) => t.to_owned(),
-                Err(_) => lossy_value(b.to_vec()),
-            },
-        }
+        let mut s = String::new();
+        self.copy_into(&mut s);
+        s
     }
 }
 

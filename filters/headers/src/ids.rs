@@ -41,12 +41,7 @@ impl<const N: usize> Hex<N> {
     /// `bytes` (N / 2 of them) as hex digits.
     fn of(bytes: &[u8]) -> Self {
         let mut out = [b'0'; N];
-        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-            if let [hi, lo] = pair {
-                *hi = hex_digit(b >> 4) as u8;
-                *lo = hex_digit(*b) as u8;
-            }
-        }
+        write_hex(&mut out, bytes);
         Self(out)
     }
 
@@ -60,6 +55,16 @@ impl<const N: usize> Hex<N> {
     pub(crate) fn as_str(&self) -> &str {
         // (Hex digits only, by construction: always UTF-8.)
         std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+/// `bytes` as hex digits into `out` (two per byte, as far as `out` goes).
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        if let [hi, lo] = pair {
+            *hi = hex_digit(b >> 4) as u8;
+            *lo = hex_digit(*b) as u8;
+        }
     }
 }
 
