@@ -1048,14 +1048,15 @@ mod tests {
     }
 
     /// A pair a write removes from the read map lends its buffers to the next pair a write
-    /// appends (the auth stage's credential out, identity in): the map keeps its strings, the
-    /// host gets both calls, and the appended name is lower case.
+    /// appends (the auth stage's credential out, identity in): the map keeps its strings (the
+    /// same buffers when they are large enough, as here), the host gets both calls, and the
+    /// appended name is lower case.
     #[test]
     fn a_removed_pair_lends_its_buffers_to_the_next_append() {
         let plan = ReadPlan::Whole;
         let mut h = MockHost::new().with_request(&[
             (":path", "/"),
-            ("x-api-key", "a-rather-long-key-value"),
+            ("x-credential", "a-rather-long-key-value"),
             ("x-after", "1"),
         ]);
         let mut p = Phase::new(&mut h, HeaderMapKind::Request, &plan);
@@ -1064,7 +1065,7 @@ mod tests {
             panic!("the whole map was read")
         };
         let lent = (m.pairs[1].0.as_ptr(), m.pairs[1].1.as_ptr());
-        p.remove_header(HeaderMapKind::Request, "x-api-key")
+        p.remove_header(HeaderMapKind::Request, "x-credential")
             .unwrap();
         p.replace_header(HeaderMapKind::Request, "X-Consumer", "mobile")
             .unwrap();
@@ -1079,7 +1080,7 @@ mod tests {
         p.replace_header(HeaderMapKind::Request, "x-more", "m")
             .unwrap();
         let _ = p.finish();
-        assert_eq!(h.request.get("x-api-key"), None);
+        assert_eq!(h.request.get("x-credential"), None);
         assert_eq!(h.request.get("x-consumer"), Some("mobile"));
         assert_eq!(h.request.get("x-more"), Some("m"));
         assert_eq!(h.request.get("x-after"), Some("1"));
