@@ -227,9 +227,7 @@ impl Overlay {
         if e.name.capacity() > Self::KEEP_BYTES {
             e.name = String::new();
         }
-        e.name.clear();
-        e.name.push_str(name);
-        e.name.make_ascii_lowercase();
+        lower_into(&mut e.name, name);
         e.set = set;
         e.vals.clear();
         e.had = had;
@@ -292,6 +290,28 @@ fn lower(name: &str) -> String {
     } else {
         name.to_owned()
     }
+}
+
+/// `name`, lower case, into `out`'s buffer.
+fn lower_into(out: &mut String, name: &str) {
+    out.clear();
+    out.push_str(name);
+    out.make_ascii_lowercase();
+}
+
+/// Appends `name: value` to the read map, in the buffers of the last pair a write removed when
+/// there is one (the phase's `spare`).
+fn append(m: &mut HeaderMap, spare: &mut Option<(String, String)>, name: &str, value: &str) {
+    let pair = match spare.take() {
+        Some((mut n, mut v)) => {
+            lower_into(&mut n, name);
+            v.clear();
+            v.push_str(value);
+            (n, v)
+        }
+        None => (lower(name), value.to_owned()),
+    };
+    m.pairs.push(pair);
 }
 
 impl<'h, H: Host> Phase<'h, H> {
@@ -384,12 +404,14 @@ impl<'h, H: Host> Phase<'h, H> {
 
     /// The whole map, when a write can go straight to the host and patch it: it was read, not
     /// replaced by a stage, and no change is pending (those are written in order at the end).
-    fn through_map(&mut self) -> Option<(&mut HeaderMap, &mut H)> {
+    /// With it, the spare buffers of the last pair removed from it.
+    #[allow(clippy::type_complexity)]
+    fn through_map(&mut self) -> Option<(&mut HeaderMap, &mut H, &mut Option<(String, String)>)> {
         if self.replaced || self.overlay.len > 0 {
             return None;
         }
         match &mut self.base {
-            Base::Whole(m) => Some((m, &mut *self.host)),
+            Base::Whole(m) => Some((m, &mut *self.host, &mut self.spare)),
             Base::Singles(_) | Base::Moved => None,
         }
     }
@@ -399,12 +421,7 @@ impl<'h, H: Host> Phase<'h, H> {
     #[inline(never)]
     fn set_through(&mut self, name: &str, value: Option<&str>) -> bool {
         let kind = self.kind;
-        if self.replaced || self.overlay.len > 0 {
-            return false;
-        }
-        // (`through_map`, with the spare borrowed beside the map.)
-        let (Base::Whole(m), host, spare) = (&mut self.base, &mut *self.host, &mut self.spare)
-        else {
+        let Some((m, host, spare)) = self.through_map() else {
             return false;
         };
         // Written as the stage makes it, as its standalone filter would; nothing when the
@@ -435,18 +452,7 @@ impl<'h, H: Host> Phase<'h, H> {
                 let _ = host.remove_header(kind, name);
             }
             Some(v) if count == 0 => {
-                let pair = match spare.take() {
-                    Some((mut n, mut val)) => {
-                        n.clear();
-                        n.push_str(name);
-                        n.make_ascii_lowercase();
-                        val.clear();
-                        val.push_str(v);
-                        (n, val)
-                    }
-                    None => (lower(name), v.to_owned()),
-                };
-                m.pairs.push(pair);
+                append(m, spare, name, v);
                 let _ = host.add_header(kind, name, v);
             }
             Some(v) => {
@@ -806,8 +812,8 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind || self.through {
             return self.host.add_header(kind, name, value);
         }
-        if let Some((m, host)) = self.through_map() {
-            m.pairs.push((lower(name), value.to_owned()));
+        if let Some((m, host, spare)) = self.through_map() {
+            append(m, spare, name, value);
             return host.add_header(kind, name, value);
         }
         if let Some(e) = self.overlay.find_mut(name) {

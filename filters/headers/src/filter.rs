@@ -210,7 +210,7 @@ enum ValueKind {
 /// Validates and compiles a configuration once, at configure time. Errors name the field path
 /// and the offending value.
 pub fn compile(config: &HeadersConfig) -> Result<Compiled, ConfigError> {
-    let request_id = match &config.request_id {
+    let mut request_id = match &config.request_id {
         None => None,
         Some(rid) => {
             if let Some(reason) = names::writable_name_problem(&rid.header) {
@@ -237,13 +237,8 @@ pub fn compile(config: &HeadersConfig) -> Result<Compiled, ConfigError> {
     });
     let request_rules = compile_rules(&config.request_headers, "request_headers")?;
     let response_rules = compile_rules(&config.response_headers, "response_headers")?;
-    let mut request_id = request_id;
     if let Some(rid) = &mut request_id {
-        rid.keep |= request_rules
-            .iter()
-            .chain(&response_rules)
-            .flat_map(|r| &r.ops)
-            .any(|op| matches!(op, Op::Value { value, .. } if value.parts.contains(&Part::Attr(Attr::RequestId))));
+        rid.keep |= uses_request_id(&request_rules) || uses_request_id(&response_rules);
     }
 
     let mut needs = Needs::default();
@@ -288,6 +283,16 @@ pub fn compile(config: &HeadersConfig) -> Result<Compiled, ConfigError> {
         response_static,
         request_rules,
         response_rules,
+    })
+}
+
+/// Whether a value template of `rules` uses `${request_id}`.
+fn uses_request_id(rules: &[CompiledRule]) -> bool {
+    rules.iter().flat_map(|r| &r.ops).any(|op| match op {
+        Op::Value { value, .. } => {
+            (value.parts.iter()).any(|p| matches!(p, Part::Attr(Attr::RequestId)))
+        }
+        _ => false,
     })
 }
 

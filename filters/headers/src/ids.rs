@@ -1,22 +1,29 @@
 //! Identifier formats: UUIDv4 request ids and W3C trace context (`traceparent`).
 
-fn hex_digit(nibble: u8) -> char {
+fn hex_digit(nibble: u8) -> u8 {
     let n = nibble & 0x0f;
-    char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 })
+    if n < 10 { b'0' + n } else { b'a' + n - 10 }
 }
 
+/// 128 bits, most significant first.
+fn bits128(hi: u64, lo: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&hi.to_be_bytes());
+    b[8..].copy_from_slice(&lo.to_be_bytes());
+    b
+}
+
+/// `bytes` as hex digits appended to `out`.
 fn push_hex(out: &mut String, bytes: &[u8]) {
     for b in bytes {
-        out.push(hex_digit(b >> 4));
-        out.push(hex_digit(*b));
+        out.push(char::from(hex_digit(b >> 4)));
+        out.push(char::from(hex_digit(*b)));
     }
 }
 
 /// A random UUID, version 4 (RFC 9562), in lower-case hyphenated form.
 pub(crate) fn uuid_v4(hi: u64, lo: u64) -> String {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&hi.to_be_bytes());
-    b[8..].copy_from_slice(&lo.to_be_bytes());
+    let mut b = bits128(hi, lo);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let mut s = String::with_capacity(36);
@@ -62,8 +69,8 @@ impl<const N: usize> Hex<N> {
 fn write_hex(out: &mut [u8], bytes: &[u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         if let [hi, lo] = pair {
-            *hi = hex_digit(b >> 4) as u8;
-            *lo = hex_digit(*b) as u8;
+            *hi = hex_digit(b >> 4);
+            *lo = hex_digit(*b);
         }
     }
 }
@@ -76,10 +83,7 @@ pub(crate) const NOT_SAMPLED: Hex<2> = Hex(*b"00");
 /// A 32-hex-digit trace id from 128 random bits (never all zero).
 pub(crate) fn trace_id(hi: u64, lo: u64) -> Hex<32> {
     let lo = if hi == 0 && lo == 0 { 1 } else { lo };
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&hi.to_be_bytes());
-    b[8..].copy_from_slice(&lo.to_be_bytes());
-    Hex::of(&b)
+    Hex::of(&bits128(hi, lo))
 }
 
 /// A 16-hex-digit span id from 64 random bits (never all zero).
