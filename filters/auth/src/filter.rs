@@ -890,7 +890,7 @@ fn find<'a>(sources: &'a [Source], map: &'a HeaderMap) -> Option<Found<'a>> {
                 None => v,
             };
             (!v.is_empty()).then_some(Found {
-                value: v.trim(),
+                value: v.trim_ascii(),
                 header: Some(name.as_str()),
                 query: None,
             })

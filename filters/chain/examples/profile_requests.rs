@@ -234,12 +234,39 @@ fn subject(which: &str) -> Subject {
     }
 }
 
+/// The root's tick as the module's glue runs it (once a second of the simulated clock): the
+/// tick clocks of the auth and rate-limit stages; `start` enables them, as the glue does.
+fn tick(s: &Subject, host: &mut Lean, start: bool) {
+    let stages = match s {
+        Subject::Chain(c) => c.stages(),
+        Subject::Auth(_) | Subject::Headers(_) => &[],
+    };
+    for stage in stages {
+        match stage {
+            chain::CompiledStage::RateLimit(f) if start => f.clock_from_tick(host),
+            chain::CompiledStage::RateLimit(f) => f.tick(host),
+            chain::CompiledStage::Auth(f) if start => f.clock_from_tick(host),
+            chain::CompiledStage::Auth(f) => f.tick(host),
+            chain::CompiledStage::Headers(_) => {}
+        }
+    }
+    if let (Subject::Auth(f), true) = (s, start) {
+        f.clock_from_tick(host);
+    }
+}
+
+/// Requests per second of the simulated clock (one every 300 µs).
+const TICK_EVERY: u64 = 3_333;
+
 /// The measured loop: `n` requests, request and response phase each.
 #[inline(never)]
 fn run_requests(s: &Subject, host: &mut Lean, n: u64) -> u64 {
     let mut continued = 0;
-    for _ in 0..n {
+    for i in 0..n {
         host.clock += Duration::from_micros(300);
+        if i % TICK_EVERY == TICK_EVERY - 1 {
+            tick(s, host, false);
+        }
         let d = match s {
             Subject::Chain(c) => {
                 let mut st = chain::Stream::default();
@@ -281,6 +308,7 @@ fn main() {
         clock: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         calls: 0,
     };
+    tick(&s, &mut host, true);
     // Warm-up outside the collected function's first calls: leases, caches.
     run_requests(&s, &mut host, 100);
     host.calls = 0;

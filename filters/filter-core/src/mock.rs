@@ -57,6 +57,8 @@ pub struct MockHost {
     /// Number of host calls made (every trait method except `now` and `random_u64`,
     /// which the real adapter serves without a host call per request).
     pub host_calls: usize,
+    /// Clock reads made ([`Host::now`]; a host call in Envoy, counted apart from the others).
+    pub clock_reads: usize,
     /// Whole-map reads made ([`Host::header_map`]).
     pub maps_read: usize,
     /// Maps given back ([`Host::recycle_header_map`], not a host call).
@@ -88,6 +90,7 @@ impl MockHost {
             clock: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             metrics: Vec::new(),
             host_calls: 0,
+            clock_reads: 0,
             maps_read: 0,
             maps_given_back: 0,
             cas_failures: 0,
@@ -305,6 +308,7 @@ impl Host for MockHost {
     }
 
     fn now(&mut self) -> SystemTime {
+        self.clock_reads += 1;
         self.clock
     }
 

@@ -9,7 +9,10 @@
 //! 2. For each rule in order whose conditions hold and whose key is present, make sure this
 //!    worker holds a token for the key: from its lease (no host call), or by exchanging with the
 //!    shared bucket (one shared-data read and one CAS write, taking up to a lease of tokens).
-//!    Nothing is consumed yet.
+//!    Nothing is consumed yet. Once the glue runs the root's tick ([`Compiled::clock_from_tick`]),
+//!    a lease's expiry is checked against the time the tick sampled, so a request served from
+//!    a lease makes no clock call either; everything else (exchanges, the bucket arithmetic,
+//!    an empty bucket's retry time) reads the host's clock.
 //! 3. If an enforced rule has no token, the request is limited by the first such rule (in
 //!    configuration order) and **no rule consumes a token**; tokens a rule just leased stay in
 //!    this worker's lease for the next requests. Otherwise every matching rule consumes one.
@@ -30,7 +33,7 @@
 //! from the one bucket until it refills (they are limited together, never more leniently).
 //! Stats counts these as `slot_shared`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use filter_core::{
@@ -91,6 +94,31 @@ pub struct Compiled {
     last_reply: RefCell<Option<(usize, u64, LocalReply)>>,
     /// Global limits (rate limit service), checked after the local rules admit.
     global: Option<crate::global::Global>,
+    /// The time the root's last tick sampled (ns since the epoch), once the glue enabled it
+    /// ([`Compiled::clock_from_tick`]): what leases are checked against.
+    tick_clock: Cell<Option<u64>>,
+}
+
+/// A request's view of the time: the tick's sample for lease checks (when enabled), the host's
+/// clock, read at most once, for everything else.
+struct Clock {
+    tick: Option<u64>,
+    precise: Option<u64>,
+}
+
+impl Clock {
+    /// The host's clock (one call per request at most).
+    fn precise<H: Host>(&mut self, host: &mut H) -> u64 {
+        *self.precise.get_or_insert_with(|| nanos(host.now()))
+    }
+
+    /// The time a lease is checked against: the tick's sample when there is one.
+    fn lease<H: Host>(&mut self, host: &mut H) -> u64 {
+        match self.tick {
+            Some(t) => t,
+            None => self.precise(host),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -305,6 +333,7 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
         one: OneHeader::default(),
         last_reply: RefCell::new(None),
         global,
+        tick_clock: Cell::new(None),
     })
 }
 
@@ -509,7 +538,10 @@ impl Compiled {
         map: &HeaderMap,
         matched: &mut Vec<Matched>,
     ) -> Decision {
-        let now = nanos(host.now());
+        let mut clock = Clock {
+            tick: self.tick_clock.get(),
+            precise: None,
+        };
         let mut peer_cache: Option<Option<String>> = None;
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.when.matches(map) {
@@ -533,7 +565,7 @@ impl Compiled {
             let Some(rs) = state.rules.get_mut(i) else {
                 continue;
             };
-            let (entry, standing) = self.standing(host, rule, rs, hash, now);
+            let (entry, standing) = self.standing(host, rule, rs, hash, &mut clock);
             matched.push(Matched {
                 rule: i,
                 entry,
@@ -582,7 +614,8 @@ impl Compiled {
                         continue;
                     };
                     if let Some(e) = rs.entries.get_mut(m.entry) {
-                        e.lease.take_one(now);
+                        // (`standing` found the token, against the clock it chose.)
+                        e.lease.tokens = e.lease.tokens.saturating_sub(1);
                         let remaining = e.lease.tokens.saturating_add(e.shared_left);
                         if tightest.is_none_or(|(_, r, _)| remaining < r) {
                             tightest = Some((m.rule, remaining, e.full_in_ns));
@@ -644,6 +677,22 @@ impl Compiled {
         Decision::Continue
     }
 
+    /// From now on, leases are checked against the time [`Compiled::tick`] samples instead of
+    /// the host's clock on every request: the glue enables this once the root's periodic tick
+    /// runs. A lease then serves for up to one tick period past `lease.ttl_ms`; the tokens it
+    /// holds were taken from the bucket when it was leased, so the limit is kept all the same.
+    /// Exchanges with the shared bucket, and a limited key's retry time, still read the clock.
+    pub fn clock_from_tick<H: Host>(&self, host: &mut H) {
+        self.tick_clock.set(Some(nanos(host.now())));
+    }
+
+    /// The root's periodic tick: advances the tick clock (if enabled).
+    pub fn tick<H: Host>(&self, host: &mut H) {
+        if self.tick_clock.get().is_some() {
+            self.tick_clock.set(Some(nanos(host.now())));
+        }
+    }
+
     /// Writes the counters gathered since the last flush (call from a periodic tick).
     pub fn flush_stats<H: Host>(&self, host: &mut H) {
         if let Ok(mut state) = self.state.try_borrow_mut() {
@@ -663,7 +712,7 @@ impl Compiled {
         }
     }
 
-    fn flush<H: Host>(&self, host: &mut H, state: &mut WorkerState) {
+    fn flush(&self, host: &mut dyn Host, state: &mut WorkerState) {
         for (rule, rs) in self.rules.iter().zip(state.rules.iter_mut()) {
             if rs.pending.iter().all(|&n| n == 0) && rs.ids.is_some() {
                 continue;
@@ -707,13 +756,17 @@ impl Compiled {
         rule: &CompiledRule,
         rs: &mut RuleState,
         hash: u64,
-        now: u64,
+        clock: &mut Clock,
     ) -> (usize, Standing) {
         let len = rs.entries.len().max(1);
         let idx = usize::try_from(hash % len as u64).unwrap_or(0);
         let Some(e) = rs.entries.get_mut(idx) else {
             return (idx, Standing::Failed);
         };
+        if e.used && e.hash == hash && e.lease.has_token(clock.lease(host)) {
+            return (idx, Standing::Token);
+        }
+        let now = clock.precise(host);
         if e.used && e.hash == hash {
             if e.lease.has_token(now) {
                 return (idx, Standing::Token);
@@ -776,9 +829,12 @@ impl Compiled {
 
     /// One CAS round trip on the shared slot of `hash`: gives `back` tokens back and takes up
     /// to `want`.
-    fn exchange<H: Host>(
+    ///
+    /// (Over `dyn Host`: one copy in the module for every host it runs over; a call per
+    /// exchange, once per lease, is nothing next to its two host calls.)
+    fn exchange(
         &self,
-        host: &mut H,
+        host: &mut dyn Host,
         rule: &CompiledRule,
         hash: u64,
         now: u64,

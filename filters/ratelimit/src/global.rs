@@ -216,9 +216,9 @@ impl Global {
 
     /// Starts the check for an admitted request: `Pause` while the call is in flight,
     /// `Continue` when no global rule applies, or the failure mode when the call cannot start.
-    pub(crate) fn start<H: Host>(
+    pub(crate) fn start(
         &self,
-        host: &mut H,
+        host: &mut dyn Host,
         map: &HeaderMap,
         peer: &mut dyn FnMut() -> Option<String>,
         stream: &mut GlobalStream,
@@ -250,9 +250,9 @@ impl Global {
     }
 
     /// The call finished: gRPC `status` (0 = OK) and the response message when there is one.
-    pub(crate) fn on_response<H: Host>(
+    pub(crate) fn on_response(
         &self,
-        host: &mut H,
+        host: &mut dyn Host,
         stream: &mut GlobalStream,
         status: u32,
         body: Option<&[u8]>,
@@ -295,7 +295,7 @@ impl Global {
         }
     }
 
-    fn failed<H: Host>(&self, host: &mut H, stream: &mut GlobalStream) -> Decision {
+    fn failed(&self, host: &mut dyn Host, stream: &mut GlobalStream) -> Decision {
         stream.token = None;
         let rules = std::mem::take(&mut stream.rules);
         let closed = self.failure_mode == FailureMode::Closed;
@@ -335,7 +335,7 @@ impl Global {
     }
 
     /// One host call per counted rule (a global check already costs a gRPC round trip).
-    fn count<H: Host>(&self, host: &mut H, rule: u8, stat: usize) {
+    fn count(&self, host: &mut dyn Host, rule: u8, stat: usize) {
         let Ok(mut ids) = self.metric_ids.try_borrow_mut() else {
             return;
         };

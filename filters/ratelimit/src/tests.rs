@@ -468,6 +468,58 @@ fn unused_lease_goes_back_after_its_ttl() {
     assert_eq!(admitted(&b, &mut h, 2000), 149);
 }
 
+/// With the root's tick clock on (as the glue sets it), a request served from a lease reads no
+/// clock; an exchange, and a key waiting for its next token, read the host's.
+#[test]
+fn the_tick_clock_serves_leases_without_a_clock_read() {
+    let cfg = json!({"lease": {"max_tokens": 10, "ttl_ms": 100},
+        "rules": [{"name": "r", "key": {"constant": "c"}, "limit": {"requests": 1000, "per": "second"}}]});
+    let a = filter(cfg.clone());
+    let mut h = MockHost::new();
+    a.clock_from_tick(&mut h);
+    h.clock_reads = 0;
+    assert!(allowed(&run(&a, &mut h)), "leases 10, uses 1");
+    assert_eq!(h.clock_reads, 1, "the exchange reads the clock");
+    assert_eq!(admitted(&a, &mut h, 4), 4);
+    assert_eq!(h.clock_reads, 1, "served from the lease: no clock read");
+    // Past the lease's ttl by the host's clock, but not by the tick's: it still serves.
+    h.advance(Duration::from_millis(150));
+    assert!(allowed(&run(&a, &mut h)));
+    assert_eq!(h.clock_reads, 1);
+    // The next tick: the lease has expired; the exchange gives its 4 back and leases anew.
+    a.tick(&mut h);
+    h.clock_reads = 0;
+    let before = h.shared.clone();
+    assert!(allowed(&run(&a, &mut h)));
+    assert_eq!(h.clock_reads, 1);
+    assert_ne!(h.shared, before, "an exchange with the shared bucket");
+
+    // Without the tick clock (the default): one clock read per request, lease or not.
+    let b = filter(cfg);
+    h.clock_reads = 0;
+    assert_eq!(admitted(&b, &mut h, 3), 3);
+    assert_eq!(h.clock_reads, 3);
+}
+
+/// A key limited until its next token reads the host's clock, so a tick clock that lags never
+/// keeps it limited past the token's time.
+#[test]
+fn a_lagging_tick_clock_does_not_extend_a_limit() {
+    let f = one_rule(json!({"name": "r", "key": {"constant": "c"},
+        "limit": {"requests": 1, "per": "second"}}));
+    let mut h = MockHost::new();
+    f.clock_from_tick(&mut h);
+    assert_eq!(admitted(&f, &mut h, 3), 1);
+    h.advance(SEC);
+    assert_eq!(
+        admitted(&f, &mut h, 3),
+        1,
+        "the token due after 1 s, with no tick since"
+    );
+    h.advance(SEC / 2);
+    assert_eq!(admitted(&f, &mut h, 3), 0);
+}
+
 #[test]
 fn reads_only_what_rules_need() {
     let f = one_rule(json!({"name": "r", "key": {"constant": "c"},

@@ -38,8 +38,10 @@ pub fn start(filter: &chain::Compiled) {
     match hostcalls::set_tick_period(crate::auth::TICK_PERIOD) {
         Ok(()) => {
             for stage in filter.stages() {
-                if let CompiledStage::Auth(f) = stage {
-                    f.clock_from_tick(&mut ProxyWasmHost);
+                match stage {
+                    CompiledStage::Auth(f) => f.clock_from_tick(&mut ProxyWasmHost),
+                    CompiledStage::RateLimit(f) => f.clock_from_tick(&mut ProxyWasmHost),
+                    CompiledStage::Headers(_) => {}
                 }
             }
         }
@@ -50,7 +52,8 @@ pub fn start(filter: &chain::Compiled) {
     on_tick(filter);
 }
 
-/// The root's tick: every stage's batched counts, the auth stages' due JWKS fetches.
+/// The root's tick: every stage's batched counts, the auth and rate-limit stages' tick clocks,
+/// the auth stages' due JWKS fetches.
 pub fn on_tick(filter: &chain::Compiled) {
     for stage in filter.stages() {
         match stage {
@@ -58,7 +61,10 @@ pub fn on_tick(filter: &chain::Compiled) {
                 f.flush_stats(&mut ProxyWasmHost);
                 f.tick(&mut ProxyWasmHost);
             }
-            CompiledStage::RateLimit(f) => f.flush_stats(&mut ProxyWasmHost),
+            CompiledStage::RateLimit(f) => {
+                f.tick(&mut ProxyWasmHost);
+                f.flush_stats(&mut ProxyWasmHost);
+            }
             CompiledStage::Headers(f) => f.stats().flush(&mut ProxyWasmHost),
         }
     }

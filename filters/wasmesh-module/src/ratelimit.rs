@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use filter_core::Decision;
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
@@ -21,8 +22,18 @@ use crate::http::to_action;
 /// How often each worker writes its batched per-rule counters.
 pub const STATS_FLUSH_PERIOD: Duration = Duration::from_secs(1);
 
-/// Writes the counters this worker batched since the last flush (from the root's tick).
-pub fn flush_stats(filter: &ratelimit::Compiled) {
+/// At configure time: starts the tick (stats flush, and the clock leases are checked against;
+/// without a tick every request reads the host's clock, and counters flush in batches only).
+pub fn start(filter: &ratelimit::Compiled) {
+    match hostcalls::set_tick_period(STATS_FLUSH_PERIOD) {
+        Ok(()) => filter.clock_from_tick(&mut ProxyWasmHost),
+        Err(_) => log::warn!("wasmesh ratelimit: no tick, stats flushed in batches only"),
+    }
+}
+
+/// The root's tick: the counters this worker batched since the last flush, and the tick clock.
+pub fn on_tick(filter: &ratelimit::Compiled) {
+    filter.tick(&mut ProxyWasmHost);
     filter.flush_stats(&mut ProxyWasmHost);
 }
 

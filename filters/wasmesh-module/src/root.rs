@@ -131,8 +131,8 @@ impl RootContext for Root {
                 if let Filter::Rpc(_) = &filter {
                     crate::rpc::start();
                 }
-                if matches!(filter, Filter::RateLimit(_)) {
-                    self.set_tick_period(crate::ratelimit::STATS_FLUSH_PERIOD);
+                if let Filter::RateLimit(f) = &filter {
+                    crate::ratelimit::start(f);
                 }
                 if let Filter::Headers(f) = &filter {
                     crate::http::start_headers_stats(f);
@@ -168,7 +168,7 @@ impl RootContext for Root {
             crate::auth::on_tick(f);
         }
         if let Some(Filter::RateLimit(f)) = &self.filter {
-            crate::ratelimit::flush_stats(f);
+            crate::ratelimit::on_tick(f);
         }
         if let Some(Filter::Headers(f)) = &self.filter {
             crate::http::flush_headers_stats(f);
