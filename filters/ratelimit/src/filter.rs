@@ -425,7 +425,14 @@ fn nanos(t: SystemTime) -> u64 {
 }
 
 /// `n` in decimal, without core::fmt.
-fn decimal(mut n: u64) -> String {
+fn decimal(n: u64) -> String {
+    let mut s = String::new();
+    push_decimal(&mut s, n);
+    s
+}
+
+/// Appends `n` in decimal to `out`, without core::fmt.
+fn push_decimal(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -439,10 +446,13 @@ fn decimal(mut n: u64) -> String {
             break;
         }
     }
-    digits
-        .get(at..)
-        .map(|d| d.iter().map(|&b| char::from(b)).collect())
-        .unwrap_or_default()
+    out.extend(
+        digits
+            .get(at..)
+            .unwrap_or_default()
+            .iter()
+            .map(|&b| char::from(b)),
+    );
 }
 
 fn secs_ceil(ns: u64) -> u64 {
@@ -842,7 +852,10 @@ impl Compiled {
         want: u64,
     ) -> Result<Exchanged, HostError> {
         let slot_no = hash % u64::from(rule.slots);
-        let key = format!("{}{slot_no}", rule.key_prefix);
+        // (One allocation, no core::fmt: this runs once per lease.)
+        let mut key = String::with_capacity(rule.key_prefix.len() + 20);
+        key.push_str(&rule.key_prefix);
+        push_decimal(&mut key, slot_no);
         let returned = back;
         let mut last = HostError::Failed {
             call: "set_shared_data",
@@ -1003,7 +1016,7 @@ struct Exchanged {
 
 #[cfg(test)]
 mod tests {
-    use super::decimal;
+    use super::{decimal, push_decimal};
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -1034,6 +1047,10 @@ mod tests {
     fn decimal_matches_to_string() {
         for n in [0, 1, 9, 10, 99, 100, 3600, 1_000_000_000, u64::MAX] {
             assert_eq!(decimal(n), n.to_string());
+            // Appended after what is there (the slot key after its prefix).
+            let mut key = "wasmesh.rl|d|r|".to_owned();
+            push_decimal(&mut key, n);
+            assert_eq!(key, format!("wasmesh.rl|d|r|{n}"));
         }
     }
 }
