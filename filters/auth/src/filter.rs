@@ -1362,7 +1362,7 @@ impl Compiled {
     }
 
     /// Removes every output header (identity, claims, payload) the request may carry.
-    fn clear_outputs<H: Host>(&self, host: &mut H, map: &HeaderMap) {
+    fn clear_outputs(&self, host: &mut dyn Host, map: &HeaderMap) {
         let known = self.reads == ReadPlan::All;
         for h in self.outputs() {
             if !known || map.contains(h) {

@@ -460,7 +460,7 @@ struct Props {
 }
 
 impl Props {
-    fn get<'a, H: Host>(&'a mut self, host: &mut H, attr: &Attr) -> &'a str {
+    fn get<'a>(&'a mut self, host: &mut dyn Host, attr: &Attr) -> &'a str {
         let (slot, path): (&mut Option<Option<String>>, &[&str]) = match attr {
             Attr::ClientAddress => (&mut self.client_address, &["source", "address"]),
             Attr::RouteName => (&mut self.route_name, &["xds", "route_name"]),
@@ -774,7 +774,7 @@ impl<'p, 'a> Touched<'p, 'a> {
 
     /// Writes back only the headers that changed, by single host calls or (when the whole map
     /// was read and the estimate says it is cheaper) one whole-map write.
-    fn write_back<H: Host>(&self, host: &mut H, kind: HeaderMapKind, map: &HeaderMap) {
+    fn write_back(&self, host: &mut dyn Host, kind: HeaderMapKind, map: &HeaderMap) {
         for (name, before, value) in &self.direct {
             let _ = match (value, before) {
                 (Some(v), Before::Absent) => host.add_header(kind, name, v),
@@ -954,7 +954,7 @@ fn apply<'a, H: Host>(
     }
 }
 
-fn render<H: Host>(t: &Template, scope: &Scope<'_>, host: &mut H, props: &mut Props) -> String {
+fn render(t: &Template, scope: &Scope<'_>, host: &mut dyn Host, props: &mut Props) -> String {
     if let Some(lit) = t.as_literal() {
         return lit.to_owned();
     }
