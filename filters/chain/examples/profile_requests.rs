@@ -239,7 +239,9 @@ fn subject(which: &str) -> Subject {
 fn tick(s: &Subject, host: &mut Lean, start: bool) {
     let stages = match s {
         Subject::Chain(c) => c.stages(),
-        Subject::Auth(_) | Subject::Headers(_) => &[],
+        Subject::Auth(f) if start => return f.clock_from_tick(host),
+        Subject::Auth(f) => return f.tick(host),
+        Subject::Headers(_) => &[],
     };
     for stage in stages {
         match stage {
@@ -249,9 +251,6 @@ fn tick(s: &Subject, host: &mut Lean, start: bool) {
             chain::CompiledStage::Auth(f) => f.tick(host),
             chain::CompiledStage::Headers(_) => {}
         }
-    }
-    if let (Subject::Auth(f), true) = (s, start) {
-        f.clock_from_tick(host);
     }
 }
 
