@@ -665,6 +665,11 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
         _ => ReadPlan::All,
     };
 
+    // (Made for the one header planned: no name compare per read.)
+    let one = match &reads {
+        ReadPlan::One(name) => OneHeader::new(name),
+        _ => OneHeader::default(),
+    };
     Ok(Compiled {
         providers,
         api_keys,
@@ -674,7 +679,7 @@ pub fn compile(config: &AuthConfig) -> Result<Compiled, ConfigError> {
         realm: config.realm.clone(),
         reads,
         stats: Stats::default(),
-        one: OneHeader::default(),
+        one,
         tick_clock: Cell::new(None),
         budget: match config.verify_budget_per_second {
             Some(0) => {
@@ -1149,7 +1154,7 @@ impl Compiled {
 
     fn read<H: Host>(&self, host: &mut H) -> Result<ReadHeaders<'_>, filter_core::HostError> {
         match &self.reads {
-            ReadPlan::One(name) => self.one.read(host, HeaderMapKind::Request, name),
+            ReadPlan::One(_) => self.one.read(host, HeaderMapKind::Request),
             ReadPlan::All => host
                 .header_map(HeaderMapKind::Request)
                 .map(ReadHeaders::Owned),

@@ -2,6 +2,7 @@
 //! over one [`Phase`] per phase.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use filter_core::{Decision, HeaderMapKind, Host};
 
@@ -32,6 +33,9 @@ pub struct Compiled {
     response_reads: ReadPlan,
     /// Whether any stage works on responses (otherwise the response phase returns at once).
     response_work: bool,
+    /// Per stage: the earlier auth stage whose identity is exactly the one header this
+    /// (rate-limit) stage reads, so the stage is given the consumer instead of reading it.
+    consumer_from: Vec<Option<usize>>,
     /// This worker's overlay buffers, lent to each phase in turn (phases never overlap on a
     /// worker), so a request's header changes reuse the previous request's strings.
     overlay: RefCell<Overlay>,
@@ -70,6 +74,13 @@ impl StageStreams {
                 self.more.push(fresh());
                 self.more.last_mut()
             }
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&StageStream> {
+        match self.inline.get(i) {
+            Some(slot) => slot.as_ref(),
+            None => self.more.get(i.checked_sub(INLINE_STAGES)?),
         }
     }
 
@@ -166,11 +177,34 @@ pub fn compile(config: &ChainConfig) -> Result<Compiled, ConfigError> {
         CompiledStage::RateLimit(f) => f.has_response_work(),
         CompiledStage::Auth(_) => false,
     });
+    // A rate-limit stage whose one read is the identity header of the nearest earlier stage
+    // that writes request headers, an auth stage, is given that stage's consumer: the auth
+    // stage replaces the header with it, or removes it, on every path that continues.
+    let consumer_from = (0..stages.len())
+        .map(|i| {
+            let Some(CompiledStage::RateLimit(f)) = stages.get(i) else {
+                return None;
+            };
+            let [name] = f.request_reads()? else {
+                return None;
+            };
+            let writer = (0..i)
+                .rev()
+                .find(|&j| !matches!(config.stages.get(j), Some(Stage::RateLimit(_))))?;
+            match config.stages.get(writer) {
+                Some(Stage::Auth(c)) if c.identity_header.eq_ignore_ascii_case(name) => {
+                    Some(writer)
+                }
+                _ => None,
+            }
+        })
+        .collect();
     Ok(Compiled {
         stages,
         request_reads,
         response_reads,
         response_work,
+        consumer_from,
         overlay: RefCell::new(Overlay::default()),
     })
 }
@@ -179,6 +213,12 @@ impl Compiled {
     /// The compiled stages, in order (the glue defines their stats and runs their ticks).
     pub fn stages(&self) -> &[CompiledStage] {
         &self.stages
+    }
+
+    /// Per stage, the auth stage whose consumer it is given instead of a read (tests).
+    #[cfg(test)]
+    pub(crate) fn consumer_from(&self) -> &[Option<usize>] {
+        &self.consumer_from
     }
 
     /// How the request phase reads the request headers (planned at configure time).
@@ -220,13 +260,24 @@ impl Compiled {
                 }
                 CompiledStage::Headers(_) => || StageStream::Headers(headers::Stream::default()),
             };
+            // The consumer an earlier auth stage wrote, for a rate-limit stage that reads it.
+            let given: Option<Option<Rc<str>>> = match self.consumer_from.get(i) {
+                Some(&Some(j)) => match stream.stages.get(j) {
+                    Some(StageStream::Auth(a)) => Some(a.identity().map(|id| id.consumer.clone())),
+                    _ => None,
+                },
+                _ => None,
+            };
             let d = match (stage, stream.stages.fresh(i, fresh)) {
                 (CompiledStage::Auth(f), Some(StageStream::Auth(s))) => {
                     f.on_request_headers(&mut phase, s)
                 }
-                (CompiledStage::RateLimit(f), Some(StageStream::RateLimit(s))) => {
-                    f.on_request_headers(&mut phase, s)
-                }
+                (CompiledStage::RateLimit(f), Some(StageStream::RateLimit(s))) => match given {
+                    Some(consumer) => {
+                        f.on_request_headers_knowing(&mut phase, s, consumer.as_deref())
+                    }
+                    None => f.on_request_headers(&mut phase, s),
+                },
                 (CompiledStage::Headers(f), Some(StageStream::Headers(s))) => {
                     f.on_request_headers(&mut phase, s)
                 }

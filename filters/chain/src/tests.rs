@@ -750,3 +750,140 @@ fn the_read_map_is_given_back_on_a_local_reply_too() {
     assert_eq!(h.maps_read, 3);
     assert_eq!(h.maps_given_back, 3);
 }
+
+/// Any stages, as standalone filters stacked in that order.
+#[allow(clippy::large_enum_variant)]
+enum Standalone {
+    Auth(auth::Compiled, auth::Stream),
+    RateLimit(ratelimit::Compiled, ratelimit::Stream),
+    Headers(headers::Compiled, headers::Stream),
+}
+
+fn standalone(stage: &(&str, Value)) -> Standalone {
+    let bytes = stage.1.to_string();
+    match stage.0 {
+        "auth" => Standalone::Auth(
+            auth::compile(&auth::AuthConfig::from_json(bytes.as_bytes()).unwrap()).unwrap(),
+            auth::Stream::default(),
+        ),
+        "ratelimit" => Standalone::RateLimit(
+            ratelimit::compile(&ratelimit::RateLimitConfig::from_json(bytes.as_bytes()).unwrap())
+                .unwrap(),
+            ratelimit::Stream::default(),
+        ),
+        _ => Standalone::Headers(
+            headers::compile(&headers::HeadersConfig::from_json(bytes.as_bytes()).unwrap())
+                .unwrap(),
+            headers::Stream::default(),
+        ),
+    }
+}
+
+/// A request's status and what went upstream (nothing when answered locally).
+type Outcome = (u16, Vec<(String, String)>);
+
+/// Each request through the chain, and through the stacked filters.
+fn both_ways(
+    stages: &[(&str, Value)],
+    requests: &[Vec<(&'static str, &'static str)>],
+) -> (Vec<Outcome>, Vec<Outcome>) {
+    let config = json!({"stages": stages.iter().map(|(k, v)| json!({*k: v})).collect::<Vec<_>>()});
+    let chain = compile(&ChainConfig::from_json(config.to_string().as_bytes()).unwrap()).unwrap();
+    let mut filters: Vec<Standalone> = stages.iter().map(standalone).collect();
+    let (mut hc, mut hs) = (MockHost::new(), MockHost::new());
+    let (mut via_chain, mut via_stacked) = (Vec::new(), Vec::new());
+    let seen = |d: Decision, h: &MockHost| match d {
+        Decision::Reply(r) => (r.status, Vec::new()),
+        _ => (200, sorted(&h.request)),
+    };
+    for req in requests {
+        let map = HeaderMap::new(
+            req.iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        );
+        hc.request = map.clone();
+        hs.request = map;
+        let d = chain.on_request_headers(&mut hc, &mut Stream::default());
+        via_chain.push(seen(d, &hc));
+        let mut d = Decision::Continue;
+        for f in &mut filters {
+            d = match f {
+                Standalone::Auth(c, s) => c.on_request_headers(&mut hs, s),
+                Standalone::RateLimit(c, s) => c.on_request_headers(&mut hs, s),
+                Standalone::Headers(c, s) => c.on_request_headers(&mut hs, s),
+            };
+            if d != Decision::Continue {
+                break;
+            }
+        }
+        via_stacked.push(seen(d, &hs));
+    }
+    (via_chain, via_stacked)
+}
+
+/// The rate limiter is given the consumer its auth stage wrote (no read, not even from the
+/// phase's memory) only where that is exactly what it would read: the header is the auth
+/// stage's identity header and no stage in between writes request headers. Bypassed requests
+/// carry no consumer (auth removed the client's), so their key is absent, not the client's.
+#[test]
+fn a_rate_limit_stage_is_given_the_consumer_only_where_it_would_read_it() {
+    let auth = json!({
+        "api_keys": {"consumers": [{"name": "alice", "keys_sha256": [KEY_A]}]},
+        "rules": [{"path": {"prefix": "/public"}, "bypass": true}, {"path": {"prefix": "/"}}]
+    });
+    let limit = json!({"rules": [{"name": "per-consumer", "key": {"consumer": {}},
+        "limit": {"requests": 2, "per": "minute"}}]});
+    let forged = json!({"request_headers": [{"ops": [
+        {"set": {"name": "x-consumer", "value": "everyone"}}]}]});
+    let other = json!({"rules": [{"name": "per-caller", "key": {"header": "x-caller"},
+        "limit": {"requests": 2, "per": "minute"}}]});
+    let keyed = |p: &'static str, who: &'static str| {
+        vec![
+            (":method", "GET"),
+            (":path", p),
+            (":authority", "a"),
+            ("x-api-key", "key-a"),
+            ("x-consumer", who),
+            ("x-caller", who),
+        ]
+    };
+    let requests: Vec<_> = ["/public", "/public", "/public", "/", "/", "/", "/public"]
+        .iter()
+        .map(|p| keyed(p, "mallory"))
+        .collect();
+    let cases = [
+        (
+            vec![("auth", auth.clone()), ("ratelimit", limit.clone())],
+            vec![None, Some(0)],
+            // Bypassed: no consumer, no limit; alice limited on her third.
+            [200, 200, 200, 200, 200, 429, 200],
+        ),
+        (
+            vec![
+                ("auth", auth.clone()),
+                ("headers", forged.clone()),
+                ("ratelimit", limit.clone()),
+            ],
+            vec![None, None, None],
+            // The headers stage sets one consumer for everyone: limited from the third.
+            [200, 200, 429, 429, 429, 429, 429],
+        ),
+        (
+            vec![("auth", auth.clone()), ("ratelimit", other.clone())],
+            vec![None, None],
+            // Keyed by another header: mallory's own header, bypassed or not.
+            [200, 200, 429, 429, 429, 429, 429],
+        ),
+    ];
+    for (stages, feeds, statuses) in cases {
+        let config =
+            json!({"stages": stages.iter().map(|(k, v)| json!({*k: v})).collect::<Vec<_>>()});
+        let c = compile(&ChainConfig::from_json(config.to_string().as_bytes()).unwrap()).unwrap();
+        assert_eq!(c.consumer_from(), feeds.as_slice(), "{stages:?}");
+        let (via_chain, via_stacked) = both_ways(&stages, &requests);
+        assert_eq!(via_chain, via_stacked, "{stages:?}");
+        let got: Vec<u16> = via_chain.iter().map(|(s, _)| *s).collect();
+        assert_eq!(got, statuses, "{stages:?}");
+    }
+}

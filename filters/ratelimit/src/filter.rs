@@ -319,6 +319,11 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
             .collect(),
         matched: Vec::with_capacity(rules.len()),
     };
+    // (Made for the one header planned: no name compare per read.)
+    let one = match &reads {
+        ReadPlan::One(name) => OneHeader::new(name),
+        _ => OneHeader::default(),
+    };
     Ok(Compiled {
         domain: config.domain.clone(),
         rules,
@@ -330,7 +335,7 @@ pub fn compile(config: &RateLimitConfig) -> Result<Compiled, ConfigError> {
         reads,
         needs_peer,
         state: RefCell::new(state),
-        one: OneHeader::default(),
+        one,
         last_reply: RefCell::new(None),
         global,
         tick_clock: Cell::new(None),
@@ -510,11 +515,37 @@ impl Compiled {
         self.request(host, stream, true)
     }
 
+    /// As [`Compiled::on_request_headers`] when the caller already knows the value of the one
+    /// header this filter reads ([`Compiled::request_reads`] names exactly one; `None`: the
+    /// request has none): no read. A chain passes the consumer its auth stage just wrote.
+    /// With another read plan, `value` is ignored and the headers are read.
+    pub fn on_request_headers_knowing<H: Host>(
+        &self,
+        host: &mut H,
+        stream: &mut Stream,
+        value: Option<&str>,
+    ) -> Decision {
+        self.request_given(host, stream, false, Some(value))
+    }
+
     fn request<H: Host>(&self, host: &mut H, stream: &mut Stream, send_reply: bool) -> Decision {
+        self.request_given(host, stream, send_reply, None)
+    }
+
+    fn request_given<H: Host>(
+        &self,
+        host: &mut H,
+        stream: &mut Stream,
+        send_reply: bool,
+        known: Option<Option<&str>>,
+    ) -> Decision {
         let Ok(mut state) = self.state.try_borrow_mut() else {
             return Decision::Continue;
         };
-        let map = self.read(host);
+        let map = match (known, &self.reads) {
+            (Some(value), ReadPlan::One(_)) => self.one.known(value),
+            _ => self.read(host),
+        };
         let mut matched = std::mem::take(&mut state.matched);
         matched.clear();
         let decision = self.decide(host, stream, send_reply, &mut state, &map, &mut matched);
@@ -529,9 +560,9 @@ impl Compiled {
         let owned = |m: HeaderMap| ReadHeaders::Owned(m);
         match &self.reads {
             ReadPlan::Nothing => owned(HeaderMap::default()),
-            ReadPlan::One(name) => self
+            ReadPlan::One(_) => self
                 .one
-                .read(host, HeaderMapKind::Request, name)
+                .read(host, HeaderMapKind::Request)
                 .unwrap_or_else(|_| owned(HeaderMap::default())),
             ReadPlan::All => owned(host.header_map(HeaderMapKind::Request).unwrap_or_default()),
         }
