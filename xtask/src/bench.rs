@@ -395,7 +395,37 @@ fn instructions(
         result.push(ir);
     }
     drop(envoy);
+    if let Some(e) = not_loaded(variants, &result) {
+        return Err(e);
+    }
     Ok(result)
+}
+
+/// A variant that loads a wasm module but costs less than half the empty proxy-wasm filter's
+/// ~17,600 instructions over `none` (the first variant) ran without its filter: its module did
+/// not load (seen with a third `WASMESH_BENCH_ALT_WASM` module in one Envoy under valgrind,
+/// where Envoy still answers every request). Its numbers would be silently wrong.
+fn not_loaded(variants: &[Variant], irs: &[f64]) -> Option<String> {
+    let none = *irs.first()?;
+    let loads_wasm = |v: &Variant| {
+        v.filters
+            .iter()
+            .any(|f| f.pointer("/typed_config/config/vm_config").is_some())
+    };
+    let bad: Vec<String> = variants
+        .iter()
+        .zip(irs)
+        .filter(|(v, ir)| loads_wasm(v) && **ir < none + 8_000.0)
+        .map(|(v, ir)| format!("{} (+{:.0})", v.name, ir - none))
+        .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "these variants load a wasm module but cost under +8,000 instructions per request \
+             over `none` (an empty filter costs ~17,600): their modules did not run (fewer \
+             {ALT_WASM} modules per run may help): {}",
+            bad.join(", ")
+        )
+    })
 }
 
 /// The worker thread's instruction count in dump `n` (the thread that counted most: it serves
@@ -855,5 +885,26 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), names.len());
         assert_eq!(names[0], "none");
+    }
+
+    #[test]
+    fn a_wasm_variant_costing_no_more_than_none_is_an_error() {
+        let v = variants(Path::new("m.wasm"), Path::new("p.wasm"), &[]);
+        let wasm = v
+            .iter()
+            .position(|x| x.name == "wasm-empty")
+            .expect("wasm-empty variant");
+        let mut irs: Vec<f64> = vec![91_000.0; v.len()];
+        irs[0] = 73_400.0;
+        // Variants without wasm (none, native) may cost anything.
+        for (i, x) in v.iter().enumerate() {
+            if x.name == "native" {
+                irs[i] = 84_700.0;
+            }
+        }
+        assert_eq!(not_loaded(&v, &irs), None);
+        irs[wasm] = 73_800.0;
+        let e = not_loaded(&v, &irs).expect("an error");
+        assert!(e.contains("wasm-empty (+400)"), "{e}");
     }
 }
