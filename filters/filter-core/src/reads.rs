@@ -60,11 +60,6 @@ impl OneHeader {
         }
     }
 
-    /// The header this reads.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The worker's map with its one pair (value buffer kept from the last read), or `None`
     /// while it is lent.
     fn pair(&self) -> Option<RefMut<'_, HeaderMap>> {
