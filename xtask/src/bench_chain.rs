@@ -68,6 +68,20 @@ pub fn target_lines(delta: &dyn Fn(&str) -> Option<f64>) -> Vec<String> {
             );
         }
         line("all over none", chain, stacked);
+        if let (Some(b), Some(same_job)) = (same, delta(&format!("{SAME_JOB}{tag}"))) {
+            out.push(format!(
+                "chain{tag} on the same requests: chain {:+.0} - headers job {:+.0} (both over \
+                 {NONE}) = {:+.0} (<= +15,000: {})",
+                chain - b,
+                same_job - b,
+                chain - same_job,
+                if chain - same_job <= 15_000.0 {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            ));
+        }
     }
     // The same job written the obvious way: what any one proxy-wasm filter pays for it, and
     // its part over the headers job's peer (the host calls the chain adds, and little else).
@@ -91,6 +105,11 @@ pub fn target_lines(delta: &dyn Fn(&str) -> Option<f64>) -> Vec<String> {
     out
 }
 
+/// The headers job alone on the chain's requests: what the chain adds to it for the same
+/// requests is `chain-one-pass` − this (both over [`NONE`]); the headers job's own variant runs
+/// on the plain requests, one header fewer to read.
+pub const SAME_JOB: &str = "chain-job.wasmesh";
+
 /// The chain's straightforward peer: the same job in one plain filter (`bench/peers`, root id
 /// `chain`).
 pub const PEER: &str = "chain.peer";
@@ -107,6 +126,12 @@ pub fn variants(
             NONE.into(),
             "no filter, the chain's requests (API key and all): Envoy's own cost of them".into(),
             vec![],
+            traffic(),
+        ),
+        (
+            SAME_JOB.into(),
+            "the headers job alone on the chain's requests (API key and all)".into(),
+            vec![wasm_filter(wasm, "headers", &job)],
             traffic(),
         ),
         (
