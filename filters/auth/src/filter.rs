@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use filter_core::{
     Decision, HeaderMap, HeaderMapKind, Host, HostError, LocalReply, MetricKind, OneHeader,
-    ReadHeaders,
+    ReadHeaders, add_name,
 };
 use serde_json::Value;
 
@@ -1130,6 +1130,53 @@ impl Compiled {
                 return;
             }
         }
+    }
+
+    /// Every request header this filter may write on a request (the identity header, claim
+    /// and payload headers, the credential headers it strips, `:path` for a query-parameter
+    /// credential), lower case, when no two of them are the same header, so each is written at
+    /// most once per request; `None` otherwise (say, two methods stripping `authorization`). A
+    /// chain leaves such writes out of the map it keeps for later stages that never touch them.
+    #[inline(never)]
+    pub fn request_writes(&self) -> Option<Vec<String>> {
+        let mut fixed: Vec<&str> = vec![&self.identity_header];
+        let mut sources: Vec<&[Source]> = Vec::new();
+        for p in &self.providers {
+            fixed.extend(p.claims_to_headers.iter().map(|(_, h)| h.as_str()));
+            fixed.extend(p.payload_header.as_deref());
+            sources.push(&p.from);
+        }
+        if let Some(a) = &self.api_keys {
+            sources.push(&a.from);
+        }
+        if self.basic.is_some() {
+            fixed.push("authorization");
+        }
+        let mut out = Vec::new();
+        for name in fixed {
+            if !add_name(&mut out, name) {
+                return None;
+            }
+        }
+        for from in sources {
+            // One method strips one of its sources: a name twice in one list is one write.
+            let mut one = Vec::new();
+            for s in from {
+                let name = match s {
+                    Source::Bearer => "authorization",
+                    Source::Header { name, .. } => name,
+                    Source::Query(_) => ":path",
+                    Source::Cookie(_) => continue,
+                };
+                add_name(&mut one, name);
+            }
+            for name in &one {
+                if !add_name(&mut out, name) {
+                    return None;
+                }
+            }
+        }
+        Some(out)
     }
 
     /// The request headers this filter reads, planned at configure time: `Some(names)`, or

@@ -1448,3 +1448,29 @@ fn whole_map_reads_are_given_back() {
     assert_eq!(d, Decision::Continue);
     assert_eq!((h.maps_read, h.maps_given_back), (0, 0));
 }
+
+/// What a chain may leave out of the map it keeps for later stages: every header this filter
+/// may write, when each is written at most once per request.
+#[test]
+fn request_writes_are_every_header_written_once_or_none() {
+    let mut w = filter(keys_cfg()).request_writes().unwrap();
+    w.sort();
+    // The key's three sources: its header, `authorization` (bearer), `:path` (query).
+    assert_eq!(w, [":path", "authorization", "x-api-key", "x-consumer"]);
+    let mut cfg = keys_cfg();
+    cfg["identity_header"] = json!("X-Consumer-Name");
+    let w = filter(cfg).request_writes().unwrap();
+    assert!(
+        w.iter().any(|n| n.eq_ignore_ascii_case("x-consumer-name")),
+        "{w:?}"
+    );
+    // Two methods that may both strip `authorization`: written twice, so none.
+    let mut cfg = keys_cfg();
+    cfg["basic"] = json!({"users": [{"username": "u",
+        "password_hash": hash_password(b"p", b"0123456789abcdef", 1000)}]});
+    assert_eq!(filter(cfg).request_writes(), None);
+    // The identity header also a credential header: none.
+    let mut cfg = keys_cfg();
+    cfg["identity_header"] = json!("x-api-key");
+    assert_eq!(filter(cfg).request_writes(), None);
+}

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use filter_core::{Decision, HeaderMapKind, Host};
+use filter_core::{Decision, HeaderMapKind, Host, add_name};
 
 use crate::ConfigError;
 use crate::config::{ChainConfig, Stage};
@@ -36,6 +36,9 @@ pub struct Compiled {
     /// Per stage: the earlier auth stage whose identity is exactly the one header this
     /// (rate-limit) stage reads, so the stage is given the consumer instead of reading it.
     consumer_from: Vec<Option<usize>>,
+    /// Per stage: whether its request-header writes may stay out of the phase's copy of the map
+    /// (see [`leave_out_of_map`]).
+    leave_out: Vec<bool>,
     /// This worker's overlay buffers, lent to each phase in turn (phases never overlap on a
     /// worker), so a request's header changes reuse the previous request's strings.
     overlay: RefCell<Overlay>,
@@ -198,18 +201,65 @@ pub fn compile(config: &ChainConfig) -> Result<Compiled, ConfigError> {
                 _ => None,
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let leave_out = leave_out_of_map(&stages, &consumer_from);
     Ok(Compiled {
         stages,
         request_reads,
         response_reads,
         response_work,
         consumer_from,
+        leave_out,
         overlay: RefCell::new(Overlay::default()),
     })
 }
 
+/// Per stage, whether its writes to the request headers may reach Envoy without being copied
+/// into the phase's map ([`Phase::leave_out_of_map`]): only an auth stage, not the last, that
+/// writes each of its headers at most once per request (`auth::Compiled::request_writes`), and
+/// whose headers no later stage reads or writes: a headers stage's reads and writes are planned
+/// by its filter (`headers::Compiled::request_touches`; `append` and `rename` touch any); a
+/// rate-limit stage reads its keys' and conditions' headers (none when it is given the
+/// consumer) and writes none on the request; an auth stage's are not enumerated as a reader.
+/// The bench's chain: the key removal and `x-consumer` stay out of the map the headers job is
+/// handed, as that job never names them.
+fn leave_out_of_map(stages: &[CompiledStage], consumer_from: &[Option<usize>]) -> Vec<bool> {
+    let touches = |j: usize| -> Option<&[String]> {
+        match stages.get(j)? {
+            CompiledStage::Auth(_) => None,
+            CompiledStage::RateLimit(_) if consumer_from.get(j).is_some_and(Option::is_some) => {
+                Some(&[])
+            }
+            CompiledStage::RateLimit(f) => f.request_reads(),
+            CompiledStage::Headers(f) => f.request_touches(),
+        }
+    };
+    (0..stages.len())
+        .map(|i| {
+            let Some(CompiledStage::Auth(f)) = stages.get(i) else {
+                return false;
+            };
+            let Some(writes) = f.request_writes() else {
+                return false;
+            };
+            i + 1 < stages.len()
+                && (i + 1..stages.len()).all(|j| {
+                    touches(j).is_some_and(|t| {
+                        let mut both = writes.clone();
+                        t.iter().all(|n| add_name(&mut both, n))
+                    })
+                })
+        })
+        .collect()
+}
+
 impl Compiled {
+    /// Per stage, whether its writes stay out of the phase's map (tests).
+    #[cfg(test)]
+    pub(crate) fn leave_out(&self) -> &[bool] {
+        &self.leave_out
+    }
+
     /// The compiled stages, in order (the glue defines their stats and runs their ticks).
     pub fn stages(&self) -> &[CompiledStage] {
         &self.stages
@@ -253,6 +303,7 @@ impl Compiled {
             if i == last {
                 phase.last_stage();
             }
+            phase.leave_out_of_map(self.leave_out.get(i).copied().unwrap_or(false));
             let fresh: fn() -> StageStream = match stage {
                 CompiledStage::Auth(_) => || StageStream::Auth(auth::Stream::default()),
                 CompiledStage::RateLimit(_) => {

@@ -282,6 +282,12 @@ pub struct Phase<'h, H: Host> {
     /// the map given back for the next read keeps the same buffers instead of losing one pair
     /// and gaining a new one, whose strings would be allocated, freed and grown per request.
     spare: Option<(String, String)>,
+    /// The running stage's writes reach the host without being copied into the read map: no
+    /// later stage reads or writes any header it may write, and it writes each at most once
+    /// (proved at configure time, see [`Phase::leave_out_of_map`]).
+    leave: bool,
+    /// A write was left out of the read map: the map now lacks changes the host has.
+    left: bool,
 }
 
 fn lower(name: &str) -> String {
@@ -341,7 +347,20 @@ impl<'h, H: Host> Phase<'h, H> {
             through: false,
             now: None,
             spare: None,
+            leave: false,
+            left: false,
         }
+    }
+
+    /// Whether the stage about to run may leave its writes out of the phase's copy of the map
+    /// (default no). The chain says yes only where it proved at configure time that no later
+    /// stage reads or writes any header the stage may write and that the stage writes each of
+    /// them at most once per request: the map then holds exactly what later stages look at,
+    /// without the copies. Every write still reaches the host as made. From the first write
+    /// left out, the phase refuses whole-map writes ([`Host::whole_map_writes`]: the map would
+    /// undo it) and answers a whole-map read before the hand-over from the host.
+    pub fn leave_out_of_map(&mut self, leave: bool) {
+        self.leave = leave;
     }
 
     /// The phase's last stage is about to run: a whole-map read from it takes the map (with
@@ -420,7 +439,7 @@ impl<'h, H: Host> Phase<'h, H> {
     /// read map, when writes go straight through ([`Phase::through_map`]); false otherwise.
     #[inline(never)]
     fn set_through(&mut self, name: &str, value: Option<&str>) -> bool {
-        let kind = self.kind;
+        let (kind, leave) = (self.kind, self.leave);
         let Some((m, host, spare)) = self.through_map() else {
             return false;
         };
@@ -442,6 +461,16 @@ impl<'h, H: Host> Phase<'h, H> {
         };
         match value {
             _ if same => {}
+            None if leave => {
+                let _ = host.remove_header(kind, name);
+            }
+            Some(v) if leave => {
+                let _ = if count == 0 {
+                    host.add_header(kind, name, v)
+                } else {
+                    host.replace_header(kind, name, v)
+                };
+            }
             None => {
                 if count == 1 {
                     // (Its position is known: no second scan.)
@@ -463,6 +492,7 @@ impl<'h, H: Host> Phase<'h, H> {
                 let _ = host.replace_header(kind, name, v);
             }
         }
+        self.left |= leave && !same;
         true
     }
 
@@ -556,7 +586,7 @@ impl<'h, H: Host> Phase<'h, H> {
             let whole =
                 cost::WHOLE_MAP_BASE.saturating_add(cost::WHOLE_MAP_PER_PAIR.saturating_mul(pairs));
             // (Not over a value read lossily: the write would replace the client's bytes.)
-            if whole < single && !m.may_hold_lossy_values() {
+            if whole < single && !m.may_hold_lossy_values() && !self.left {
                 let mut after = m.clone();
                 apply(&mut after, live);
                 let _ = self.host.set_header_map(kind, &after);
@@ -689,6 +719,13 @@ impl<H: Host> Host for Phase<'_, H> {
             apply(&mut map, self.overlay.live());
             return Ok(map);
         }
+        if self.left && !self.hand_over {
+            // (Not a stage the chain planned for: a whole-map read by a stage before the last,
+            // after writes left out of the map. The host has them.)
+            let mut map = self.host.header_map(kind)?;
+            apply(&mut map, self.overlay.live());
+            return Ok(map);
+        }
         self.read_whole()?;
         if self.hand_over {
             // The last stage: the earlier stages' changes go to the host now (as stacked
@@ -774,6 +811,10 @@ impl<H: Host> Host for Phase<'_, H> {
         self.host.recycle_header_map(map);
     }
 
+    fn whole_map_writes(&self) -> bool {
+        !self.left && self.host.whole_map_writes()
+    }
+
     fn names_lower_case(&self) -> bool {
         // Changes a stage makes through the phase are lower-cased as they patch the map; a
         // map a stage set whole is that stage's.
@@ -812,9 +853,14 @@ impl<H: Host> Host for Phase<'_, H> {
         if kind != self.kind || self.through {
             return self.host.add_header(kind, name, value);
         }
+        let leave = self.leave;
         if let Some((m, host, spare)) = self.through_map() {
-            append(m, spare, name, value);
-            return host.add_header(kind, name, value);
+            if !leave {
+                append(m, spare, name, value);
+            }
+            let r = host.add_header(kind, name, value);
+            self.left |= leave;
+            return r;
         }
         if let Some(e) = self.overlay.find_mut(name) {
             e.vals.push(value);
@@ -1230,5 +1276,43 @@ mod tests {
         want.add("x-a", "1".into());
         want.add("y", "z".into());
         assert_eq!(h.request, want);
+    }
+
+    /// A stage whose writes no later stage observes: they reach the host as made and the
+    /// phase's map stays as read; from then on the phase refuses whole-map writes, answers a
+    /// whole-map read before the hand-over from the host, and hands the last stage the map as
+    /// read (the headers it observes unchanged). A later stage's writes are copied as before.
+    #[test]
+    fn writes_left_out_of_the_map_reach_the_host_only() {
+        let plan = ReadPlan::Whole;
+        let mut h = MockHost::new().with_request(&[(":path", "/"), ("x-key", "k"), ("x-a", "0")]);
+        let mut p = Phase::new(&mut h, HeaderMapKind::Request, &plan);
+        p.leave_out_of_map(true);
+        assert!(p.whole_map_writes());
+        p.header(HeaderMapKind::Request, "x-key").unwrap();
+        p.remove_header(HeaderMapKind::Request, "x-key").unwrap();
+        p.replace_header(HeaderMapKind::Request, "x-id", "alice")
+            .unwrap();
+        p.add_header(HeaderMapKind::Request, "x-more", "1").unwrap();
+        assert_eq!(p.host.request.get("x-key"), None, "made on the host");
+        assert_eq!(p.host.request.get("x-id"), Some("alice"));
+        assert_eq!(p.host.request.get("x-more"), Some("1"));
+        assert!(!p.whole_map_writes(), "a whole map would undo them");
+        let whole = p.header_map(HeaderMapKind::Request).unwrap();
+        assert_eq!(whole.get("x-key"), None, "read from the host");
+        assert_eq!(whole.get("x-id"), Some("alice"));
+        // A later stage: its change is copied into the map as before.
+        p.leave_out_of_map(false);
+        p.replace_header(HeaderMapKind::Request, "x-a", "1")
+            .unwrap();
+        p.last_stage();
+        let map = p.header_map(HeaderMapKind::Request).unwrap();
+        assert_eq!(map.get("x-a"), Some("1"));
+        assert_eq!(map.get(":path"), Some("/"));
+        assert_eq!(map.get("x-id"), None, "left out");
+        let _ = p.finish();
+        assert_eq!(h.request.get("x-a"), Some("1"));
+        assert_eq!(h.request.get("x-id"), Some("alice"));
+        assert_eq!(h.request.get("x-key"), None);
     }
 }

@@ -42,6 +42,18 @@ pub fn name_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && (a.as_bytes() == b.as_bytes() || a.eq_ignore_ascii_case(b))
 }
 
+/// Adds `name` to the set of header names `names` unless it is there (ASCII case ignored);
+/// false when it was. For plans made at configure time from configured names, which the
+/// filters lower-case as they compile them (out of line: small code).
+#[inline(never)]
+pub fn add_name(names: &mut Vec<String>, name: &str) -> bool {
+    if names.iter().any(|n| name_eq(n, name)) {
+        return false;
+    }
+    names.push(name.to_owned());
+    true
+}
+
 /// A header map as ordered (name, value) pairs. Envoy hands names over in lower case.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderMap {
@@ -188,6 +200,13 @@ pub trait Host {
     /// case, and every API that adds a header lower-cases the name). The default says no.
     fn names_lower_case(&self) -> bool {
         false
+    }
+    /// Whether a filter may write a map it read back whole ([`Host::set_header_map`]) instead
+    /// of writing single headers. A chain's phase whose copy of the map was left behind the
+    /// host's (changes no later stage observes, not copied into it) says no: the map would undo
+    /// them. Hosts say yes.
+    fn whole_map_writes(&self) -> bool {
+        true
     }
     /// Replaces the whole header map of `kind`, in one call.
     fn set_header_map(&mut self, kind: HeaderMapKind, map: &HeaderMap) -> Result<(), HostError>;

@@ -22,6 +22,8 @@ pub mod rng;
 
 pub use decision::{Decision, LocalReply};
 pub use error::HostError;
-pub use host::{HeaderMap, HeaderMapKind, Host, MetricKind, Property, lossy_value, name_eq};
+pub use host::{
+    HeaderMap, HeaderMapKind, Host, MetricKind, Property, add_name, lossy_value, name_eq,
+};
 pub use map_buffers::MapBuffers;
 pub use reads::{OneHeader, ReadHeaders};

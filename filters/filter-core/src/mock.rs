@@ -67,6 +67,8 @@ pub struct MockHost {
     pub cas_failures: u32,
     /// What [`Host::names_lower_case`] answers (default false: tests may hold any case).
     pub names_lower_case: bool,
+    /// What [`Host::whole_map_writes`] answers (default true, as every host).
+    pub whole_map_writes: bool,
     rng: Xoshiro256,
     next_token: u32,
 }
@@ -95,6 +97,7 @@ impl MockHost {
             maps_given_back: 0,
             cas_failures: 0,
             names_lower_case: false,
+            whole_map_writes: true,
             rng: Xoshiro256::from_seed([0; 32]),
             next_token: 1,
         }
@@ -172,6 +175,10 @@ impl Host for MockHost {
 
     fn names_lower_case(&self) -> bool {
         self.names_lower_case
+    }
+
+    fn whole_map_writes(&self) -> bool {
+        self.whole_map_writes
     }
 
     fn recycle_header_map(&mut self, map: HeaderMap) {

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError};
+use filter_core::{Decision, HeaderMap, HeaderMapKind, Host, HostError, add_name};
 
 use crate::ConfigError;
 use crate::config::{HeaderOp, HeadersConfig, IncomingPolicy, Rule};
@@ -35,6 +35,10 @@ pub struct Compiled {
     /// computed once. The phase then runs no rule at all per request.
     request_static: Option<Vec<(String, Option<String>)>>,
     response_static: Option<Vec<(String, Option<String>)>>,
+    /// Every request header the request phase may read or write, lower case (`None`: any, an
+    /// `append` or `rename` rewrites from the whole map). A chain leaves an earlier stage's
+    /// changes to other headers out of the map it hands this filter.
+    request_touches: Option<Vec<String>>,
     stats: Stats,
 }
 
@@ -260,6 +264,8 @@ pub fn compile(config: &HeadersConfig) -> Result<Compiled, ConfigError> {
     for rule in &response_rules {
         response_needs.target(rule);
     }
+    let request_touches =
+        (!needs.all).then(|| request_touches(&needs, &request_id, &trace, &request_rules));
     let mut request_rules = request_rules;
     let mut response_rules = response_rules;
     mark_direct(&mut request_rules, &needs);
@@ -281,9 +287,39 @@ pub fn compile(config: &HeadersConfig) -> Result<Compiled, ConfigError> {
         trace,
         request_static,
         response_static,
+        request_touches,
         request_rules,
         response_rules,
     })
+}
+
+/// Every request header the request phase reads (`needs`) or writes, lower case.
+fn request_touches(
+    needs: &Needs,
+    request_id: &Option<RequestId>,
+    trace: &Option<Trace>,
+    rules: &[CompiledRule],
+) -> Vec<String> {
+    let mut touches = needs.names.clone();
+    if let Some(rid) = request_id {
+        add_name(&mut touches, &rid.header);
+    }
+    if trace.is_some() {
+        add_name(&mut touches, "traceparent");
+        add_name(&mut touches, "tracestate");
+    }
+    for op in rules.iter().flat_map(|r| &r.ops) {
+        match op {
+            Op::Value { name, .. } | Op::Remove { name, .. } => {
+                add_name(&mut touches, name);
+            }
+            Op::Rename { from, to } => {
+                add_name(&mut touches, from);
+                add_name(&mut touches, to);
+            }
+        }
+    }
+    touches
 }
 
 /// Whether a value template of `rules` uses `${request_id}`.
@@ -507,6 +543,12 @@ impl Compiled {
     /// reads from this.
     pub fn request_reads(&self) -> Option<&[String]> {
         self.reads.names()
+    }
+
+    /// Every request header the request phase may read or write (lower case), planned at
+    /// configure time; `None` when it may touch any (`append`, `rename`).
+    pub fn request_touches(&self) -> Option<&[String]> {
+        self.request_touches.as_deref()
     }
 
     /// As [`Compiled::request_reads`], for the response phase's read of the response headers.
@@ -788,19 +830,8 @@ impl<'p, 'a> Touched<'p, 'a> {
         if *self.reads == ReadPlan::All
             && self.direct.is_empty()
             && self.names.len() > 1
-            && {
-                let mut replaced = false;
-                let single: u32 = self
-                    .names
-                    .iter()
-                    .map(|t| single_write_cost(t, map, &mut replaced))
-                    .sum();
-                whole_map_write_cost(map) < single
-            }
-            && !map.may_hold_lossy_values()
+            && self.whole_map_write(host, kind, map)
         {
-            // Host errors are ignored: a header filter must not fail the request.
-            let _ = host.set_header_map(kind, map);
             return;
         }
         for &(name, before) in &self.names {
@@ -826,6 +857,29 @@ impl<'p, 'a> Touched<'p, 'a> {
                 }
             }
         }
+    }
+}
+
+impl Touched<'_, '_> {
+    /// One whole-map write instead of the single ones, when the estimate says it is cheaper
+    /// and the host allows it (out of line: no bench job takes it).
+    #[inline(never)]
+    fn whole_map_write(&self, host: &mut dyn Host, kind: HeaderMapKind, map: &HeaderMap) -> bool {
+        let mut replaced = false;
+        let single: u32 = self
+            .names
+            .iter()
+            .map(|t| single_write_cost(t, map, &mut replaced))
+            .sum();
+        if whole_map_write_cost(map) < single
+            && !map.may_hold_lossy_values()
+            && host.whole_map_writes()
+        {
+            // Host errors are ignored: a header filter must not fail the request.
+            let _ = host.set_header_map(kind, map);
+            return true;
+        }
+        false
     }
 }
 

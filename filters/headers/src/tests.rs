@@ -626,6 +626,46 @@ fn many_writes_to_a_map_read_whole_become_one_whole_map_write() {
 }
 
 #[test]
+fn a_host_that_refuses_whole_map_writes_gets_single_ones() {
+    // A chain's phase whose map lacks an earlier stage's changes says no (they would be undone).
+    let f = append_and_eight_sets();
+    let mut h = get_req();
+    h.whole_map_writes = false;
+    h.request.add("x-multi", "a".into());
+    run(&f, &mut h);
+    // x-multi's two values: a replace and an add.
+    assert_eq!(h.host_calls, 1 + 2 + 8, "one read, the append, eight sets");
+    assert_eq!(h.request.get("x-s7"), Some("v7"));
+}
+
+#[test]
+fn request_touches_are_every_header_read_or_written_or_none_for_append() {
+    let f = filter(
+        r#"{"request_id":{"incoming":"replace"},"trace_context":{},"request_headers":[
+            {"when":{"headers":[{"name":"x-tenant"}]},"ops":[
+                {"set":{"name":"x-route","value":"${method} ${header.x-user}"}},
+                {"remove":{"name":"x-drop"}}]}]}"#,
+    );
+    let mut t = f.request_touches().unwrap().to_vec();
+    t.sort();
+    assert_eq!(
+        t,
+        [
+            ":method",
+            "traceparent",
+            "tracestate",
+            "x-drop",
+            "x-request-id",
+            "x-route",
+            "x-tenant",
+            "x-user"
+        ]
+    );
+    let f = filter(r#"{"request_headers":[{"ops":[{"append":{"name":"x-a","value":"b"}}]}]}"#);
+    assert_eq!(f.request_touches(), None);
+}
+
+#[test]
 fn a_value_that_is_not_utf8_keeps_the_writes_single() {
     // The same phase as above chooses one whole-map write, which would put U+FFFD in place of
     // the client's Latin-1 byte: with such a value in the map it writes header by header.
