@@ -17,6 +17,8 @@
 //! Once the whole map has been read, a write goes to the host as the stage makes it, as its
 //! standalone filter's would, and patches the phase's copy of the map (later stages read the
 //! result from memory); a write that leaves the map as it is (known from the read) is dropped.
+//! A stage the chain proved at configure time that no later stage observes
+//! ([`Phase::leave_out_of_map`]) skips the patch: its writes reach the host only.
 //! Measured in a V8 harness of the bench's chain (API key, limit, headers job), this costs
 //! ~1,100 instructions per request less than keeping those changes pending. Writes made before
 //! the map was read are kept in memory, as a short list of changed names (an overlay on what
