@@ -782,13 +782,18 @@ fn standalone(stage: &(&str, Value)) -> Standalone {
 /// A request's status and what went upstream (nothing when answered locally).
 type Outcome = (u16, Vec<(String, String)>);
 
+/// The chain of `stages` (kind, configuration), in order.
+fn chain_of(stages: &[(&str, Value)]) -> Compiled {
+    let config = json!({"stages": stages.iter().map(|(k, v)| json!({*k: v})).collect::<Vec<_>>()});
+    compile(&ChainConfig::from_json(config.to_string().as_bytes()).unwrap()).unwrap()
+}
+
 /// Each request through the chain, and through the stacked filters.
 fn both_ways(
     stages: &[(&str, Value)],
     requests: &[Vec<(&'static str, &'static str)>],
 ) -> (Vec<Outcome>, Vec<Outcome>) {
-    let config = json!({"stages": stages.iter().map(|(k, v)| json!({*k: v})).collect::<Vec<_>>()});
-    let chain = compile(&ChainConfig::from_json(config.to_string().as_bytes()).unwrap()).unwrap();
+    let chain = chain_of(stages);
     let mut filters: Vec<Standalone> = stages.iter().map(standalone).collect();
     let (mut hc, mut hs) = (MockHost::new(), MockHost::new());
     let (mut via_chain, mut via_stacked) = (Vec::new(), Vec::new());
@@ -877,9 +882,7 @@ fn a_rate_limit_stage_is_given_the_consumer_only_where_it_would_read_it() {
         ),
     ];
     for (stages, feeds, statuses) in cases {
-        let config =
-            json!({"stages": stages.iter().map(|(k, v)| json!({*k: v})).collect::<Vec<_>>()});
-        let c = compile(&ChainConfig::from_json(config.to_string().as_bytes()).unwrap()).unwrap();
+        let c = chain_of(&stages);
         assert_eq!(c.consumer_from(), feeds.as_slice(), "{stages:?}");
         let (via_chain, via_stacked) = both_ways(&stages, &requests);
         assert_eq!(via_chain, via_stacked, "{stages:?}");
@@ -957,9 +960,7 @@ fn changes_no_later_stage_observes_stay_out_of_the_map_with_the_same_result() {
         (vec![("auth", twice), ("headers", job)], vec![false, false]),
     ];
     for (stages, leave) in cases {
-        let config =
-            json!({"stages": stages.iter().map(|(k, v)| json!({*k: v})).collect::<Vec<_>>()});
-        let c = compile(&ChainConfig::from_json(config.to_string().as_bytes()).unwrap()).unwrap();
+        let c = chain_of(&stages);
         assert_eq!(c.leave_out(), leave.as_slice(), "{stages:?}");
         let (via_chain, via_stacked) = both_ways(&stages, &requests);
         assert_eq!(via_chain, via_stacked, "{stages:?}");
