@@ -384,9 +384,10 @@ fn instructions(
         callgrind_control("-z", pid)?;
         send_with(&mut conn, requests, expected_status(&v.name), t, warmup)?;
         callgrind_control("-d", pid)?;
-        let (worker, all) = thread_counts(out, pid, i + 1)?;
+        let counts = thread_counts(out, pid, i + 1)?;
+        let (worker, all) = (counts.worker, counts.all);
         let ir = worker as f64 / requests as f64;
-        let in_wasm = worker_in_wasm_code(out, pid, i + 1)? as f64 / requests as f64;
+        let in_wasm = counts.worker_in_wasm as f64 / requests as f64;
         eprintln!(
             "bench: {} {:.0} instructions/request (worker thread; all threads {:.0}; {:.0} in \
              compiled wasm code, {:.0} in Envoy and V8's runtime)",
@@ -432,55 +433,46 @@ fn not_loaded(variants: &[Variant], irs: &[f64]) -> Option<String> {
     })
 }
 
-/// The worker thread's instruction count in dump `n` (the thread that counted most: it serves
-/// every request) and the sum over all threads. With `--separate-threads=yes` each dump is one
-/// file per thread, `callgrind.<pid>.<n>-<thread>`.
-fn thread_counts(out: &Path, pid: u32, n: usize) -> Result<(u64, u64), String> {
-    let prefix = format!("callgrind.{pid}.{n}-");
-    let mut counts = Vec::new();
-    for entry in std::fs::read_dir(out).map_err(|e| e.to_string())?.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
-            continue;
-        }
-        let text = std::fs::read_to_string(entry.path()).map_err(|e| e.to_string())?;
-        if let Some(c) = text
-            .lines()
-            .find_map(|l| l.strip_prefix("summary: ")?.trim().parse::<u64>().ok())
-        {
-            counts.push(c);
-        }
-    }
-    let worker = counts
-        .iter()
-        .copied()
-        .max()
-        .ok_or_else(|| format!("no {prefix}* dump in {}", out.display()))?;
-    Ok((worker, counts.iter().sum()))
+/// Instruction counts of dump `n`: see [`thread_counts`].
+pub(crate) struct ThreadCounts {
+    /// The worker thread's (the thread that counted most: it serves every request).
+    pub worker: u64,
+    /// The sum over all threads.
+    pub all: u64,
+    /// Of the worker's, those run in code V8 compiled from the wasm modules: the filters' own
+    /// work, apart from the host calls they make and the runtime calls V8 makes for them
+    /// (`memory.copy` is a call into C). See [`in_wasm_code`].
+    pub worker_in_wasm: u64,
 }
 
-/// Of the worker thread's instructions in dump `n`, those run in code V8 compiled from the wasm
-/// modules: the filters' own work, apart from the host calls they make and the runtime calls V8
-/// makes for them (`memory.copy` is a call into C). See [`in_wasm_code`].
-fn worker_in_wasm_code(out: &Path, pid: u32, n: usize) -> Result<u64, String> {
+/// The instruction counts of dump `n`. With `--separate-threads=yes` each dump is one file per
+/// thread, `callgrind.<pid>.<n>-<thread>`.
+pub(crate) fn thread_counts(out: &Path, pid: u32, n: usize) -> Result<ThreadCounts, String> {
     let prefix = format!("callgrind.{pid}.{n}-");
-    let mut best: Option<(u64, u64)> = None;
+    let (mut all, mut worker): (u64, Option<(u64, u64)>) = (0, None);
     for entry in std::fs::read_dir(out).map_err(|e| e.to_string())?.flatten() {
         if !entry.file_name().to_string_lossy().starts_with(&prefix) {
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).map_err(|e| e.to_string())?;
-        let Some(total) = text
+        let Some(count) = text
             .lines()
             .find_map(|l| l.strip_prefix("summary: ")?.trim().parse::<u64>().ok())
         else {
             continue;
         };
-        if best.is_none_or(|(t, _)| total > t) {
-            best = Some((total, in_wasm_code(&text)));
+        all += count;
+        if worker.is_none_or(|(c, _)| count > c) {
+            worker = Some((count, in_wasm_code(&text)));
         }
     }
-    best.map(|(_, w)| w)
-        .ok_or_else(|| format!("no {prefix}* dump in {}", out.display()))
+    let (worker, worker_in_wasm) =
+        worker.ok_or_else(|| format!("no {prefix}* dump in {}", out.display()))?;
+    Ok(ThreadCounts {
+        worker,
+        all,
+        worker_in_wasm,
+    })
 }
 
 /// The self cost (`Ir`) in a callgrind dump of functions with no object file whose address is
@@ -511,14 +503,11 @@ fn in_wasm_code(dump: &str) -> u64 {
                     .strip_prefix("0x")
                     .and_then(|h| u64::from_str_radix(h, 16).ok())
                     .is_some_and(|a| a >= 1 << 32);
-        } else if line.starts_with("cob=") || line.starts_with("cfn=") {
-            // The callee's names; compressed ids still need recording.
-            let (rest, names) = match line.split_once('=') {
-                Some(("cob", r)) => (r, &mut objects),
-                Some((_, r)) => (r, &mut functions),
-                None => continue,
-            };
-            named(rest, names);
+        } else if let Some(rest) = line.strip_prefix("cob=") {
+            // A callee's names: compressed ids defined here are used by later `ob=`/`fn=`.
+            named(rest, &mut objects);
+        } else if let Some(rest) = line.strip_prefix("cfn=") {
+            named(rest, &mut functions);
         } else if line.starts_with("calls=") {
             skip_next = true;
         } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {

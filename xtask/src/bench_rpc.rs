@@ -315,7 +315,7 @@ fn instructions(
         super::callgrind_control("-z", pid)?;
         drive(&mut clients, batches)?;
         super::callgrind_control("-d", pid)?;
-        let (worker, all) = super::thread_counts(out, pid, i + 1)?;
+        let super::ThreadCounts { worker, all, .. } = super::thread_counts(out, pid, i + 1)?;
         let ir = worker as f64 / counted as f64;
         eprintln!(
             "bench rpc: {name} {ir:.0} instructions/call (worker thread; all threads {:.0})",

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use filter_core::{Decision, HeaderMapKind, Host, add_name};
+use filter_core::{Decision, HeaderMapKind, Host, name_eq};
 
 use crate::ConfigError;
 use crate::config::{ChainConfig, Stage};
@@ -244,10 +244,8 @@ fn leave_out_of_map(stages: &[CompiledStage], consumer_from: &[Option<usize>]) -
             };
             i + 1 < stages.len()
                 && (i + 1..stages.len()).all(|j| {
-                    touches(j).is_some_and(|t| {
-                        let mut both = writes.clone();
-                        t.iter().all(|n| add_name(&mut both, n))
-                    })
+                    touches(j)
+                        .is_some_and(|t| !t.iter().any(|n| writes.iter().any(|w| name_eq(w, n))))
                 })
         })
         .collect()
