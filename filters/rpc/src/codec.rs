@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use thiserror::Error;
 
-use crate::message::{Head, LocalError, Message};
+use crate::message::{Head, LocalError, Message, MessageType};
 
 /// A frame that cannot be decoded or encoded. Carries the offending value.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -55,8 +55,18 @@ pub trait Codec {
     /// (Thrift: the message name), when the protocol can point at them without decoding them:
     /// two frames with equal keys that [`Codec::head`] accepts have equal names. The filter
     /// decodes a connection's names once per run of equal keys (the other frames through
-    /// [`Codec::reply_head`]). `None` (the default): names are decoded for every frame.
+    /// [`Codec::call_key`]). `None` (the default): names are decoded for every frame.
     fn names_key<'a>(&self, frame: &'a [u8]) -> Option<&'a [u8]> {
+        let _ = frame;
+        None
+    }
+    /// The per-call fast path for a request: for a frame whose header the protocol reads in
+    /// one step, its [`Codec::names_key`], kind ([`MessageType::Request`] or
+    /// [`MessageType::Oneway`]) and request id. Contract: `Some((key, kind, id))` only where
+    /// `names_key(frame) == Some(key)` and, when the names under `key` decode (the filter
+    /// knows: `key` repeats a call [`Codec::head`] accepted), [`Codec::reply_head`] accepts the
+    /// frame with this kind and id. `None` (the default): the general path decodes the frame.
+    fn call_key<'a>(&self, frame: &'a [u8]) -> Option<(&'a [u8], MessageType, u64)> {
         let _ = frame;
         None
     }
@@ -167,6 +177,41 @@ impl Decoder {
         let range = self.pos..self.pos + len;
         self.pos += len;
         Ok(Some(range))
+    }
+
+    /// The fast paths' view of the stream: the bytes not yet taken (none once it failed).
+    /// The caller takes whole frames off its start with [`Decoder::whole_frame`] and
+    /// [`Decoder::consume`]; the general path ([`Decoder::next_range`]) goes on from there.
+    pub fn unread(&self) -> &[u8] {
+        if self.failed {
+            return &[];
+        }
+        self.buf.get(self.pos..).unwrap_or_default()
+    }
+
+    /// The length of the complete frame at the start of `rest` (a part of
+    /// [`Decoder::unread`]) when it is one of an allowed size; `None` otherwise, including for
+    /// every error, which the general path then reports.
+    #[inline(always)]
+    pub fn whole_frame<C: Codec + ?Sized>(&self, codec: &C, rest: &[u8]) -> Option<usize> {
+        match codec.frame_len(rest) {
+            Ok(Some(len)) if len <= self.max_frame as u64 && len <= rest.len() as u64 => {
+                Some(len as usize)
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes `n` bytes off [`Decoder::unread`]: whole frames measured by
+    /// [`Decoder::whole_frame`].
+    pub fn consume(&mut self, n: usize) {
+        self.pos = self.pos.saturating_add(n).min(self.buf.len());
+    }
+
+    /// Where the next frame starts (the end of the frames taken since the last `feed`, which
+    /// starts the buffer at 0).
+    pub fn position(&self) -> usize {
+        self.pos
     }
 
     /// [`Decoder::poison`] out of the per-frame path.

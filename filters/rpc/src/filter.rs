@@ -216,6 +216,11 @@ impl Codec for AnyCodec {
     fn names_key<'a>(&self, frame: &'a [u8]) -> Option<&'a [u8]> {
         any_codec!(self, c => c.names_key(frame))
     }
+    #[inline(always)]
+    fn call_key<'a>(&self, frame: &'a [u8]) -> Option<(&'a [u8], MessageType, u64)> {
+        any_codec!(self, c => c.call_key(frame))
+    }
+
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError> {
         any_codec!(self, c => c.encode(message, frame))
     }
@@ -243,6 +248,9 @@ pub struct Compiled {
     max_limit_keys: usize,
     limit_keys: RefCell<HashSet<String>>,
     stats: RefCell<Stats>,
+    /// Tests: every frame through the general path, to compare the fast paths against it.
+    #[cfg(test)]
+    pub(crate) general_only: bool,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -384,6 +392,8 @@ pub fn compile(config: &RpcConfig) -> Result<Compiled, ConfigError> {
         max_limit_keys: config.max_limit_keys as usize,
         limit_keys: RefCell::new(HashSet::new()),
         stats: RefCell::new(Stats::default()),
+        #[cfg(test)]
+        general_only: false,
     })
 }
 
@@ -427,11 +437,6 @@ struct LastCall {
 }
 
 impl LastCall {
-    /// Whether a request with names key `key` is this call again (its names need no decoding).
-    fn repeats(&self, key: Option<&[u8]>) -> bool {
-        self.valid && self.keyed && key.is_some_and(|k| same_bytes(k, &self.key))
-    }
-
     fn matches(&self, h: &Head<'_>) -> bool {
         self.valid
             && same(&self.method, h.method)
@@ -782,22 +787,17 @@ impl Compiled {
         let codec = &self.codec;
         let mut out = Output::default();
         loop {
+            // Repeats of the connection's last call (the usual frames) in a tight loop; the
+            // frame after them, if any, below.
+            let end = self.repeated_calls(host, conn, &mut now);
+            out.keep(&conn.down, &(out.end..end));
             let range = match conn.down.next_range(codec) {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => return self.fail_data(host, &mut conn.closed, dir, len, &e),
             };
             let frame = conn.down.bytes(&range);
-            let key = codec.names_key(frame);
-            // The connection's previous call again (the usual case when pipelining): its names
-            // and what was decided for them are known, so they are not decoded again.
-            let repeat = conn.routed && conn.last.repeats(key);
-            let decoded = if repeat {
-                codec.reply_head(frame)
-            } else {
-                codec.head(frame)
-            };
-            let head = match decoded {
+            let head = match codec.head(frame) {
                 Ok(h) => h,
                 Err(error) => {
                     let e = conn.down.poison(codec, error);
@@ -811,8 +811,8 @@ impl Compiled {
                 out.keep(&conn.down, &range);
                 continue;
             }
-            if !repeat && !conn.last.matches(&head) {
-                self.decide(host, &mut conn.last, &head, key);
+            if !conn.last.matches(&head) {
+                self.decide(host, &mut conn.last, &head, codec.names_key(frame));
             }
             let last = &conn.last;
             let ids = last.ids;
@@ -847,10 +847,8 @@ impl Compiled {
                     out.replace(&conn.down, &range, &[]);
                     continue;
                 }
-                // The rare path: an owned message for the probe and the error reply (with the
-                // names a repeat did not decode).
-                let named = if repeat { codec.head(frame).ok() } else { None };
-                let msg = named.as_ref().unwrap_or(&head).to_message(Vec::new());
+                // The rare path: an owned message for the probe and the error reply.
+                let msg = head.to_message(Vec::new());
                 let probe = match self.on_deny {
                     DenyMode::ErrorReply if conn.pending.len() < self.max_pending.max(1) => {
                         self.codec.probe(&msg)
@@ -951,6 +949,10 @@ impl Compiled {
         let codec = &self.codec;
         let mut out = Output::default();
         loop {
+            // Replies to the oldest pending call (the usual frames) in a tight loop; the frame
+            // after them, if any, below.
+            let end = self.matched_replies(host, conn, &mut now);
+            out.keep(&conn.up, &(out.end..end));
             let range = match conn.up.next_range(codec) {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
@@ -1029,6 +1031,142 @@ impl Compiled {
             host.warn(&format!("rpc: rewriting upstream data: {e}"));
         }
         Verdict::Continue
+    }
+
+    /// Whether the data callbacks take their fast paths (always, but in tests comparing them
+    /// with the general path).
+    #[inline(always)]
+    fn fast_paths(&self) -> bool {
+        #[cfg(test)]
+        return !self.general_only;
+        #[cfg(not(test))]
+        true
+    }
+
+    /// The downstream fast path: the next frames that repeat the connection's last call (same
+    /// [`Codec::names_key`], read by [`Codec::call_key`]) when that call was allowed, has no
+    /// limit rule and no metadata to set: the usual case when pipelining. Does for them exactly
+    /// what the general loop does (counters, pending calls, the clock read once per callback),
+    /// with one header check per frame, over a local view of the bytes, the counters summed in
+    /// locals. Stops at the first other frame (or when the pending queue is full), which the
+    /// general loop takes before coming back here. Returns where it stopped.
+    #[inline(always)]
+    fn repeated_calls<H: L4Host>(
+        &self,
+        host: &mut H,
+        conn: &mut Connection,
+        now: &mut Option<SystemTime>,
+    ) -> usize {
+        let Connection {
+            down,
+            pending,
+            last,
+            routed,
+            ..
+        } = conn;
+        let ids = match last.ids {
+            Some(ids)
+                if self.fast_paths()
+                    && *routed
+                    && last.valid
+                    && last.keyed
+                    && last.allowed
+                    && last.limit.is_none()
+                    && self.set_metadata.is_empty() =>
+            {
+                ids
+            }
+            _ => return down.position(),
+        };
+
+        let codec = &self.codec;
+        let key = last.key.as_slice();
+        let unread = down.unread();
+        let (mut at, mut calls, mut oneway) = (0, 0i64, 0i64);
+        while let Some(rest) = unread.get(at..)
+            && let Some(len) = down.whole_frame(codec, rest)
+            && let Some((k, kind, id)) = rest.get(..len).and_then(|f| codec.call_key(f))
+            && same_bytes(k, key)
+        {
+            if kind == MessageType::Oneway {
+                oneway += 1;
+            } else if pending.len() < self.max_pending {
+                calls += 1;
+                let start = *now.get_or_insert_with(|| host.now());
+                pending.push_back(Pending::Forwarded {
+                    id,
+                    start,
+                    ids: Some(ids),
+                });
+            } else {
+                break;
+            }
+            at += len;
+        }
+        down.consume(at);
+        if at > 0 {
+            self.add2(ids.requests(), calls, ids.rx_bytes(), at as i64);
+            if oneway > 0 {
+                self.add(ids.oneway(), oneway);
+            }
+        }
+        down.position()
+    }
+
+    /// The upstream fast path: the next replies that answer the oldest pending call, a forwarded
+    /// one with metric ids (the usual case), over a local view of the bytes. Exactly what the
+    /// general loop does for them. Stops at the first other frame, which the general loop takes
+    /// before coming back here. Returns where it stopped.
+    #[inline(always)]
+    fn matched_replies<H: L4Host>(
+        &self,
+        host: &mut H,
+        conn: &mut Connection,
+        now: &mut Option<SystemTime>,
+    ) -> usize {
+        let Connection {
+            up,
+            pending,
+            recorded,
+            ..
+        } = conn;
+        if !self.fast_paths() {
+            return up.position();
+        }
+        let codec = &self.codec;
+        let unread = up.unread();
+        let mut at = 0;
+        while let Some(rest) = unread.get(at..)
+            && let Some(len) = up.whole_frame(codec, rest)
+            && let Some(head) = rest.get(..len).and_then(|f| codec.reply_head(f).ok())
+            && matches!(head.kind, MessageType::Response | MessageType::Error)
+            && let Some(Pending::Forwarded {
+                id,
+                start,
+                ids: Some(ids),
+            }) = pending.front()
+            && *id == head.request_id
+        {
+            let (start, ids) = (*start, *ids);
+            pending.pop_front();
+            let counter = match head.status.unwrap_or(ResponseStatus::Ok) {
+                ResponseStatus::Ok => ids.ok(),
+                ResponseStatus::Exception => ids.exception(),
+                ResponseStatus::Error => ids.error(),
+            };
+            self.add2(counter, 1, ids.tx_bytes(), len as i64);
+            if !recorded.contains(&(ids.latency_ms, start)) {
+                recorded.push((ids.latency_ms, start));
+                let ms = now
+                    .get_or_insert_with(|| host.now())
+                    .duration_since(start)
+                    .map_or(0, millis);
+                let _ = host.record_metric(ids.latency_ms, ms);
+            }
+            at += len;
+        }
+        up.consume(at);
+        up.position()
     }
 
     /// A frame did not decode: count, log, close, drop this callback's bytes.

@@ -1402,7 +1402,7 @@ fn thrift_binary_fast_head_equals_the_general_decoder_on_random_and_damaged_fram
         default_service: "Calc".into(),
         ..Thrift::default()
     };
-    let mut fast = 0;
+    let (mut fast, mut calls) = (0, 0);
     for i in 0..5_000 {
         let mut frame = thrift_frame(&mut r);
         if i % 2 == 1 {
@@ -1429,8 +1429,30 @@ fn thrift_binary_fast_head_equals_the_general_decoder_on_random_and_damaged_fram
         if let Ok(h) = codec.reply_head(&frame) {
             assert_eq!((h.service, h.method), ("", ""));
         }
+        // The filter's per-call path for requests: the names key, kind and id of a call or
+        // oneway, as `names_key` and `reply_head` have them (for names that decode).
+        if let Some((key, kind, id)) = codec.call_key(&frame) {
+            calls += 1;
+            assert_eq!(codec.names_key(&frame), Some(key));
+            assert!(matches!(kind, MessageType::Request | MessageType::Oneway));
+            if std::str::from_utf8(key).is_ok() {
+                assert_eq!(
+                    codec.reply_head(&frame).map(nameless),
+                    Ok((kind, id, None, 16 + key.len()..frame.len()))
+                );
+            }
+        } else if let Ok(h) = codec.reply_head(&frame)
+            && matches!(h.kind, MessageType::Request | MessageType::Oneway)
+        {
+            assert_eq!(
+                codec.names_key(&frame),
+                None,
+                "a keyed call left out: {frame:02x?}"
+            );
+        }
     }
     assert!(fast > 2_500, "the fast path took {fast} of 5000");
+    assert!(calls > 1_000, "call_key took {calls} of 5000");
 }
 
 #[test]
@@ -1602,4 +1624,134 @@ fn repeated_calls_are_decided_once_and_refused_repeats_keep_their_names() {
         h.counter("rpc.thrift.Calc.add.request_bytes"),
         3 * len("Calc:add") + len("add")
     );
+}
+
+/// One side of [`fast_paths_do_exactly_what_the_general_path_does`]: a filter, its host and a
+/// connection.
+struct Side {
+    f: crate::Compiled,
+    h: MockL4Host,
+    c: crate::Connection,
+}
+
+impl Side {
+    fn new(config: &str, general_only: bool) -> Self {
+        let mut f = compile(&RpcConfig::from_json(config.as_bytes()).unwrap()).unwrap();
+        f.general_only = general_only;
+        let c = f.connection();
+        Self {
+            f,
+            h: MockL4Host::default(),
+            c,
+        }
+    }
+
+    /// Sends `bytes` in `dir` cut at `cuts`; returns the verdicts and the bytes forwarded.
+    fn send(&mut self, dir: Direction, bytes: &[u8], cuts: &[usize]) -> (Vec<Verdict>, Vec<u8>) {
+        let (mut verdicts, mut out, mut from) = (Vec::new(), Vec::new(), 0);
+        for &to in cuts.iter().chain([&bytes.len()]) {
+            let (v, fwd) = pass(&self.f, &mut self.h, &mut self.c, dir, &bytes[from..to]);
+            verdicts.push(v);
+            out.extend(fwd);
+            from = to;
+        }
+        (verdicts, out)
+    }
+}
+
+fn cuts(r: &mut Xoshiro256, len: usize) -> Vec<usize> {
+    let mut c: Vec<usize> = (0..below(r, 4))
+        .map(|_| below(r, len as u64 + 1) as usize)
+        .collect();
+    c.sort_unstable();
+    c
+}
+
+#[test]
+fn fast_paths_do_exactly_what_the_general_path_does() {
+    // Allowed, denied, limited and unnamed-service calls, oneways, a small pending queue,
+    // replies in and out of order with every status, probes and their answers, damaged frames,
+    // all cut into random chunks: the filter with its fast paths and the filter with the
+    // general path only forward the same bytes, return the same verdicts, and leave the same
+    // metrics, histograms, logs, filter state and closes.
+    let config = r#"{"protocol": "thrift", "default_service": "Calc", "max_pending": 6,
+        "acl": {"rules": [{"action": "deny", "service": "Admin", "method": "reset"}]},
+        "limits": [{"service": "Calc", "method": "slow", "rate": 3, "period_ms": 60000}],
+        "routes": [{"service": "Admin", "cluster": "admin"}], "default_cluster": "calc"}"#;
+    let names = [
+        "Calc:add",
+        "Calc:add",
+        "Calc:add",
+        "add",
+        "Admin:reset",
+        "Admin:who",
+        "Calc:slow",
+    ];
+    let mut fast_frames = 0;
+    for seed in 0..300u64 {
+        let mut r = rng(0xfa57 + seed);
+        let mut fast = Side::new(config, false);
+        let mut general = Side::new(config, true);
+        let mut seqid = 0i32;
+        for round in 0..6 {
+            let mut calls = Vec::new();
+            for _ in 0..1 + below(&mut r, 10) {
+                seqid += 1;
+                let oneway = below(&mut r, 8) == 0;
+                let mut frame = thrift::frame(
+                    &Header {
+                        name: names[below(&mut r, names.len() as u64) as usize].into(),
+                        kind: if oneway { 4 } else { 1 },
+                        seqid,
+                    },
+                    &[8, 0, 1, 0, 0, 0, 2, 0],
+                );
+                if below(&mut r, 150) == 0 {
+                    let at = 4 + below(&mut r, 12) as usize;
+                    frame[at] = r.next_u64() as u8;
+                }
+                calls.extend(frame);
+            }
+            let cut = cuts(&mut r, calls.len());
+            let a = fast.send(Direction::Downstream, &calls, &cut);
+            let b = general.send(Direction::Downstream, &calls, &cut);
+            assert_eq!(a, b, "seed {seed} round {round}: downstream");
+            // The server answers what reached it, mostly in order.
+            let Ok(got) = Decoder::new(1 << 20).decode_all(&Thrift::default(), &a.1) else {
+                continue;
+            };
+            let mut replies: Vec<Vec<u8>> = got
+                .iter()
+                .filter(|(m, _)| m.kind == MessageType::Request)
+                .map(|(m, _)| {
+                    let (kind, body): (u8, &[u8]) = match below(&mut r, 6) {
+                        0 => (2, &[12, 0, 1, 0, 0]),
+                        1 => (3, &[11, 0, 1, 0, 0, 0, 1, b'x', 8, 0, 2, 0, 0, 0, 1, 0]),
+                        _ => (2, &[8, 0, 0, 0, 0, 0, 42, 0]),
+                    };
+                    let name = m.method.clone();
+                    let seqid = m.request_id as i32;
+                    thrift::frame(&Header { name, kind, seqid }, body)
+                })
+                .collect();
+            if replies.len() > 1 && below(&mut r, 4) == 0 {
+                let i = below(&mut r, replies.len() as u64 - 1) as usize;
+                replies.swap(i, i + 1);
+            }
+            let replies = replies.concat();
+            fast.h.clock += Duration::from_millis(below(&mut r, 3));
+            general.h.clock = fast.h.clock;
+            let cut = cuts(&mut r, replies.len());
+            let a = fast.send(Direction::Upstream, &replies, &cut);
+            let b = general.send(Direction::Upstream, &replies, &cut);
+            assert_eq!(a, b, "seed {seed} round {round}: upstream");
+            fast_frames += got.len();
+        }
+        assert_eq!(fast.h.metrics, general.h.metrics, "seed {seed}: metrics");
+        assert_eq!(fast.h.logs, general.h.logs, "seed {seed}: logs");
+        assert_eq!(fast.h.closed, general.h.closed, "seed {seed}: closed");
+        assert_eq!(fast.h.filter_state, general.h.filter_state, "seed {seed}");
+        assert_eq!(fast.h.shared, general.h.shared, "seed {seed}: buckets");
+    }
+    assert!(fast_frames > 5_000, "{fast_frames} frames forwarded");
 }
