@@ -315,10 +315,16 @@ fn instructions(
         super::callgrind_control("-z", pid)?;
         drive(&mut clients, batches)?;
         super::callgrind_control("-d", pid)?;
-        let super::ThreadCounts { worker, all, .. } = super::thread_counts(out, pid, i + 1)?;
+        let super::ThreadCounts {
+            worker,
+            all,
+            worker_in_wasm,
+        } = super::thread_counts(out, pid, i + 1)?;
         let ir = worker as f64 / counted as f64;
         eprintln!(
-            "bench rpc: {name} {ir:.0} instructions/call (worker thread; all threads {:.0})",
+            "bench rpc: {name} {ir:.0} instructions/call (worker thread, of which {:.0} in \
+             compiled wasm code; all threads {:.0})",
+            worker_in_wasm as f64 / counted as f64,
             all as f64 / counted as f64
         );
         result.push(ir);
