@@ -60,14 +60,16 @@ pub trait Codec {
         let _ = frame;
         None
     }
-    /// The per-call fast path for a request: for a frame whose header the protocol reads in
-    /// one step, its [`Codec::names_key`], kind ([`MessageType::Request`] or
-    /// [`MessageType::Oneway`]) and request id. Contract: `Some((key, kind, id))` only where
-    /// `names_key(frame) == Some(key)` and, when the names under `key` decode (the filter
-    /// knows: `key` repeats a call [`Codec::head`] accepted), [`Codec::reply_head`] accepts the
-    /// frame with this kind and id. `None` (the default): the general path decodes the frame.
-    fn call_key<'a>(&self, frame: &'a [u8]) -> Option<(&'a [u8], MessageType, u64)> {
-        let _ = frame;
+    /// The per-call fast path for a request: for a whole frame at the start of `rest` whose
+    /// header the protocol reads in one step, its length, [`Codec::names_key`], kind
+    /// ([`MessageType::Request`] or [`MessageType::Oneway`]) and request id. Contract:
+    /// `Some((len, key, kind, id))` only where `frame_len(rest)` is `len`, `len <= rest.len()`,
+    /// and for `frame = &rest[..len]`: `names_key(frame) == Some(key)` and, when the names
+    /// under `key` decode (the filter knows: `key` repeats a call [`Codec::head`] accepted),
+    /// [`Codec::reply_head`] accepts the frame with this kind and id. `None` (the default):
+    /// the general path decodes the frame.
+    fn call_key<'a>(&self, rest: &'a [u8]) -> Option<(usize, &'a [u8], MessageType, u64)> {
+        let _ = rest;
         None
     }
     /// Encodes `message` (possibly mutated) with the payload of the frame it was decoded from.
@@ -206,6 +208,11 @@ impl Decoder {
     /// [`Decoder::whole_frame`].
     pub fn consume(&mut self, n: usize) {
         self.pos = self.pos.saturating_add(n).min(self.buf.len());
+    }
+
+    /// The configured maximum frame size.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     /// Where the next frame starts (the end of the frames taken since the last `feed`, which

@@ -217,8 +217,8 @@ impl Codec for AnyCodec {
         any_codec!(self, c => c.names_key(frame))
     }
     #[inline(always)]
-    fn call_key<'a>(&self, frame: &'a [u8]) -> Option<(&'a [u8], MessageType, u64)> {
-        any_codec!(self, c => c.call_key(frame))
+    fn call_key<'a>(&self, rest: &'a [u8]) -> Option<(usize, &'a [u8], MessageType, u64)> {
+        any_codec!(self, c => c.call_key(rest))
     }
 
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError> {
@@ -1083,9 +1083,10 @@ impl Compiled {
         let key = last.key.as_slice();
         let unread = down.unread();
         let (mut at, mut calls, mut oneway) = (0, 0i64, 0i64);
+        let max_frame = down.max_frame();
         while let Some(rest) = unread.get(at..)
-            && let Some(len) = down.whole_frame(codec, rest)
-            && let Some((k, kind, id)) = rest.get(..len).and_then(|f| codec.call_key(f))
+            && let Some((len, k, kind, id)) = codec.call_key(rest)
+            && len <= max_frame
             && same_bytes(k, key)
         {
             if kind == MessageType::Oneway {

@@ -1431,8 +1431,10 @@ fn thrift_binary_fast_head_equals_the_general_decoder_on_random_and_damaged_fram
         }
         // The filter's per-call path for requests: the names key, kind and id of a call or
         // oneway, as `names_key` and `reply_head` have them (for names that decode).
-        if let Some((key, kind, id)) = codec.call_key(&frame) {
+        if let Some((len, key, kind, id)) = codec.call_key(&frame) {
             calls += 1;
+            assert_eq!(codec.frame_len(&frame), Ok(Some(len as u64)));
+            assert_eq!(len, frame.len());
             assert_eq!(codec.names_key(&frame), Some(key));
             assert!(matches!(kind, MessageType::Request | MessageType::Oneway));
             if std::str::from_utf8(key).is_ok() {
@@ -1441,6 +1443,10 @@ fn thrift_binary_fast_head_equals_the_general_decoder_on_random_and_damaged_fram
                     Ok((kind, id, None, 16 + key.len()..frame.len()))
                 );
             }
+            // Cut short, it is no whole frame; with more bytes after it, the same frame.
+            assert_eq!(codec.call_key(&frame[..frame.len() - 1]), None);
+            let longer = [&frame[..], &[1, 2, 3]].concat();
+            assert_eq!(codec.call_key(&longer), Some((len, key, kind, id)));
         } else if let Ok(h) = codec.reply_head(&frame)
             && matches!(h.kind, MessageType::Request | MessageType::Oneway)
         {
@@ -1670,11 +1676,13 @@ fn cuts(r: &mut Xoshiro256, len: usize) -> Vec<usize> {
 #[test]
 fn fast_paths_do_exactly_what_the_general_path_does() {
     // Allowed, denied, limited and unnamed-service calls, oneways, a small pending queue,
-    // replies in and out of order with every status, probes and their answers, damaged frames,
+    // replies in and out of order with every status, probes and their answers, damaged and
+    // oversized frames,
     // all cut into random chunks: the filter with its fast paths and the filter with the
     // general path only forward the same bytes, return the same verdicts, and leave the same
     // metrics, histograms, logs, filter state and closes.
     let config = r#"{"protocol": "thrift", "default_service": "Calc", "max_pending": 6,
+        "max_frame_bytes": 64,
         "acl": {"rules": [{"action": "deny", "service": "Admin", "method": "reset"}]},
         "limits": [{"service": "Calc", "method": "slow", "rate": 3, "period_ms": 60000}],
         "routes": [{"service": "Admin", "cluster": "admin"}], "default_cluster": "calc"}"#;
@@ -1704,7 +1712,8 @@ fn fast_paths_do_exactly_what_the_general_path_does() {
                         kind: if oneway { 4 } else { 1 },
                         seqid,
                     },
-                    &[8, 0, 1, 0, 0, 0, 2, 0],
+                    // Now and then a body that makes the frame oversized.
+                    &[8, 0, 1, 0, 0, 0, 2, 0].repeat(if below(&mut r, 200) == 0 { 6 } else { 1 }),
                 );
                 if below(&mut r, 150) == 0 {
                     let at = 4 + below(&mut r, 12) as usize;

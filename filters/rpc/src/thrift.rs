@@ -440,27 +440,29 @@ impl Codec for Thrift {
         self.decode_reply_head(frame)
     }
 
-    /// A strict binary call or oneway: the name, the type and the seqid, read with two bounds
-    /// checks (the name is not validated: the filter takes this path only for a name it
-    /// decoded before).
+    /// A whole strict binary call or oneway at the start of `rest`: its length, name, type and
+    /// seqid, read with three bounds checks (the name is not validated: the filter takes this
+    /// path only for a name it decoded before).
     #[inline(always)]
-    fn call_key<'a>(&self, frame: &'a [u8]) -> Option<(&'a [u8], MessageType, u64)> {
+    fn call_key<'a>(&self, rest: &'a [u8]) -> Option<(usize, &'a [u8], MessageType, u64)> {
         if self.protocol != ThriftProtocol::Binary {
             return None;
         }
-        let (fixed, rest) = frame.split_first_chunk::<12>()?;
-        let [_, _, _, _, v0, v1, _, kind, n0, n1, n2, n3] = *fixed;
-        if u16::from_be_bytes([v0, v1]) != (VERSION_1 >> 16) as u16 {
+        let (fixed, after_fixed) = rest.split_first_chunk::<12>()?;
+        let [l0, l1, l2, l3, v0, v1, _, kind, n0, n1, n2, n3] = *fixed;
+        if [v0, v1] != [0x80, 0x01] || l0 >= 0x80 {
             return None;
         }
+        let len = u32::from_be_bytes([l0, l1, l2, l3]) as usize + 4;
         let kind = match kind {
             message_type::CALL => MessageType::Request,
             message_type::ONEWAY => MessageType::Oneway,
             _ => return None,
         };
-        let (name, after) = rest.split_at_checked(u32::from_be_bytes([n0, n1, n2, n3]) as usize)?;
+        let frame = after_fixed.get(..len.checked_sub(12)?)?;
+        let (name, after) = frame.split_at_checked(u32::from_be_bytes([n0, n1, n2, n3]) as usize)?;
         let seqid = u32::from_be_bytes(*after.first_chunk::<4>()?);
-        Some((name, kind, u64::from(seqid)))
+        Some((len, name, kind, u64::from(seqid)))
     }
 
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError> {
