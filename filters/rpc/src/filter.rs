@@ -1000,24 +1000,15 @@ impl Compiled {
                         ids: Some(ids),
                         ..
                     }) => {
-                        let status = head.status.unwrap_or(ResponseStatus::Ok);
-                        let id = match status {
-                            ResponseStatus::Ok => ids.ok(),
-                            ResponseStatus::Exception => ids.exception(),
-                            ResponseStatus::Error => ids.error(),
-                        };
-                        self.add2(id, 1, ids.tx_bytes(), range.len() as i64);
-                        // Requests read in one downstream callback share `start` and responses
-                        // read in one upstream callback share `now`: their latencies are equal,
-                        // so a group is recorded once (a host call per group, not per response).
-                        if !conn.recorded.contains(&(ids.latency_ms, start)) {
-                            conn.recorded.push((ids.latency_ms, start));
-                            let ms = now
-                                .get_or_insert_with(|| host.now())
-                                .duration_since(start)
-                                .map_or(0, millis);
-                            let _ = host.record_metric(ids.latency_ms, ms);
-                        }
+                        let status = head.status;
+                        self.answered(
+                            host,
+                            &mut conn.recorded,
+                            &mut now,
+                            (ids, start),
+                            status,
+                            range.len(),
+                        );
                     }
                     _ => {}
                 }
@@ -1150,24 +1141,41 @@ impl Compiled {
         {
             let (start, ids) = (*start, *ids);
             pending.pop_front();
-            let counter = match head.status.unwrap_or(ResponseStatus::Ok) {
-                ResponseStatus::Ok => ids.ok(),
-                ResponseStatus::Exception => ids.exception(),
-                ResponseStatus::Error => ids.error(),
-            };
-            self.add2(counter, 1, ids.tx_bytes(), len as i64);
-            if !recorded.contains(&(ids.latency_ms, start)) {
-                recorded.push((ids.latency_ms, start));
-                let ms = now
-                    .get_or_insert_with(|| host.now())
-                    .duration_since(start)
-                    .map_or(0, millis);
-                let _ = host.record_metric(ids.latency_ms, ms);
-            }
+            self.answered(host, recorded, now, (ids, start), head.status, len);
             at += len;
         }
         up.consume(at);
         up.position()
+    }
+
+    /// Counts a reply of `bytes` bytes with `status` (none: ok) to a call forwarded at `start`,
+    /// and records its latency unless its group is recorded: requests read in one downstream
+    /// callback share `start` and replies read in one upstream callback share `now`, so their
+    /// latencies are equal and a group is one sample (a host call per group, not per reply).
+    #[inline(always)]
+    fn answered<H: L4Host>(
+        &self,
+        host: &mut H,
+        recorded: &mut Vec<(u32, SystemTime)>,
+        now: &mut Option<SystemTime>,
+        (ids, start): (KeyIds, SystemTime),
+        status: Option<ResponseStatus>,
+        bytes: usize,
+    ) {
+        let counter = match status.unwrap_or(ResponseStatus::Ok) {
+            ResponseStatus::Ok => ids.ok(),
+            ResponseStatus::Exception => ids.exception(),
+            ResponseStatus::Error => ids.error(),
+        };
+        self.add2(counter, 1, ids.tx_bytes(), bytes as i64);
+        if !recorded.contains(&(ids.latency_ms, start)) {
+            recorded.push((ids.latency_ms, start));
+            let ms = now
+                .get_or_insert_with(|| host.now())
+                .duration_since(start)
+                .map_or(0, millis);
+            let _ = host.record_metric(ids.latency_ms, ms);
+        }
     }
 
     /// A frame did not decode: count, log, close, drop this callback's bytes.
