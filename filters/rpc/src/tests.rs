@@ -1673,14 +1673,60 @@ fn cuts(r: &mut Xoshiro256, len: usize) -> Vec<usize> {
     c
 }
 
+/// Runs 300 seeded sessions of six rounds through `config`'s filter with and without the fast
+/// paths: each round `calls` makes a client batch and `answer` the server's replies (swapped
+/// now and then) to what reached it (`None`: it did not decode); both sides get the same bytes
+/// in the same random chunks and must return the same verdicts, forward the same bytes and end
+/// with the same metrics, histogram samples, logs, closes, filter state and buckets. Returns the
+/// number of replies sent.
+fn compare_fast_and_general(
+    config: &str,
+    seed: u64,
+    mut calls: impl FnMut(&mut Xoshiro256) -> Vec<u8>,
+    mut answer: impl FnMut(&mut Xoshiro256, &[u8]) -> Option<Vec<Vec<u8>>>,
+) -> usize {
+    let mut sent = 0;
+    for session in 0..300u64 {
+        let mut r = rng(seed + session);
+        let mut fast = Side::new(config, false);
+        let mut general = Side::new(config, true);
+        for round in 0..6 {
+            let batch = calls(&mut r);
+            let cut = cuts(&mut r, batch.len());
+            let a = fast.send(Direction::Downstream, &batch, &cut);
+            let b = general.send(Direction::Downstream, &batch, &cut);
+            assert_eq!(a, b, "session {session} round {round}: downstream");
+            let Some(mut replies) = answer(&mut r, &a.1) else {
+                continue;
+            };
+            if replies.len() > 1 && below(&mut r, 4) == 0 {
+                let i = below(&mut r, replies.len() as u64 - 1) as usize;
+                replies.swap(i, i + 1);
+            }
+            sent += replies.len();
+            let replies = replies.concat();
+            fast.h.clock += Duration::from_millis(below(&mut r, 3));
+            general.h.clock = fast.h.clock;
+            let cut = cuts(&mut r, replies.len());
+            let a = fast.send(Direction::Upstream, &replies, &cut);
+            let b = general.send(Direction::Upstream, &replies, &cut);
+            assert_eq!(a, b, "session {session} round {round}: upstream");
+        }
+        let (f, g) = (&fast.h, &general.h);
+        assert_eq!(f.metrics, g.metrics, "session {session}: metrics");
+        assert_eq!(f.logs, g.logs, "session {session}: logs");
+        assert_eq!(f.closed, g.closed, "session {session}: closed");
+        assert_eq!(f.filter_state, g.filter_state, "session {session}");
+        assert_eq!(f.shared, g.shared, "session {session}: buckets");
+    }
+    sent
+}
+
 #[test]
 fn fast_paths_do_exactly_what_the_general_path_does() {
     // Allowed, denied, limited and unnamed-service calls, oneways, a small pending queue,
     // replies in and out of order with every status, probes and their answers, damaged and
-    // oversized frames,
-    // all cut into random chunks: the filter with its fast paths and the filter with the
-    // general path only forward the same bytes, return the same verdicts, and leave the same
-    // metrics, histograms, logs, filter state and closes.
+    // oversized frames, all cut into random chunks.
     let config = r#"{"protocol": "thrift", "default_service": "Calc", "max_pending": 6,
         "max_frame_bytes": 64,
         "acl": {"rules": [{"action": "deny", "service": "Admin", "method": "reset"}]},
@@ -1695,45 +1741,39 @@ fn fast_paths_do_exactly_what_the_general_path_does() {
         "Admin:who",
         "Calc:slow",
     ];
-    let mut fast_frames = 0;
-    for seed in 0..300u64 {
-        let mut r = rng(0xfa57 + seed);
-        let mut fast = Side::new(config, false);
-        let mut general = Side::new(config, true);
-        let mut seqid = 0i32;
-        for round in 0..6 {
-            let mut calls = Vec::new();
-            for _ in 0..1 + below(&mut r, 10) {
-                seqid += 1;
-                let oneway = below(&mut r, 8) == 0;
-                let mut frame = thrift::frame(
-                    &Header {
-                        name: names[below(&mut r, names.len() as u64) as usize].into(),
-                        kind: if oneway { 4 } else { 1 },
-                        seqid,
-                    },
-                    // Now and then a body that makes the frame oversized.
-                    &[8, 0, 1, 0, 0, 0, 2, 0].repeat(if below(&mut r, 200) == 0 { 6 } else { 1 }),
-                );
-                if below(&mut r, 150) == 0 {
-                    let at = 4 + below(&mut r, 12) as usize;
-                    frame[at] = r.next_u64() as u8;
-                }
-                calls.extend(frame);
+    let mut seqid = 0i32;
+    let calls = |r: &mut Xoshiro256| {
+        let mut calls = Vec::new();
+        for _ in 0..1 + below(r, 10) {
+            seqid += 1;
+            let oneway = below(r, 8) == 0;
+            let mut frame = thrift::frame(
+                &Header {
+                    name: names[below(r, names.len() as u64) as usize].into(),
+                    kind: if oneway { 4 } else { 1 },
+                    seqid,
+                },
+                // Now and then a body that makes the frame oversized.
+                &[8, 0, 1, 0, 0, 0, 2, 0].repeat(if below(r, 200) == 0 { 6 } else { 1 }),
+            );
+            if below(r, 150) == 0 {
+                let at = 4 + below(r, 12) as usize;
+                frame[at] = r.next_u64() as u8;
             }
-            let cut = cuts(&mut r, calls.len());
-            let a = fast.send(Direction::Downstream, &calls, &cut);
-            let b = general.send(Direction::Downstream, &calls, &cut);
-            assert_eq!(a, b, "seed {seed} round {round}: downstream");
-            // The server answers what reached it, mostly in order.
-            let Ok(got) = Decoder::new(1 << 20).decode_all(&Thrift::default(), &a.1) else {
-                continue;
-            };
-            let mut replies: Vec<Vec<u8>> = got
-                .iter()
-                .filter(|(m, _)| m.kind == MessageType::Request)
+            calls.extend(frame);
+        }
+        calls
+    };
+    // The server answers each call that reached it: ok, a declared exception or an error.
+    let answer = |r: &mut Xoshiro256, forwarded: &[u8]| {
+        let got = Decoder::new(1 << 20)
+            .decode_all(&Thrift::default(), forwarded)
+            .ok()?;
+        let replies = got.iter().filter(|(m, _)| m.kind == MessageType::Request);
+        Some(
+            replies
                 .map(|(m, _)| {
-                    let (kind, body): (u8, &[u8]) = match below(&mut r, 6) {
+                    let (kind, body): (u8, &[u8]) = match below(r, 6) {
                         0 => (2, &[12, 0, 1, 0, 0]),
                         1 => (3, &[11, 0, 1, 0, 0, 0, 1, b'x', 8, 0, 2, 0, 0, 0, 1, 0]),
                         _ => (2, &[8, 0, 0, 0, 0, 0, 42, 0]),
@@ -1742,25 +1782,83 @@ fn fast_paths_do_exactly_what_the_general_path_does() {
                     let seqid = m.request_id as i32;
                     thrift::frame(&Header { name, kind, seqid }, body)
                 })
-                .collect();
-            if replies.len() > 1 && below(&mut r, 4) == 0 {
-                let i = below(&mut r, replies.len() as u64 - 1) as usize;
-                replies.swap(i, i + 1);
-            }
-            let replies = replies.concat();
-            fast.h.clock += Duration::from_millis(below(&mut r, 3));
-            general.h.clock = fast.h.clock;
-            let cut = cuts(&mut r, replies.len());
-            let a = fast.send(Direction::Upstream, &replies, &cut);
-            let b = general.send(Direction::Upstream, &replies, &cut);
-            assert_eq!(a, b, "seed {seed} round {round}: upstream");
-            fast_frames += got.len();
+                .collect(),
+        )
+    };
+    let replies = compare_fast_and_general(config, 0xfa57, calls, answer);
+    assert!(replies > 5_000, "{replies} replies");
+}
+
+#[test]
+fn fast_paths_do_exactly_what_the_general_path_does_for_wasmesh_rpc() {
+    // The upstream fast path serves every protocol (through `reply_head`): wasmesh-rpc calls,
+    // oneways, the client's own heartbeats (which may reuse a pending call's id), denied and
+    // limited calls answered through heartbeat probes, responses and error frames in and out of
+    // order, random chunking.
+    let config = r#"{"protocol": "wasmesh_rpc", "max_pending": 6,
+        "acl": {"rules": [{"action": "deny", "service": "Admin", "method": "reset"}]},
+        "limits": [{"service": "S", "method": "slow", "rate": 3, "period_ms": 60000}]}"#;
+    let names = [
+        ("S", "m"),
+        ("S", "m"),
+        ("S", "n"),
+        ("Admin", "reset"),
+        ("S", "slow"),
+    ];
+    let frame = |kind, flags, status, request_id, headers: Vec<(String, String)>| {
+        Frame {
+            kind,
+            flags,
+            status,
+            request_id,
+            headers,
+            payload: b"p".to_vec(),
         }
-        assert_eq!(fast.h.metrics, general.h.metrics, "seed {seed}: metrics");
-        assert_eq!(fast.h.logs, general.h.logs, "seed {seed}: logs");
-        assert_eq!(fast.h.closed, general.h.closed, "seed {seed}: closed");
-        assert_eq!(fast.h.filter_state, general.h.filter_state, "seed {seed}");
-        assert_eq!(fast.h.shared, general.h.shared, "seed {seed}: buckets");
-    }
-    assert!(fast_frames > 5_000, "{fast_frames} frames forwarded");
+        .encode()
+        .unwrap()
+    };
+    let mut id = 0u64;
+    let calls = |r: &mut Xoshiro256| {
+        let mut sent = Vec::new();
+        for _ in 0..1 + below(r, 10) {
+            id += 1;
+            let (service, method) = names[below(r, names.len() as u64) as usize];
+            let names = vec![
+                ("service".into(), service.into()),
+                ("method".into(), method.into()),
+                ("caller".into(), "c".into()),
+            ];
+            sent.extend(match below(r, 10) {
+                0 => frame(types::ONEWAY, 0, 0, id, names),
+                // A ping, now and then with the id of the call before it.
+                1 => frame(types::HEARTBEAT, 0, 0, id - below(r, 2), vec![]),
+                _ => frame(types::REQUEST, 0, 0, id, names),
+            });
+        }
+        sent
+    };
+    let answer = |r: &mut Xoshiro256, forwarded: &[u8]| {
+        let got = Decoder::new(1 << 20)
+            .decode_all(&WasmeshRpc, forwarded)
+            .ok()?;
+        let expecting = got.iter().filter(|(m, _)| m.kind.expects_reply());
+        Some(
+            expecting
+                .map(|(m, _)| match (m.kind, below(r, 5)) {
+                    (MessageType::Heartbeat, _) => frame(
+                        types::HEARTBEAT,
+                        wasmesh_rpc::FLAG_REPLY,
+                        0,
+                        m.request_id,
+                        vec![],
+                    ),
+                    (_, 0) => frame(types::ERROR, 0, status::INTERNAL, m.request_id, vec![]),
+                    (_, 1) => frame(types::RESPONSE, 0, 1, m.request_id, vec![]),
+                    _ => frame(types::RESPONSE, 0, 0, m.request_id, vec![]),
+                })
+                .collect(),
+        )
+    };
+    let replies = compare_fast_and_general(config, 0x3e5e, calls, answer);
+    assert!(replies > 5_000, "{replies} replies");
 }
