@@ -220,7 +220,6 @@ impl Codec for AnyCodec {
     fn call_key<'a>(&self, rest: &'a [u8]) -> Option<(usize, &'a [u8], MessageType, u64)> {
         any_codec!(self, c => c.call_key(rest))
     }
-
     fn encode(&self, message: &Message, frame: &[u8]) -> Result<Vec<u8>, CodecError> {
         any_codec!(self, c => c.encode(message, frame))
     }
@@ -1069,7 +1068,6 @@ impl Compiled {
             }
             _ => return down.position(),
         };
-
         let codec = &self.codec;
         let key = last.key.as_slice();
         let unread = down.unread();
