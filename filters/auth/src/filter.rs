@@ -1135,8 +1135,9 @@ impl Compiled {
     /// Every request header this filter may write on a request (the identity header, claim
     /// and payload headers, the credential headers it strips, `:path` for a query-parameter
     /// credential), as configured (compare them ignoring ASCII case), when no two of them are
-    /// the same header, so each is written at most once per request; `None` otherwise (say, two methods stripping `authorization`). A
-    /// chain leaves such writes out of the map it keeps for later stages that never touch them.
+    /// the same header, so each is written at most once per request; `None` otherwise (say,
+    /// two methods stripping `authorization`). A chain leaves such writes out of the map it
+    /// keeps for later stages that never touch them.
     #[inline(never)]
     pub fn request_writes(&self) -> Option<Vec<String>> {
         let mut fixed: Vec<&str> = vec![&self.identity_header];

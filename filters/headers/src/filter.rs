@@ -858,9 +858,7 @@ impl<'p, 'a> Touched<'p, 'a> {
             }
         }
     }
-}
 
-impl Touched<'_, '_> {
     /// One whole-map write instead of the single ones, when the estimate says it is cheaper
     /// and the host allows it (out of line: no bench job takes it).
     #[inline(never)]

@@ -1058,7 +1058,6 @@ impl Compiled {
             Some(ids)
                 if self.fast_paths()
                     && *routed
-                    && last.valid
                     && last.keyed
                     && last.allowed
                     && last.limit.is_none()
