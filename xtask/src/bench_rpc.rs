@@ -3,7 +3,8 @@
 //! routing) before `tcp_proxy`, and Envoy's native `thrift_proxy` doing the same routing.
 //!
 //! Instructions per call: one Envoy (one worker) under callgrind, as `bench.rs` does it; per
-//! listener `CONNECTIONS` connections each send batches of `BATCH` pipelined framed-binary Thrift
+//! listener `CONNECTIONS` connections each send batches of `depth()` (16, or
+//! `WASMESH_BENCH_RPC_BATCH`) pipelined framed-binary Thrift
 //! calls (built with the `rpc` crate's codec) to an in-process Thrift server (not under
 //! valgrind) and read every answer; after warm-up the worker thread's count over the counted
 //! calls. Calls/s: a second Envoy without valgrind, `--rounds` rounds of the three listeners
@@ -31,8 +32,35 @@ pub const JOB: &str = "rpc";
 
 /// Connections per listener.
 const CONNECTIONS: usize = 4;
-/// Pipelined calls per write.
-const BATCH: usize = 16;
+/// Pipelined calls per write unless [`BATCH_ENV`] says otherwise: the depth the targets are
+/// stated at.
+const DEFAULT_BATCH: usize = 16;
+/// Overrides the pipelined calls per write (1 to [`MAX_BATCH`]): the filter's cost per call is a
+/// fixed cost per batch (two callbacks, two buffer reads, two clock reads, one histogram sample)
+/// plus a cost per frame, so its ratio to plain `tcp_proxy` depends on the depth.
+const BATCH_ENV: &str = "WASMESH_BENCH_RPC_BATCH";
+/// The filter's default `max_pending`: deeper batches would leave calls untimed.
+const MAX_BATCH: usize = 1024;
+/// The depth of this run, set once by [`run`] from [`BATCH_ENV`].
+static BATCH: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Pipelined calls per write in this run.
+fn depth() -> usize {
+    *BATCH.get_or_init(|| DEFAULT_BATCH)
+}
+
+/// The depth [`BATCH_ENV`] asks for (unset or empty: [`DEFAULT_BATCH`]).
+fn parse_batch(value: Option<&str>) -> Result<usize, String> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(DEFAULT_BATCH),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_BATCH).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "{BATCH_ENV}={v}: expected calls per batch from 1 to {MAX_BATCH}"
+            )),
+        },
+    }
+}
 
 /// A Thrift server answering every call with `i32 42`, one thread per connection.
 fn server() -> Result<u16, String> {
@@ -87,7 +115,7 @@ impl Client {
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let name = if c == 0 { "Admin:whoami" } else { "Calc:add" };
         let mut batch = Vec::new();
-        for i in 0..BATCH {
+        for i in 0..depth() {
             let h = Header {
                 name: name.into(),
                 kind: thrift::message_type::CALL,
@@ -106,14 +134,14 @@ impl Client {
         })
     }
 
-    /// One batch: `BATCH` calls written at once, `BATCH` replies read.
+    /// One batch: `depth()` calls written at once, as many replies read.
     fn round(&mut self) -> Result<(), String> {
         self.stream
             .write_all(&self.batch)
             .map_err(|e| e.to_string())?;
         let codec = Thrift::default();
         let mut got = 0;
-        while got < BATCH {
+        while got < depth() {
             let n = self.stream.read(&mut self.buf).map_err(|e| e.to_string())?;
             if n == 0 {
                 return Err("connection closed".into());
@@ -303,15 +331,15 @@ fn instructions(
         started.elapsed().as_secs_f64()
     );
     let pid = envoy.pid();
-    let batches = (calls / (BATCH * CONNECTIONS)).max(1);
-    let counted = batches * BATCH * CONNECTIONS;
+    let batches = (calls / (depth() * CONNECTIONS)).max(1);
+    let counted = batches * depth() * CONNECTIONS;
     let mut result = Vec::new();
     for (i, (name, _, _)) in variants(wasm, alts).iter().enumerate() {
         let port = envoy.listener_port(name);
         let mut clients = (0..CONNECTIONS)
             .map(|c| Client::open(port, c))
             .collect::<Result<Vec<_>, _>>()?;
-        drive(&mut clients, (warmup / (BATCH * CONNECTIONS)).max(1))?;
+        drive(&mut clients, (warmup / (depth() * CONNECTIONS)).max(1))?;
         super::callgrind_control("-z", pid)?;
         drive(&mut clients, batches)?;
         super::callgrind_control("-d", pid)?;
@@ -401,7 +429,7 @@ fn segment(port: u16, envoy_pid: u32, tck: f64, seconds: f64) -> Result<Segment,
             std::thread::spawn(move || -> Result<(), String> {
                 while !stop.load(Ordering::Relaxed) {
                     client.round()?;
-                    total.fetch_add(BATCH as u64, Ordering::Relaxed);
+                    total.fetch_add(depth() as u64, Ordering::Relaxed);
                 }
                 Ok(())
             })
@@ -765,10 +793,11 @@ fn diagnose_listeners(
             }
             let _ = child.wait();
         }
-        let calls = (batches * BATCH * CONNECTIONS) as f64;
+        let calls = (batches * depth() * CONNECTIONS) as f64;
         println!(
-            "## round {} {name}: {calls} calls ({batches} batches x {CONNECTIONS} connections x {BATCH})",
-            round + 1
+            "## round {} {name}: {calls} calls ({batches} batches x {CONNECTIONS} connections x {})",
+            round + 1,
+            depth()
         );
         for (k, n) in names.iter().enumerate() {
             let d = after[k].saturating_sub(before[k]);
@@ -819,6 +848,10 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
                 .map_err(|e| format!("copying {ALT_WASM} {}: {e}", a.display()))?;
             alts.push(copy);
         }
+    }
+    let wanted = parse_batch(std::env::var(BATCH_ENV).ok().as_deref())?;
+    if BATCH.get_or_init(|| wanted) != &wanted {
+        return Err(format!("{BATCH_ENV}: the depth was already {}", depth()));
     }
     let (calc, admin) = (server()?, server()?);
     if let Some(batches) = std::env::var(DIAG).ok().and_then(|v| v.parse().ok()) {
@@ -986,10 +1019,11 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
             );
         }
         println!(
-            "{} rounds x {} segments of {} s, order rotated each round; client and server built {}; {}; load average before {load_before}, after {load_after}",
+            "{} rounds x {} segments of {} s, order rotated each round, {} pipelined calls per batch; client and server built {}; {}; load average before {load_before}, after {load_after}",
             plain.len(),
             rates.len(),
             opts.seconds,
+            depth(),
             if cfg!(debug_assertions) {
                 "unoptimized (debug: run `cargo run --release -p xtask -- bench --only rpc`)"
             } else {
@@ -1016,9 +1050,10 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
     }
     if !irs.is_empty() {
         println!(
-            "calls counted under callgrind: {} per variant after {} warm-up; one Envoy, --concurrency 1",
-            (opts.requests / (BATCH * CONNECTIONS)).max(1) * BATCH * CONNECTIONS,
-            opts.warmup
+            "calls counted under callgrind: {} per variant after {} warm-up, {} pipelined calls per batch; one Envoy, --concurrency 1",
+            (opts.requests / (depth() * CONNECTIONS)).max(1) * depth() * CONNECTIONS,
+            opts.warmup,
+            depth()
         );
     }
     Ok(())
@@ -1052,5 +1087,23 @@ mod tests {
         assert_eq!(vm(4)["vm_id"], "wasmesh@alt2");
         assert_eq!(vm(4)["code"]["local"]["filename"], "b.wasm");
         assert_eq!(ls[4]["name"], "rpc.filter@alt2");
+        // Every call of the deepest batch allowed is timed by the bench's filter config.
+        assert_eq!(c.max_pending as usize, MAX_BATCH);
+    }
+
+    #[test]
+    fn the_batch_depth_comes_from_the_environment_within_bounds() {
+        assert_eq!(parse_batch(None), Ok(DEFAULT_BATCH));
+        assert_eq!(parse_batch(Some(" ")), Ok(DEFAULT_BATCH));
+        assert_eq!(parse_batch(Some("64")), Ok(64));
+        assert_eq!(parse_batch(Some("1")), Ok(1));
+        assert_eq!(parse_batch(Some("1024")), Ok(1024));
+        for bad in ["0", "1025", "-3", "sixteen"] {
+            let e = parse_batch(Some(bad)).unwrap_err();
+            assert!(
+                e.contains(&format!("{BATCH_ENV}={bad}")) && e.contains("1 to 1024"),
+                "{e}"
+            );
+        }
     }
 }
