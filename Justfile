@@ -40,7 +40,8 @@ fmt:
 # Lint host code and the filter crates for wasm32-wasip1.
 clippy:
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo clippy -p filter-core -p headers -p auth -p ratelimit -p rpc -p wasmesh-module --target wasm32-wasip1 -- -D warnings
+    cargo clippy -p filter-core -p headers -p auth -p ratelimit -p rpc -p chain -p wasmesh-module --target wasm32-wasip1 -- -D warnings
+    cargo clippy -p rpc --features floor-probe --all-targets -- -D warnings
 
 # Formatting check and lints, as CI runs them.
 check:

@@ -65,6 +65,14 @@ pub enum ToolchainError {
         /// Its exit status and the end of its output.
         detail: String,
     },
+    /// A probe module was asked for with a feature that is not a probe.
+    #[error("{feature:?} is not a probe feature (known: {known})")]
+    UnknownProbe {
+        /// What was asked for.
+        feature: String,
+        /// The probe features there are.
+        known: String,
+    },
     /// The installed Envoy is not the pinned version.
     #[error("{path} reports {found:?}, expected Envoy {ENVOY_VERSION}")]
     WrongEnvoy {
@@ -458,11 +466,17 @@ fn optimize_wasm() -> Result<PathBuf, ToolchainError> {
 }
 
 fn build_wasm() -> Result<PathBuf, ToolchainError> {
+    build_wasm_in(&wasm_target_dir(), None)?;
+    Ok(unoptimized_wasm_path())
+}
+
+/// Cargo's build of the module into `target_dir`, with one more crate feature if given.
+fn build_wasm_in(target_dir: &Path, feature: Option<&str>) -> Result<PathBuf, ToolchainError> {
     ensure_wasm_target()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo_root())
-        .env("CARGO_TARGET_DIR", wasm_target_dir())
+        .env("CARGO_TARGET_DIR", target_dir)
         .args([
             "build",
             "--quiet",
@@ -472,11 +486,48 @@ fn build_wasm() -> Result<PathBuf, ToolchainError> {
             WASM_TARGET,
         ])
         .args(["--profile", "wasm"]);
+    if let Some(feature) = feature {
+        cmd.args(["--features", feature]);
+    }
     if let Some(config) = path_remap_config() {
         cmd.args(["--config", &config]);
     }
     run(&mut cmd)?;
-    Ok(unoptimized_wasm_path())
+    Ok(target_dir
+        .join(WASM_TARGET)
+        .join("wasm")
+        .join("wasmesh_module.wasm"))
+}
+
+/// The cost probes a module can be built with (`crate/feature`): never shipped, for the
+/// measurements in docs/benchmarks.md.
+pub const PROBE_FEATURES: &[&str] = &["rpc/floor-probe"];
+
+/// The module built with the probe `feature` (one of [`PROBE_FEATURES`]) in its own target dir,
+/// through the same `wasm-opt` step as the shipped one: `target/wasm-probes/<crate>-<feature>/
+/// optimized/wasmesh_module.wasm`.
+pub fn wasm_probe_module(feature: &str) -> Result<PathBuf, ToolchainError> {
+    if !PROBE_FEATURES.contains(&feature) {
+        return Err(ToolchainError::UnknownProbe {
+            feature: feature.to_owned(),
+            known: PROBE_FEATURES.join(", "),
+        });
+    }
+    let dir = probe_target_dir(feature);
+    let input = build_wasm_in(&dir, Some(feature))?;
+    let opt = wasm_opt::wasm_opt()?;
+    let features = wasm_opt::feature_flags_for(WASM_TARGET)?;
+    let output = dir.join("optimized").join("wasmesh_module.wasm");
+    wasm_opt::optimize_cached(&opt, &features, &input, &output)?;
+    Ok(output)
+}
+
+/// Where the probe `feature` is built.
+fn probe_target_dir(feature: &str) -> PathBuf {
+    repo_root()
+        .join("target")
+        .join("wasm-probes")
+        .join(feature.replace('/', "-"))
 }
 
 /// A `--config` value for the module build that makes the crates.io sources' paths, which
@@ -665,6 +716,23 @@ mod tests {
             optimized_wasm_path().file_name(),
             unoptimized_wasm_path().file_name()
         );
+    }
+
+    #[test]
+    fn probes_are_named_and_built_apart_from_the_shipped_module() {
+        let err = wasm_probe_module("rpc/no-such-probe")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"rpc/no-such-probe\"") && err.contains("rpc/floor-probe"),
+            "{err}"
+        );
+        let dir = probe_target_dir("rpc/floor-probe");
+        assert!(
+            dir.ends_with("target/wasm-probes/rpc-floor-probe"),
+            "{dir:?}"
+        );
+        assert!(!dir.starts_with(wasm_target_dir()));
     }
 
     #[test]

@@ -26,6 +26,8 @@ Commands:
             pinned to separate CPUs unless --pin no; --requests 0 skips callgrind)
   wasm      Build wasmesh_module.wasm (cargo, then binaryen's wasm-opt) and print its path
             and size, and those of cargo's output before wasm-opt.
+            --probe CRATE/FEATURE: a cost probe instead, never shipped (rpc/floor-probe),
+            built apart under target/wasm-probes/ (docs/benchmarks.md).
   envoy     Install the pinned Envoy if needed and print its path.
 
 Environment: ENVOY_BIN (use this Envoy), WASMESH_WASM (use this module), WASM_OPT (use this
@@ -36,7 +38,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(),
         Some("bench") => bench_options(&args[1..]).and_then(|o| bench::run(&o)),
-        Some("wasm") => wasm(),
+        Some("wasm") => match args.get(1..).unwrap_or_default() {
+            [] => wasm(),
+            [flag, feature] if flag == "--probe" => probe(feature),
+            other => Err(format!("wasm: unexpected arguments {other:?}\n\n{HELP}")),
+        },
         Some("envoy") => toolchain::envoy_bin()
             .map(|p| println!("{}", p.display()))
             .map_err(|e| e.to_string()),
@@ -75,6 +81,15 @@ fn wasm() -> Result<(), String> {
             size(&raw).map_err(|e| e.to_string())?
         );
     }
+    Ok(())
+}
+
+/// `cargo xtask wasm --probe <crate/feature>`: a cost probe module, for
+/// `WASMESH_BENCH_ALT_WASM`.
+fn probe(feature: &str) -> Result<(), String> {
+    let path = toolchain::wasm_probe_module(feature).map_err(|e| e.to_string())?;
+    let size = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+    println!("{} ({size} bytes)", path.display());
     Ok(())
 }
 

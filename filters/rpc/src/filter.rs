@@ -779,6 +779,10 @@ impl Compiled {
             Ok(c) => c,
             Err(verdict) => return verdict,
         };
+        #[cfg(feature = "floor-probe")]
+        if conn.routed {
+            return floor_probe(host, conn, dir, chunk);
+        }
         let mut changed = conn.down.buffered() > 0;
         // One clock read per callback: every frame of a chunk arrived at the same time.
         let mut now: Option<SystemTime> = None;
@@ -941,6 +945,10 @@ impl Compiled {
             Ok(c) => c,
             Err(verdict) => return verdict,
         };
+        #[cfg(feature = "floor-probe")]
+        if conn.routed {
+            return floor_probe(host, conn, dir, chunk);
+        }
         let mut changed = conn.up.buffered() > 0;
         let mut now: Option<SystemTime> = None;
         conn.recorded.clear();
@@ -1238,6 +1246,28 @@ fn millis(d: std::time::Duration) -> u64 {
 
 /// The metadata key the caller identity travels in (re-exported for users of the config).
 pub const CALLER_KEY: &str = keys::CALLER;
+
+/// The `floor-probe` feature's data callbacks once the connection is routed: the bytes read and
+/// dropped, one clock read, and upstream one histogram sample (a latency group's host call),
+/// nothing decoded, counted or matched. What any filter that times calls in both directions
+/// pays per callback on stock Envoy's ABI (docs/benchmarks.md). Never shipped.
+#[cfg(feature = "floor-probe")]
+fn floor_probe<H: L4Host>(
+    host: &mut H,
+    conn: &Connection,
+    dir: Direction,
+    chunk: Vec<u8>,
+) -> Verdict {
+    let now = host.now();
+    drop(chunk);
+    if dir == Direction::Upstream
+        && let Some(ids) = conn.last.ids
+    {
+        let ms = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, millis) & 1;
+        let _ = host.record_metric(ids.latency_ms, ms);
+    }
+    Verdict::Continue
+}
 
 /// This callback's bytes, or the verdict to return at once: on a connection already closed
 /// the bytes are dropped; bytes the host cannot hand over pass through, logged.

@@ -1862,3 +1862,42 @@ fn fast_paths_do_exactly_what_the_general_path_does_for_wasmesh_rpc() {
     let replies = compare_fast_and_general(config, 0x3e5e, calls, answer);
     assert!(replies > 5_000, "{replies} replies");
 }
+
+/// The `floor-probe` cost probe (never shipped): once routed, the bytes pass unread by the
+/// filter's logic, one clock read per callback, one histogram sample per upstream callback.
+#[cfg(feature = "floor-probe")]
+#[test]
+fn the_floor_probe_reads_and_times_but_decodes_nothing_once_routed() {
+    let mut cfg = wm_config();
+    cfg.routes = vec![Route {
+        service: "Orders".into(),
+        cluster: "orders".into(),
+    }];
+    let f = compile(&cfg).unwrap();
+    let mut h = MockL4Host::default();
+    let mut c = f.connection();
+    // The first callback routes (the general path), as the bench's filter does.
+    let first = req(1, "Orders", "Get", "a");
+    assert_eq!(
+        pass(&f, &mut h, &mut c, Direction::Downstream, &first).0,
+        Verdict::Continue
+    );
+    assert_eq!(
+        h.filter_state,
+        [(CLUSTER_FILTER_STATE.to_owned(), "orders".to_owned())]
+    );
+    assert_eq!(h.counter("rpc.wasmesh_rpc.Orders.Get.requests"), 1);
+    let next = [req(2, "Orders", "Get", "a"), b"not a frame".to_vec()].concat();
+    let (v, fwd) = pass(&f, &mut h, &mut c, Direction::Downstream, &next);
+    assert_eq!((v, fwd), (Verdict::Continue, next));
+    assert_eq!(h.counter("rpc.wasmesh_rpc.Orders.Get.requests"), 1);
+    let back = resp(1, status::OK);
+    let (v, fwd) = pass(&f, &mut h, &mut c, Direction::Upstream, &back);
+    assert_eq!((v, fwd), (Verdict::Continue, back));
+    assert_eq!(h.counter("rpc.wasmesh_rpc.Orders.Get.responses.ok"), 0);
+    let (_, samples) = h
+        .histogram("rpc.wasmesh_rpc.Orders.Get.latency_ms")
+        .unwrap();
+    assert_eq!(samples, 1);
+    assert!(!h.closed && h.logs.is_empty());
+}
