@@ -4,16 +4,15 @@
 //!
 //! Instructions per call: one Envoy (one worker) under callgrind, as `bench.rs` does it; per
 //! listener `CONNECTIONS` connections each send batches of `depth()` (16, or
-//! `WASMESH_BENCH_RPC_BATCH`) pipelined framed-binary Thrift
-//! calls (built with the `rpc` crate's codec) to an in-process Thrift server (not under
-//! valgrind) and read every answer; after warm-up the worker thread's count over the counted
-//! calls. Calls/s: a second Envoy without valgrind, `--rounds` rounds of the three listeners
-//! back to back, in an order rotated each round (ABC, BCA, CAB, ...) so drift and position hit
-//! all three alike; by default Envoy is pinned to the last CPU and the client and server threads
-//! to the others (`taskset`), so they do not take turns on the same core. Each segment also reads
-//! Envoy's CPU time (`/proc/<pid>/stat`), which gives calls per Envoy CPU-second: the capacity
-//! ratio when Envoy, not the load generator, is the bottleneck. Ratios are taken within a round
-//! and reported as median and interquartile range.
+//! `WASMESH_BENCH_RPC_BATCH`) pipelined framed-binary Thrift calls (built with the `rpc` crate's
+//! codec) to an in-process Thrift server (not under valgrind) and read every answer; after warm-up
+//! the worker thread's count over the counted calls. Calls/s: a second Envoy without valgrind,
+//! `--rounds` rounds of the three listeners back to back, in an order rotated each round (ABC, BCA,
+//! CAB, ...) so drift and position hit all three alike; by default Envoy is pinned to the last CPU
+//! and the client and server threads to the others (`taskset`), so they do not take turns on the
+//! same core. Each segment also reads Envoy's CPU time (`/proc/<pid>/stat`), which gives calls per
+//! Envoy CPU-second: the capacity ratio when Envoy, not the load generator, is the bottleneck.
+//! Ratios are taken within a round and reported as median and interquartile range.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -42,11 +41,11 @@ const BATCH_ENV: &str = "WASMESH_BENCH_RPC_BATCH";
 /// The filter's default `max_pending`: deeper batches would leave calls untimed.
 const MAX_BATCH: usize = 1024;
 /// The depth of this run, set once by [`run`] from [`BATCH_ENV`].
-static BATCH: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+static DEPTH: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 /// Pipelined calls per write in this run.
 fn depth() -> usize {
-    *BATCH.get_or_init(|| DEFAULT_BATCH)
+    *DEPTH.get_or_init(|| DEFAULT_BATCH)
 }
 
 /// The depth [`BATCH_ENV`] asks for (unset or empty: [`DEFAULT_BATCH`]).
@@ -850,7 +849,7 @@ pub fn run(opts: &super::Options) -> Result<(), String> {
         }
     }
     let wanted = parse_batch(std::env::var(BATCH_ENV).ok().as_deref())?;
-    if BATCH.get_or_init(|| wanted) != &wanted {
+    if DEPTH.get_or_init(|| wanted) != &wanted {
         return Err(format!("{BATCH_ENV}: the depth was already {}", depth()));
     }
     let (calc, admin) = (server()?, server()?);
