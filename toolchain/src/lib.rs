@@ -398,17 +398,25 @@ pub fn wasm_target_dir() -> PathBuf {
 
 /// Cargo's output: the module as rustc and wasm-ld made it, before `wasm-opt`.
 pub fn unoptimized_wasm_path() -> PathBuf {
-    wasm_target_dir()
+    cargo_output_in(&wasm_target_dir())
+}
+
+/// The module everything loads: [`unoptimized_wasm_path`] after `wasm-opt`.
+pub fn optimized_wasm_path() -> PathBuf {
+    optimized_in(&wasm_target_dir())
+}
+
+/// Where cargo puts the module when building into `target_dir`.
+fn cargo_output_in(target_dir: &Path) -> PathBuf {
+    target_dir
         .join(WASM_TARGET)
         .join("wasm")
         .join("wasmesh_module.wasm")
 }
 
-/// The module everything loads: [`unoptimized_wasm_path`] after `wasm-opt`.
-pub fn optimized_wasm_path() -> PathBuf {
-    wasm_target_dir()
-        .join("optimized")
-        .join("wasmesh_module.wasm")
+/// Where the `wasm-opt` step puts the module built into `target_dir`.
+fn optimized_in(target_dir: &Path) -> PathBuf {
+    target_dir.join("optimized").join("wasmesh_module.wasm")
 }
 
 /// The commands that build the module, as a user would type them (the `wasm-opt` features are
@@ -457,17 +465,20 @@ pub fn wasm_module_unoptimized() -> Result<PathBuf, ToolchainError> {
 }
 
 fn optimize_wasm() -> Result<PathBuf, ToolchainError> {
-    let input = wasm_module_unoptimized()?;
+    optimize(&wasm_module_unoptimized()?, optimized_wasm_path())
+}
+
+/// `input` through `wasm-opt` ([`wasm_opt::WASM_OPT_PASSES`] and the target's features) into
+/// `output`, unless already done.
+fn optimize(input: &Path, output: PathBuf) -> Result<PathBuf, ToolchainError> {
     let opt = wasm_opt::wasm_opt()?;
     let features = wasm_opt::feature_flags_for(WASM_TARGET)?;
-    let output = optimized_wasm_path();
-    wasm_opt::optimize_cached(&opt, &features, &input, &output)?;
+    wasm_opt::optimize_cached(&opt, &features, input, &output)?;
     Ok(output)
 }
 
 fn build_wasm() -> Result<PathBuf, ToolchainError> {
-    build_wasm_in(&wasm_target_dir(), None)?;
-    Ok(unoptimized_wasm_path())
+    build_wasm_in(&wasm_target_dir(), None)
 }
 
 /// Cargo's build of the module into `target_dir`, with one more crate feature if given.
@@ -493,10 +504,7 @@ fn build_wasm_in(target_dir: &Path, feature: Option<&str>) -> Result<PathBuf, To
         cmd.args(["--config", &config]);
     }
     run(&mut cmd)?;
-    Ok(target_dir
-        .join(WASM_TARGET)
-        .join("wasm")
-        .join("wasmesh_module.wasm"))
+    Ok(cargo_output_in(target_dir))
 }
 
 /// The cost probes a module can be built with (`crate/feature`): never shipped, for the
@@ -515,11 +523,7 @@ pub fn wasm_probe_module(feature: &str) -> Result<PathBuf, ToolchainError> {
     }
     let dir = probe_target_dir(feature);
     let input = build_wasm_in(&dir, Some(feature))?;
-    let opt = wasm_opt::wasm_opt()?;
-    let features = wasm_opt::feature_flags_for(WASM_TARGET)?;
-    let output = dir.join("optimized").join("wasmesh_module.wasm");
-    wasm_opt::optimize_cached(&opt, &features, &input, &output)?;
-    Ok(output)
+    optimize(&input, optimized_in(&dir))
 }
 
 /// Where the probe `feature` is built.

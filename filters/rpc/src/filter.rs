@@ -1007,13 +1007,12 @@ impl Compiled {
                         ids: Some(ids),
                         ..
                     }) => {
-                        let status = head.status;
                         self.answered(
                             host,
                             &mut conn.recorded,
                             &mut now,
                             (ids, start),
-                            status,
+                            head.status,
                             range.len(),
                         );
                     }
